@@ -1,0 +1,10 @@
+"""scl_kernels: fused kernels for vision-language pre-training (attention, token masking, contrastive losses).
+
+Depends on torch and triton only. Each op is one public function over one ``torch.library`` custom op with
+three backends (Triton on CUDA, C++ on CPU where it pays, plain PyTorch reference everywhere): see
+``_dispatch.py``. The references live in ``scl_kernels.reference``.
+"""
+
+from ._dispatch import use_backend
+
+__all__ = ["use_backend"]

@@ -1,0 +1,246 @@
+"""Plain PyTorch versions of every fused op: the numerics oracle and the CPU fallback.
+
+Each ``<op>_ref`` computes the same function as the fused op in the most obvious way (dense matrices,
+full sorts). ``upcast=True`` runs the maths in float64 and returns float64, which is what tests compare
+against; ``upcast=False`` computes in the input dtype like the fused op would, which is the "same-dtype
+PyTorch" baseline of flash-attn's error rule and the CPU fallback path.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def _maybe_upcast(upcast: bool, *tensors: torch.Tensor | None) -> list[torch.Tensor | None]:
+    return [t.double() if (upcast and t is not None and t.is_floating_point()) else t for t in tensors]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# masked_attention
+# --------------------------------------------------------------------------------------------------------------
+
+
+def frame_block_mask(length: int, frames: int, device: torch.device | None = None) -> torch.Tensor:
+    """Dense (L, L) bool mask of the flexible vision encoder, True = may attend.
+
+    Token order is [CLS_1..CLS_F, patches of frame 1, ..., patches of frame F] with P patches per frame,
+    so ``length = F * (1 + P)``. CLS rows see every token; a patch row of frame f sees CLS_f and the patches
+    of frame f. The fused kernel never builds this matrix; SDPA and the tests do.
+    """
+    if frames < 1 or length % frames != 0:
+        raise ValueError(f"length must be a positive multiple of frames, got length={length}, frames={frames}")
+    patches = length // frames - 1
+    idx = torch.arange(length, device=device)
+    # frame id of each token: CLS_f -> f, patch j of frame f -> f
+    frame_of = torch.where(idx < frames, idx, (idx - frames) // max(patches, 1))
+    is_cls = idx < frames
+    same_frame = frame_of[:, None] == frame_of[None, :]
+    return is_cls[:, None] | same_frame
+
+
+def attention_mask_ref(
+    batch: int,
+    lq: int,
+    lk: int,
+    *,
+    key_mask: torch.Tensor | None = None,
+    frames: int | None = None,
+    attn_mask: torch.Tensor | None = None,
+    device: torch.device | None = None,
+) -> torch.Tensor | None:
+    """Combine the three mask kinds into one bool mask broadcastable to (B, H, Lq, Lk), or None."""
+    mask = None
+    if frames is not None:
+        if lq != lk:
+            raise ValueError(f"frames is for self-attention, got Lq={lq} != Lk={lk}")
+        mask = frame_block_mask(lk, frames, device)[None, None]  # (1, 1, L, L)
+    if key_mask is not None:
+        if key_mask.shape != (batch, lk):
+            raise ValueError(f"key_mask must be (B, Lk)=({batch}, {lk}), got {tuple(key_mask.shape)}")
+        km = key_mask.bool()[:, None, None, :]  # (B, 1, 1, Lk)
+        mask = km if mask is None else mask & km
+    if attn_mask is not None:
+        if attn_mask.dtype != torch.bool:
+            raise ValueError(f"attn_mask must be bool (True = may attend), got {attn_mask.dtype}")
+        mask = attn_mask if mask is None else mask & attn_mask
+    return mask
+
+
+def masked_attention_ref(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    key_mask: torch.Tensor | None = None,
+    frames: int | None = None,
+    attn_mask: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+    scale: float | None = None,
+    upcast: bool = False,
+) -> torch.Tensor:
+    """softmax(q k^T * scale + mask) v with dense matrices; rows that see no key return zeros.
+
+    Args:
+        q: (B, H, Lq, D); k, v: (B, H, Lk, D).
+        key_mask: (B, Lk) bool, True for real keys.
+        frames: F for the frame-block + global-CLS pattern (self-attention only).
+        attn_mask: bool, broadcastable to (B, H, Lq, Lk), True = may attend.
+        dropout_p: dropout on the attention probabilities (training only).
+        scale: defaults to 1/sqrt(D).
+    """
+    dtype = q.dtype
+    q, k, v = _maybe_upcast(upcast, q, k, v)
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    scores = torch.matmul(q, k.transpose(-1, -2)) * scale  # (B, H, Lq, Lk)
+    mask = attention_mask_ref(
+        q.shape[0], q.shape[-2], k.shape[-2], key_mask=key_mask, frames=frames, attn_mask=attn_mask, device=q.device
+    )
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    probs = torch.softmax(scores, dim=-1)
+    if mask is not None:
+        # a row with no visible key is all -inf -> NaN after softmax; the op's contract is zeros
+        probs = probs.masked_fill(~mask.any(dim=-1, keepdim=True), 0.0)
+    if dropout_p > 0.0:
+        probs = F.dropout(probs, p=dropout_p)
+    out = torch.matmul(probs, v)
+    return out if upcast else out.to(dtype)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# random_masking
+# --------------------------------------------------------------------------------------------------------------
+
+
+def random_masking_ref(
+    x: torch.Tensor,
+    noise: torch.Tensor,
+    keep: int,
+    *,
+    frames: int = 1,
+    pos: torch.Tensor | None = None,
+    upcast: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keep the ``keep`` spatial positions with the smallest ``noise`` per sample, in every frame.
+
+    Args:
+        x: (B, F*P, D) patch tokens, frame by frame.
+        noise: (B, P) random keys; the selection is a function of them only.
+        keep: K, the number of kept positions per frame.
+        frames: F.
+        pos: optional (P, D) position embedding, added to the kept tokens.
+
+    Returns:
+        kept (B, F*K, D) and ids_keep (B, K) int64, ascending.
+    """
+    b, n, d = x.shape
+    if n % frames:
+        raise ValueError(f"x.shape[1] must be a multiple of frames={frames}, got {tuple(x.shape)}")
+    p = n // frames
+    if noise.shape != (b, p):
+        raise ValueError(f"noise must be (B, P)=({b}, {p}), got {tuple(noise.shape)}")
+    if not 0 <= keep <= p:
+        raise ValueError(f"keep must be in [0, {p}], got {keep}")
+    dtype = x.dtype
+    x, pos = _maybe_upcast(upcast, x, pos)
+    ids_keep = torch.argsort(noise, dim=1)[:, :keep].sort(dim=1).values  # (B, K)
+    xf = x.reshape(b, frames, p, d)
+    kept = torch.gather(xf, 2, ids_keep[:, None, :, None].expand(b, frames, keep, d))  # (B, F, K, D)
+    if pos is not None:
+        kept = kept + pos[ids_keep][:, None]  # (B, 1, K, D)
+    kept = kept.reshape(b, frames * keep, d)
+    return (kept if upcast else kept.to(dtype)), ids_keep
+
+
+# --------------------------------------------------------------------------------------------------------------
+# text masks
+# --------------------------------------------------------------------------------------------------------------
+
+
+def mlm_mask_ref(
+    ids: torch.Tensor,
+    special_mask: torch.Tensor,
+    *,
+    p: float = 0.15,
+    replace: tuple[float, float, float] = (0.8, 0.1, 0.1),
+    vocab_size: int,
+    mask_id: int,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """BERT masking: each real token is chosen with probability p; chosen tokens become [MASK] / a random
+    token / themselves with probabilities ``replace``. Labels are -100 where nothing was chosen."""
+    u = torch.rand(ids.shape, generator=generator, device=ids.device)
+    chosen = (u < p) & ~special_mask
+    how = torch.rand(ids.shape, generator=generator, device=ids.device)
+    rand_tok = torch.randint(vocab_size, ids.shape, generator=generator, device=ids.device)
+    to_mask = chosen & (how < replace[0])
+    to_rand = chosen & (how >= replace[0]) & (how < replace[0] + replace[1])
+    masked = torch.where(to_mask, torch.full_like(ids, mask_id), ids)
+    masked = torch.where(to_rand, rand_tok, masked)
+    labels = torch.where(chosen, ids, torch.full_like(ids, -100))
+    return masked, labels
+
+
+def scl_text_mask_ref(
+    ids: torch.Tensor,
+    special_mask: torch.Tensor,
+    *,
+    ratio: float = 0.4,
+    mask_id: int,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Replace round(ratio * n_real) real tokens per row, drawn without replacement, by [MASK]
+    (at least one when the row has a real token)."""
+    real = ~special_mask
+    n_real = real.sum(dim=1)  # (B,)
+    count = torch.clamp((n_real.double() * ratio).round().long(), min=1)
+    count = torch.minimum(count, n_real)
+    keys = torch.rand(ids.shape, generator=generator, device=ids.device).masked_fill(special_mask, 2.0)
+    rank = keys.argsort(dim=1).argsort(dim=1)  # rank of each position among the row's keys
+    chosen = rank < count[:, None]
+    return torch.where(chosen, torch.full_like(ids, mask_id), ids)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# contrastive losses
+# --------------------------------------------------------------------------------------------------------------
+
+
+def info_nce_ref(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    temperature: float | torch.Tensor,
+    *,
+    detach_b: bool = False,
+    symmetric: bool = True,
+    upcast: bool = False,
+) -> torch.Tensor:
+    """InfoNCE over matched rows: L2-normalise, logits = a b^T / T, CE against the diagonal, and (if
+    symmetric) the transposed direction added. Builds the full N x N matrix."""
+    dtype = a.dtype
+    a, b = _maybe_upcast(upcast, a, b)
+    if detach_b:
+        b = b.detach()
+    if isinstance(temperature, torch.Tensor) and upcast:
+        temperature = temperature.double()
+    an = F.normalize(a, dim=-1)
+    bn = F.normalize(b, dim=-1)
+    logits = an @ bn.t() / temperature  # (N, N)
+    target = torch.arange(a.shape[0], device=a.device)
+    loss = F.cross_entropy(logits, target)
+    if symmetric:
+        loss = loss + F.cross_entropy(logits.t(), target)
+    return loss if upcast else loss.to(dtype)
+
+
+def cosine_recovery_ref(
+    a: torch.Tensor, b: torch.Tensor, *, detach_b: bool = True, upcast: bool = False
+) -> torch.Tensor:
+    """mean_i (1 - cos(a_i, b_i)): the plain cosine form of the SCL recovery objective."""
+    dtype = a.dtype
+    a, b = _maybe_upcast(upcast, a, b)
+    if detach_b:
+        b = b.detach()
+    loss = (1.0 - F.cosine_similarity(a, b, dim=-1)).mean()
+    return loss if upcast else loss.to(dtype)
