@@ -1,0 +1,130 @@
+"""DALI decode + augment pipelines, CPU (``device_id=None``) and GPU (``device="mixed"``: nvJPEG, NVDEC).
+
+Every random choice (crop window, flip, frame indices) is drawn on the host per sample and fed in with
+``fn.external_source``, so DALI holds no RNG state: a restored data position reproduces the same pixels.
+DALI fails a whole batch on one undecodable sample and the pipeline object is unusable afterwards, so the
+caller validates samples first and, on a failure, rebuilds the pipeline and re-decodes that batch on the host
+(see ``loader.Decoder``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from nvidia.dali import Pipeline, fn, types
+from nvidia.dali.backend import TensorListCPU, TensorListGPU
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``gpu`` when CUDA is available, else ``cpu``; ``gpu`` without CUDA is a ValueError."""
+    if device not in ("auto", "cpu", "gpu"):
+        raise ValueError(f"device must be 'auto', 'cpu' or 'gpu', got {device!r}")
+    if device == "auto":
+        return "gpu" if torch.cuda.is_available() else "cpu"
+    if device == "gpu" and not torch.cuda.is_available():
+        raise ValueError("data.device='gpu' but CUDA is not available")
+    return device
+
+
+def _augment(x, size: int, layout: str):
+    """Crop the host-chosen window, resize to size x size, flip, normalise with CLIP's mean/std (float32)."""
+    anchor = fn.external_source(name="anchor", dtype=types.FLOAT, ndim=1)
+    shape = fn.external_source(name="shape", dtype=types.FLOAT, ndim=1)
+    flip = fn.external_source(name="flip", dtype=types.INT32, ndim=0)
+    x = fn.slice(x, anchor, shape, axis_names="HW", out_of_bounds_policy="trim_to_shape")
+    return _resize_normalise(x, flip, size, layout)
+
+
+def _resize_normalise(x, flip, size: int, layout: str):
+    x = fn.resize(x, size=[size, size], interp_type=types.INTERP_LINEAR, antialias=True)
+    return fn.crop_mirror_normalize(x, dtype=types.FLOAT, output_layout=layout, mirror=flip,
+                                    mean=[255 * m for m in CLIP_MEAN], std=[255 * s for s in CLIP_STD])
+
+
+class DaliPipelines:
+    """The three pipelines one rank needs, built lazily and rebuilt after a failure.
+
+    * ``images``: encoded images -> (B, 1, 3, S, S); ROI decoding of the crop window.
+    * ``videos``: encoded VP8/VP9/MJPEG (CPU) or NVDEC codecs (GPU) + frame indices -> (B, F, 3, S, S).
+    * ``frames``: frames already decoded on the host (PyAV fallback, or a batch DALI rejected) -> same output.
+    """
+
+    def __init__(self, *, image_size: int, batch_size: int, device: str, threads: int, device_id: int = 0) -> None:
+        if device not in ("cpu", "gpu"):
+            raise ValueError(f"device must be 'cpu' or 'gpu', got {device!r}")
+        self.image_size = image_size
+        self.batch_size = batch_size
+        self.device = device
+        self.threads = threads
+        self.device_id = device_id if device == "gpu" else None
+        self._pipes: dict[str, Pipeline] = {}
+
+    def _build(self, kind: str) -> Pipeline:
+        decoder_device = "mixed" if self.device == "gpu" else "cpu"
+        pipe = Pipeline(batch_size=self.batch_size, num_threads=self.threads, device_id=self.device_id,
+                        exec_dynamic=True, prefetch_queue_depth=1)
+        with pipe:
+            if kind == "images":
+                enc = fn.external_source(name="enc", dtype=types.UINT8, ndim=1)
+                anchor = fn.external_source(name="anchor", dtype=types.FLOAT, ndim=1)
+                shape = fn.external_source(name="shape", dtype=types.FLOAT, ndim=1)
+                flip = fn.external_source(name="flip", dtype=types.INT32, ndim=0)
+                # EXIF orientation ignored, as in the host (PIL) fallback, so the host-chosen window stays valid.
+                x = fn.decoders.image_slice(enc, anchor, shape, axis_names="HW", device=decoder_device,
+                                            output_type=types.RGB, adjust_orientation=False)
+                pipe.set_outputs(_resize_normalise(x, flip, self.image_size, "CHW"))
+            elif kind == "videos":
+                enc = fn.external_source(name="enc", dtype=types.UINT8, ndim=1)
+                idx = fn.external_source(name="idx", dtype=types.INT32, ndim=1)
+                # pad_mode="edge": a clip whose decodable frames end early repeats its last frame.
+                x = fn.decoders.video(enc, device=decoder_device, frames=idx, pad_mode="edge")
+                pipe.set_outputs(_augment(x, self.image_size, "FCHW"))
+            elif kind == "frames":
+                x = fn.external_source(name="frames", dtype=types.UINT8, ndim=4, layout="FHWC")
+                if self.device == "gpu":
+                    x = x.gpu()
+                pipe.set_outputs(_augment(x, self.image_size, "FCHW"))
+            else:
+                raise ValueError(f"unknown pipeline kind {kind!r}")
+        pipe.build()
+        return pipe
+
+    def run(self, kind: str, windows: np.ndarray, flips: np.ndarray, **inputs: list[np.ndarray]) -> torch.Tensor:
+        """Run pipeline ``kind`` on one batch. ``windows``: float32 (B, 4) = (y0, x0, h, w) relative to the
+        decoded size; ``flips``: (B,) bool. Returns float32 (B, F, 3, S, S) on the pipeline's device.
+
+        Raises whatever DALI raises; the pipeline is dropped first so the next call builds a fresh one.
+        """
+        n = len(windows)
+        if not 0 < n <= self.batch_size:
+            raise ValueError(f"batch of {n} samples for a pipeline built for at most {self.batch_size}")
+        if kind not in self._pipes:
+            self._pipes[kind] = self._build(kind)  # outside the try: a build error is a bug, not bad data
+        pipe = self._pipes[kind]
+        try:
+            for name, values in inputs.items():
+                pipe.feed_input(name, values)
+            pipe.feed_input("anchor", [np.ascontiguousarray(w[:2], dtype=np.float32) for w in windows])
+            pipe.feed_input("shape", [np.ascontiguousarray(w[2:], dtype=np.float32) for w in windows])
+            pipe.feed_input("flip", [np.array(int(f), dtype=np.int32) for f in flips])
+            (out,) = pipe.run()
+        except Exception:
+            del self._pipes[kind]  # DALI: "Current pipeline object is no longer valid" after any error
+            raise
+        pixels = _to_torch(out)
+        return pixels.unsqueeze(1) if kind == "images" else pixels
+
+
+def _to_torch(out: TensorListCPU | TensorListGPU) -> torch.Tensor:
+    """Copy a dense DALI TensorList to a torch tensor on the same device."""
+    if isinstance(out, TensorListGPU):
+        from nvidia.dali.plugin.pytorch import feed_ndarray
+
+        dense = out.as_tensor()
+        result = torch.empty(dense.shape(), dtype=torch.float32, device=torch.device("cuda", dense.device_id()))
+        feed_ndarray(dense, result, cuda_stream=torch.cuda.current_stream(result.device))
+        return result
+    return torch.from_numpy(out.as_array())

@@ -1,0 +1,208 @@
+"""Synthetic demo corpus: coloured shapes (images) and moving shapes (VP9 WebM videos) with attribute captions.
+
+Designed so that a tiny model measurably learns retrieval from pixels in minutes on a CPU: few attributes
+(4 shapes x 6 colours x 5 positions x 2 sizes for images; 4 shapes x 6 colours x 4 directions x 2 speeds for
+videos), each clearly visible at 64 px. Videos are VP9 so DALI's CPU decoder reads them. Output is
+deterministic for a seed (fixed tar headers, bit-exact muxing) and written atomically.
+
+    python -m scl_fast.data.demo --out DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import os
+import shutil
+import tarfile
+import tempfile
+import time
+
+import av
+import numpy as np
+from PIL import Image, ImageDraw
+
+VERSION = 1
+SHAPES = ("circle", "square", "triangle", "diamond")
+COLOURS = {"red": (220, 40, 40), "green": (40, 190, 60), "blue": (50, 90, 235), "yellow": (235, 220, 40),
+           "purple": (160, 60, 210), "white": (245, 245, 245)}
+POSITIONS = {"at the top left": (0.28, 0.28), "at the top right": (0.28, 0.72), "at the bottom left": (0.72, 0.28),
+             "at the bottom right": (0.72, 0.72), "in the center": (0.5, 0.5)}  # (y, x) as fractions
+SIZES = {"small": 0.11, "large": 0.2}  # radius as a fraction of the side
+DIRECTIONS = {"right": (0, 1), "left": (0, -1), "down": (1, 0), "up": (-1, 0)}
+SPEEDS = {"slowly": 0.035, "quickly": 0.075}  # fraction of the side per frame
+VIDEO_FRAMES = 8
+SHARD_SIZE = 250
+_COMPLETE = "corpus.json"
+
+
+def _draw(draw: ImageDraw.ImageDraw, shape: str, cy: float, cx: float, r: float, colour: tuple) -> None:
+    if shape == "circle":
+        draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=colour)
+    elif shape == "square":
+        draw.rectangle((cx - r, cy - r, cx + r, cy + r), fill=colour)
+    elif shape == "triangle":
+        draw.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=colour)
+    else:
+        draw.polygon([(cx, cy - r), (cx + r, cy), (cx, cy + r), (cx - r, cy)], fill=colour)
+
+
+def _canvas(size: int, rng: np.random.Generator) -> Image.Image:
+    """Dark noisy background, so the model must find the shape rather than count coloured pixels."""
+    base = rng.integers(20, 60)
+    noise = rng.integers(-12, 13, (size, size, 3))
+    return Image.fromarray(np.clip(base + noise, 0, 255).astype(np.uint8))
+
+
+def make_image(rng: np.random.Generator, size: int) -> tuple[bytes, str]:
+    shape, colour, position, scale = (rng.choice(SHAPES), rng.choice(list(COLOURS)), rng.choice(list(POSITIONS)),
+                                      rng.choice(list(SIZES)))
+    img = _canvas(size, rng)
+    fy, fx = POSITIONS[position]
+    jitter = rng.uniform(-0.05, 0.05, 2) * size
+    _draw(ImageDraw.Draw(img), shape, fy * size + jitter[0], fx * size + jitter[1], SIZES[scale] * size,
+          COLOURS[colour])
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=90)
+    return buf.getvalue(), f"a {scale} {colour} {shape} {position}"
+
+
+def make_video(rng: np.random.Generator, size: int, frames: int = VIDEO_FRAMES) -> tuple[bytes, str]:
+    shape, colour, direction, speed = (rng.choice(SHAPES), rng.choice(list(COLOURS)), rng.choice(list(DIRECTIONS)),
+                                       rng.choice(list(SPEEDS)))
+    r = 0.14 * size
+    dy, dx = DIRECTIONS[direction]
+    step = SPEEDS[speed] * size
+    travel = step * (frames - 1)
+    # Start so the whole path stays inside the frame; the cross-axis position is random.
+    along = rng.uniform(r + 1, size - r - 1 - travel)
+    across = rng.uniform(r + 1, size - r - 1)
+    y0, x0 = (across, along) if dy == 0 else (along, across)
+    if dy < 0 or dx < 0:
+        y0, x0 = (y0, size - x0) if dy == 0 else (size - y0, x0)
+    background = _canvas(size, rng)
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="webm", container_options={"fflags": "+bitexact"}) as container:
+        stream = container.add_stream("libvpx-vp9", rate=8, options={
+            "deadline": "realtime", "cpu-used": "8", "crf": "20", "b": "0", "threads": "1", "lag-in-frames": "0"})
+        stream.width = stream.height = size
+        stream.pix_fmt = "yuv420p"
+        stream.codec_context.flags |= av.codec.context.Flags.bitexact
+        for t in range(frames):
+            img = background.copy()
+            _draw(ImageDraw.Draw(img), shape, y0 + dy * step * t, x0 + dx * step * t, r, COLOURS[colour])
+            for packet in stream.encode(av.VideoFrame.from_ndarray(np.asarray(img), format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return buf.getvalue(), f"a {colour} {shape} moving {direction} {speed}"
+
+
+def write_shard(path: str, samples: list[tuple[str, str, bytes, str]]) -> None:
+    """Write ``(key, media_ext, media, caption)`` samples in the img2dataset layout (``KEY.ext`` + ``KEY.txt``)."""
+    with tarfile.open(path, "w", format=tarfile.GNU_FORMAT) as tar:
+        for key, ext, media, caption in samples:
+            for name, payload in ((f"{key}.{ext}", media), (f"{key}.txt", caption.encode("utf-8"))):
+                info = tarfile.TarInfo(name)
+                info.size, info.mtime, info.mode = len(payload), 0, 0o644
+                tar.addfile(info, io.BytesIO(payload))
+
+
+def _write_split(out: str, split: str, images: int, videos: int, rng: np.random.Generator, size: int) -> str:
+    kinds = np.array([0] * images + [1] * videos)
+    rng.shuffle(kinds)  # images and videos mixed within shards, as a real mixed corpus would be
+    shards = max(1, -(-len(kinds) // SHARD_SIZE))
+    for s in range(shards):
+        samples = []
+        for i in range(s * SHARD_SIZE, min(len(kinds), (s + 1) * SHARD_SIZE)):
+            media, caption = make_video(rng, size) if kinds[i] else make_image(rng, size)
+            samples.append((f"{split}{i:06d}", "webm" if kinds[i] else "jpg", media, caption))
+        write_shard(os.path.join(out, f"{split}-{s:05d}.tar"), samples)
+    return os.path.join(out, f"{split}-{{00000..{shards - 1:05d}}}.tar")
+
+
+def write_demo_corpus(out: str, *, train_images: int = 2000, train_videos: int = 400, val_images: int = 200,
+                      val_videos: int = 100, size: int = 64, seed: int = 0) -> dict[str, str]:
+    """Write the corpus into folder ``out`` (atomically: a temporary sibling folder renamed into place).
+
+    Returns ``{"train": shard spec, "val": shard spec}``. If ``out`` already holds a complete corpus with the
+    same parameters it is reused, so this is safe to call on every start.
+    """
+    params = {"version": VERSION, "train_images": train_images, "train_videos": train_videos,
+              "val_images": val_images, "val_videos": val_videos, "size": size, "seed": seed}
+    for name, value in params.items():
+        if value < 0 or (name in ("size",) and value < 16):
+            raise ValueError(f"demo corpus {name} must be {'>= 16' if name == 'size' else '>= 0'}, got {value}")
+    if train_images + train_videos == 0 or val_images + val_videos == 0:
+        raise ValueError(f"demo corpus needs samples in both splits, got {params}")
+    out = os.path.abspath(out)
+    done = _read_complete(out)
+    if done is not None:
+        if done["params"] != params:
+            raise ValueError(f"{out} holds a demo corpus with other parameters {done['params']}, asked for {params}")
+        return done["specs"]
+    if os.path.isdir(out) and os.listdir(out):
+        raise ValueError(f"{out} exists, is not empty and holds no complete demo corpus; give an empty folder")
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.tmp-", dir=os.path.dirname(out))
+    os.chmod(tmp, 0o755)  # mkdtemp makes it private; a shared cache should be readable
+    try:
+        rng = np.random.default_rng(seed)
+        specs = {"train": _write_split(tmp, "train", train_images, train_videos, rng, size),
+                 "val": _write_split(tmp, "val", val_images, val_videos, rng, size)}
+        specs = {k: v.replace(tmp, out) for k, v in specs.items()}
+        with open(os.path.join(tmp, _COMPLETE), "w", encoding="utf-8") as f:
+            json.dump({"params": params, "specs": specs}, f, indent=1)
+        if os.path.isdir(out):
+            os.rmdir(out)  # empty (checked above); os.rename cannot replace it otherwise
+        os.rename(tmp, out)
+    except OSError:
+        done = _read_complete(out)  # another process won the race: use its corpus
+        if done is None or done["params"] != params:
+            raise
+        return done["specs"]
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return specs
+
+
+def ensure_demo_corpus(cache_dir: str, *, train_images: int = 2000, train_videos: int = 400, val_images: int = 200,
+                       val_videos: int = 100, size: int = 64, seed: int = 0) -> dict[str, str]:
+    """The demo corpus under ``cache_dir`` (one folder per parameter set), written on first use.
+
+    Returns ``{"train": shard spec, "val": shard spec}``; idempotent and safe for concurrent callers.
+    """
+    params = dict(train_images=train_images, train_videos=train_videos, val_images=val_images,
+                  val_videos=val_videos, size=size, seed=seed)
+    digest = hashlib.sha1(json.dumps({"version": VERSION, **params}, sort_keys=True).encode()).hexdigest()[:10]
+    return write_demo_corpus(os.path.join(cache_dir, f"demo-{digest}"), **params)
+
+
+def _read_complete(out: str) -> dict | None:
+    try:
+        with open(os.path.join(out, _COMPLETE), encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", required=True, help="folder to write (created; must be empty or a corpus)")
+    parser.add_argument("--train-images", type=int, default=2000)
+    parser.add_argument("--train-videos", type=int, default=400)
+    parser.add_argument("--val-images", type=int, default=200)
+    parser.add_argument("--val-videos", type=int, default=100)
+    parser.add_argument("--size", type=int, default=64, help="side of images and video frames in pixels")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
+    specs = write_demo_corpus(args.out, train_images=args.train_images, train_videos=args.train_videos,
+                              val_images=args.val_images, val_videos=args.val_videos, size=args.size, seed=args.seed)
+    print(json.dumps({**specs, "seconds": round(time.perf_counter() - start, 2)}))
+
+
+if __name__ == "__main__":
+    main()

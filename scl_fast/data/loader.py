@@ -1,0 +1,432 @@
+"""The loader: workers read, validate and tokenise; the main process decodes and augments with DALI.
+
+Worker side (torch DataLoader workers, one "slot" each across the world): shard reading, the shuffle buffer,
+validation (cheap header probes), augmentation parameters, grouping by frame count, tokenisation. Main side:
+DALI decoding (one thread pool per rank, on the GPU when there is one), the host fallback for batches DALI
+rejects, final counts. Each worker batch carries the worker's position and its count deltas, so the state the
+main process saves is exactly "what the trainer has consumed".
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from itertools import chain
+from typing import Literal
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from .config import DataConfig
+from .dali import DaliPipelines, resolve_device
+from .shards import Ledger, RawSample, Stats, expand_spec, parse_caption, read_manifest, read_tar
+from .text import load_tokenizer
+from .video import DALI_CPU_CODECS, DALI_GPU_CODECS, decode_frames_pyav, probe_video, sample_frame_indices
+
+log = logging.getLogger("scl_fast.data")
+
+TINY_SIDE = 16
+EXTREME_ASPECT = 4.0
+CROP_RATIO = (3 / 4, 4 / 3)
+
+
+@dataclass
+class Batch:
+    """One batch: images only (F=1) or videos only (F=data.frames); text padded to the longest caption."""
+
+    pixels: torch.Tensor  # float32 (B, F, 3, H, W), CLIP-normalised
+    input_ids: torch.Tensor  # int64 (B, L)
+    attention_mask: torch.Tensor  # bool (B, L), True = real token
+    special_mask: torch.Tensor  # bool (B, L), True for [CLS]/[SEP]/[PAD]
+    captions: list[str]  # the text that was tokenised ("left"/"right" swapped for flipped samples)
+    keys: list[str]
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
+        move = {"non_blocking": non_blocking}
+        return replace(self, pixels=self.pixels.to(device, **move), input_ids=self.input_ids.to(device, **move),
+                       attention_mask=self.attention_mask.to(device, **move),
+                       special_mask=self.special_mask.to(device, **move))
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+@dataclass
+class _Prepared:
+    """A validated sample with its augmentation decided, waiting in a group for its batch."""
+
+    seq: int
+    shard: str
+    key: str
+    caption: str
+    frames: int  # F of its batch
+    window: np.ndarray  # float32 (4,) crop (y0, x0, h, w) relative to the decoded size
+    flip: bool
+    repairs: list[str]
+    encoded: np.ndarray | None = None  # uint8 bytes for DALI
+    indices: np.ndarray | None = None  # int32 (F,) frame indices (DALI video)
+    decoded: np.ndarray | None = None  # uint8 (F, H, W, 3) already decoded on the host (PyAV fallback)
+
+
+@dataclass
+class _WorkerBatch:
+    """What a worker sends: samples + tokens + where the worker stands after it + count deltas."""
+
+    worker: int
+    position: dict  # {"epoch", "seq", "pending"}: resume point after this item is consumed
+    stats: Stats
+    samples: list[_Prepared] = field(default_factory=list)
+    tokens: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+
+
+def _identity(x):
+    return x
+
+
+def rrc_window(h: int, w: int, rng: np.random.Generator, min_area: float) -> np.ndarray:
+    """RandomResizedCrop's window (area in [min_area, 1], aspect in [3/4, 4/3]) as relative (y0, x0, h, w).
+
+    After 10 failed draws (very long or tall images) it takes the largest centred window whose aspect is in
+    range, the same fallback as torchvision.
+    """
+    log_lo, log_hi = math.log(CROP_RATIO[0]), math.log(CROP_RATIO[1])
+    for _ in range(10):
+        area = h * w * rng.uniform(min_area, 1.0)
+        ratio = math.exp(rng.uniform(log_lo, log_hi))
+        cw, ch = math.sqrt(area * ratio), math.sqrt(area / ratio)
+        if cw <= w and ch <= h:
+            y0, x0 = rng.uniform(0, h - ch), rng.uniform(0, w - cw)
+            return np.array([y0 / h, x0 / w, ch / h, cw / w], dtype=np.float32)
+    ratio = min(max(w / h, CROP_RATIO[0]), CROP_RATIO[1])
+    cw, ch = (w, w / ratio) if w / h < ratio else (h * ratio, h)
+    return np.array([(h - ch) / 2 / h, (w - cw) / 2 / w, ch / h, cw / w], dtype=np.float32)
+
+
+def center_window(h: int, w: int) -> np.ndarray:
+    """Largest centred square (evaluation: resize-shorter-side + centre-crop in one step)."""
+    side = min(h, w)
+    return np.array([(h - side) / 2 / h, (w - side) / 2 / w, side / h, side / w], dtype=np.float32)
+
+
+def _swap_left_right(text: str) -> str:
+    words = text.split(" ")
+    return " ".join({"left": "right", "right": "left"}.get(word, word) for word in words)
+
+
+def _shuffled(items: Iterator[RawSample], size: int, rng: np.random.Generator) -> Iterator[RawSample]:
+    """Streaming shuffle with a buffer of ``size`` samples (WebDataset style)."""
+    buffer: list[RawSample] = []
+    for item in items:
+        if len(buffer) < size:
+            buffer.append(item)
+            continue
+        i = int(rng.integers(size))
+        buffer[i], item = item, buffer[i]
+        yield item
+    rng.shuffle(buffer)
+    yield from buffer
+
+
+class _SampleStream(IterableDataset):
+    """Worker side. One instance is copied into every worker; ``slot`` = rank * workers + worker id.
+
+    Sharding: with at least as many shards as slots, slot s reads shards s, s + slots, ... of the epoch's shard
+    order (shuffled per epoch for training); with fewer shards (and for manifests) every slot reads everything
+    and keeps every slots-th sample. Either way one epoch sees every sample once across the world.
+    """
+
+    def __init__(self, cfg: DataConfig, spec: str, *, train: bool, device: str, rank: int, world_size: int,
+                 seed: int, epochs: int | None, drop_last: bool, resume: dict, first_worker: int) -> None:
+        self.cfg, self.train, self.device = cfg, train, device
+        self.source = expand_spec(spec)
+        self.rank, self.world_size, self.seed = rank, world_size, seed
+        self.epochs, self.drop_last = epochs, drop_last
+        self.resume, self.first_worker = resume, first_worker
+
+    def __iter__(self) -> Iterator[_WorkerBatch]:
+        info = get_worker_info()
+        wid, workers = (info.id, info.num_workers) if info else (0, 1)
+        slots, slot = self.world_size * workers, self.rank * workers + wid
+        tokenizer = load_tokenizer(self.cfg.tokenizer, self.cfg.max_text_len)
+        stats = Stats()
+        ledger = Ledger(stats, self.cfg.strict)
+        start = self.resume.get(wid, {"epoch": 0, "seq": 0, "pending": []})
+        if wid < self.first_worker:  # keeps DataLoader's round-robin order identical to the interrupted run
+            yield _WorkerBatch(wid, start, Stats())
+        epoch = start["epoch"]
+        while self.epochs is None or epoch < self.epochs:
+            replay_to = start["seq"] if epoch == start["epoch"] else 0
+            keep = set(start["pending"]) if epoch == start["epoch"] else set()
+            groups: dict[int, list[_Prepared]] = {}
+            seq = prepared = 0
+            for raw in self._epoch_samples(epoch, slot, slots, ledger):
+                seq += 1
+                # Replaying up to a restored position: only the samples then waiting in a group are rebuilt.
+                sample = self._prepare(raw, seq - 1, epoch, ledger) if seq > replay_to or seq - 1 in keep else None
+                if seq == replay_to:
+                    stats.take()  # counted before the checkpoint: already in the restored stats
+                if sample is None:
+                    continue
+                prepared += 1
+                group = groups.setdefault(sample.frames, [])
+                group.append(sample)
+                if len(group) == self.cfg.batch_size:
+                    groups[sample.frames] = []
+                    yield self._emit(wid, group, tokenizer, stats, epoch, seq, groups)
+            if not self.drop_last:
+                for frames in sorted(groups):
+                    if groups[frames]:
+                        group, groups[frames] = groups[frames], []
+                        yield self._emit(wid, group, tokenizer, stats, epoch, seq, groups)
+            epoch += 1
+            yield _WorkerBatch(wid, {"epoch": epoch, "seq": 0, "pending": []}, stats.take())
+            if prepared == 0 and self.epochs is None:
+                return  # nothing usable in this slot: looping forever would never yield a batch
+
+    def _emit(self, wid: int, group: list[_Prepared], tokenizer, stats: Stats, epoch: int, seq: int,
+              groups: dict[int, list[_Prepared]]) -> _WorkerBatch:
+        pending = sorted(s.seq for g in groups.values() for s in g)
+        tokens = tokenizer.encode_batch([s.caption for s in group])
+        return _WorkerBatch(wid, {"epoch": epoch, "seq": seq, "pending": pending}, stats.take(), group, tokens)
+
+    def _epoch_samples(self, epoch: int, slot: int, slots: int, ledger: Ledger) -> Iterator[RawSample]:
+        kind, paths = self.source
+        if kind == "manifest":
+            raws = read_manifest(paths[0], ledger, lambda i: i % slots == slot)
+        else:
+            order = list(paths)
+            if self.train:
+                np.random.default_rng([self.seed, epoch]).shuffle(order)
+            if len(order) >= slots:
+                raws = chain.from_iterable(read_tar(p, ledger) for p in order[slot::slots])
+            else:  # shard-level counts only in the slot that owns the shard's index, so they count once
+                every = chain.from_iterable(read_tar(p, ledger if j % slots == slot else None)
+                                            for j, p in enumerate(order))
+                raws = (s for i, s in enumerate(every) if i % slots == slot)
+        if self.train and self.cfg.shuffle_buffer > 1:
+            raws = _shuffled(raws, self.cfg.shuffle_buffer, np.random.default_rng([self.seed, epoch, slot, 1]))
+        return raws
+
+    def _prepare(self, raw: RawSample, seq: int, epoch: int, ledger: Ledger) -> _Prepared | None:
+        """Validate one sample and decide its augmentation, or report why it is skipped and return None."""
+        if raw.kind is None or raw.load_media is None:
+            ledger.skip(raw.shard, raw.key, "missing_media", raw.missing_file or "")
+            return None
+        caption = parse_caption(raw, ledger)
+        if caption is None:
+            return None
+        data = raw.load_media()
+        if not data:
+            ledger.skip(raw.shard, raw.key, "empty_media")
+            return None
+        rng = (np.random.default_rng([self.seed, epoch, zlib.crc32(raw.shard.encode()), zlib.crc32(raw.key.encode())])
+               if self.train else None)
+        flip = bool(rng is not None and self.cfg.hflip and rng.random() < 0.5)
+        if flip and self.cfg.flip_swaps_left_right:
+            caption = _swap_left_right(caption)
+        repairs: list[str] = []
+        encoded = np.frombuffer(data, dtype=np.uint8)
+        if raw.kind == "image":
+            try:
+                with Image.open(io.BytesIO(data)) as im:
+                    (w, h), mode = im.size, im.mode
+            except Exception as e:  # PIL raises many types for garbage headers
+                ledger.skip(raw.shard, raw.key, "corrupt_image", f"{type(e).__name__}: {e}")
+                return None
+            if mode != "RGB":
+                repairs.append("converted_to_rgb")
+            window = self._window(h, w, rng, repairs)
+            return _Prepared(seq, raw.shard, raw.key, caption, 1, window, flip, repairs, encoded=encoded)
+        try:
+            info = probe_video(data)
+        except ValueError as e:
+            ledger.skip(raw.shard, raw.key, "corrupt_video", str(e))
+            return None
+        frames = self.cfg.frames
+        if info.frames < frames:
+            repairs.append("short_video")
+        indices = sample_frame_indices(info.frames, frames, rng)
+        window = self._window(info.height, info.width, rng, repairs)
+        sample = _Prepared(seq, raw.shard, raw.key, caption, frames, window, flip, repairs)
+        if info.codec in (DALI_GPU_CODECS if self.device == "gpu" else DALI_CPU_CODECS):
+            sample.encoded, sample.indices = encoded, indices
+            return sample
+        try:
+            sample.decoded = decode_frames_pyav(data, indices)
+        except ValueError as e:
+            ledger.skip(raw.shard, raw.key, "corrupt_video", str(e))
+            return None
+        ledger.stats.info["pyav_fallback"] += 1
+        return sample
+
+    def _window(self, h: int, w: int, rng: np.random.Generator | None, repairs: list[str]) -> np.ndarray:
+        if min(h, w) < TINY_SIDE:
+            repairs.append("tiny_image")
+        if max(h, w) > EXTREME_ASPECT * min(h, w):
+            repairs.append("extreme_aspect")
+        if min(h, w) < TINY_SIDE:  # too few pixels to crop from: the whole image, upsampled
+            return np.array([0, 0, 1, 1], dtype=np.float32)
+        return rrc_window(h, w, rng, self.cfg.min_crop_area) if rng is not None else center_window(h, w)
+
+
+class Decoder:
+    """Main side: DALI decoding of worker batches, with a per-sample host fallback when DALI rejects a batch."""
+
+    def __init__(self, cfg: DataConfig, device: str, ledger: Ledger) -> None:
+        device_id = torch.cuda.current_device() if device == "gpu" else 0
+        self.pipes = DaliPipelines(image_size=cfg.image_size, batch_size=cfg.batch_size, device=device,
+                                   threads=cfg.dali_threads, device_id=device_id)
+        self.ledger = ledger
+
+    def decode(self, wb: _WorkerBatch) -> Batch | None:
+        samples = wb.samples
+        rows: list[torch.Tensor | None] = [None] * len(samples)
+        to_dali = [i for i, s in enumerate(samples) if s.encoded is not None]
+        host = [i for i, s in enumerate(samples) if s.decoded is not None]
+        if to_dali:
+            picked = [samples[i] for i in to_dali]
+            kind = "videos" if picked[0].indices is not None else "images"
+            inputs = {"enc": [s.encoded for s in picked]}
+            if kind == "videos":
+                inputs["idx"] = [s.indices for s in picked]
+            try:
+                out = self.pipes.run(kind, np.stack([s.window for s in picked]), np.array([s.flip for s in picked]),
+                                     **inputs)
+                for j, i in enumerate(to_dali):
+                    rows[i] = out[j]
+            except Exception as e:  # DALI raises RuntimeError/IndexError with the operator's message
+                log.warning("data: DALI rejected a batch (%s); decoding its %d samples on the host",
+                            str(e).strip().splitlines()[-1][:200] if str(e).strip() else type(e).__name__,
+                            len(to_dali))
+                self.ledger.stats.info["host_decode"] += len(to_dali)
+                host += [i for i in to_dali if self._host_decode(samples[i], kind)]
+        if host:
+            host.sort()
+            out = self.pipes.run("frames", np.stack([samples[i].window for i in host]),
+                                 np.array([samples[i].flip for i in host]),
+                                 frames=[samples[i].decoded for i in host])
+            for j, i in enumerate(host):
+                rows[i] = out[j]
+        kept = [i for i, r in enumerate(rows) if r is not None]
+        if not kept:
+            return None
+        for i in kept:
+            for reason in samples[i].repairs:
+                self.ledger.repair(samples[i].shard, samples[i].key, reason)
+        self.ledger.stats.good += len(kept)
+        ids, attention, special = (torch.from_numpy(t[kept]) for t in wb.tokens)
+        return Batch(torch.stack([rows[i] for i in kept]), ids, attention, special,
+                     [samples[i].caption for i in kept], [samples[i].key for i in kept])
+
+    def _host_decode(self, s: _Prepared, kind: str) -> bool:
+        """Decode one sample with PIL/PyAV into ``s.decoded``; False (and counted) when it cannot be decoded."""
+        data = s.encoded.tobytes()
+        try:
+            if kind == "images":
+                with Image.open(io.BytesIO(data)) as im:
+                    s.decoded = np.asarray(im.convert("RGB"))[None]
+            else:
+                s.decoded = decode_frames_pyav(data, s.indices)
+        except Exception as e:  # PIL/PyAV raise many types on corrupt payloads
+            self.ledger.skip(s.shard, s.key, "corrupt_image" if kind == "images" else "corrupt_video",
+                             f"{type(e).__name__}: {e}")
+            return False
+        return True
+
+
+class Loader:
+    """Iterable of :class:`Batch` with a resumable position (``state_dict`` / ``load_state_dict``) and ``stats``."""
+
+    def __init__(self, cfg: DataConfig, spec: str, *, train: bool, rank: int = 0, world_size: int = 1,
+                 seed: int = 0, epochs: int | None = None, drop_last: bool = True) -> None:
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+        if epochs is not None and epochs < 1:
+            raise ValueError(f"epochs must be >= 1 or None, got {epochs}")
+        self.cfg, self.spec, self.train = cfg, spec, train
+        self.rank, self.world_size, self.seed = rank, world_size, seed
+        self.epochs, self.drop_last = epochs, drop_last
+        self.device = resolve_device(cfg.device)
+        expand_spec(spec)  # fail early on a bad spec, in the caller's process
+        self.stats = Stats()
+        self._ledger = Ledger(self.stats, cfg.strict)
+        self._decoder: Decoder | None = None
+        self._positions: dict[int, dict] = {}
+        self._last_worker: int | None = None
+
+    @property
+    def _workers(self) -> int:
+        return max(1, self.cfg.num_workers)
+
+    def __iter__(self) -> Iterator[Batch]:
+        if self._decoder is None:
+            self._decoder = Decoder(self.cfg, self.device, self._ledger)
+        first = 0 if self._last_worker is None else (self._last_worker + 1) % self._workers
+        stream = _SampleStream(self.cfg, self.spec, train=self.train, device=self.device, rank=self.rank,
+                               world_size=self.world_size, seed=self.seed, epochs=self.epochs,
+                               drop_last=self.drop_last, resume=dict(self._positions), first_worker=first)
+        loader = DataLoader(stream, batch_size=None, num_workers=self.cfg.num_workers, collate_fn=_identity,
+                            prefetch_factor=4 if self.cfg.num_workers else None)
+        delivered = 0
+        for wb in loader:
+            self._positions[wb.worker] = wb.position
+            self._last_worker = wb.worker
+            self.stats.merge(wb.stats)
+            batch = self._decoder.decode(wb) if wb.samples else None
+            if batch is not None:
+                delivered += 1
+                yield batch
+        self._positions, self._last_worker = {}, None  # finished: the next pass starts from the beginning
+        if self.epochs is None:
+            raise ValueError(f"data {self.spec!r} has no usable samples for rank {self.rank} (stats: "
+                             f"{self.stats.as_dict()})")
+        if delivered == 0:
+            log.warning("data: %r yielded no batch (stats: %s)", self.spec, self.stats.as_dict())
+
+    def state_dict(self) -> dict:
+        """Position after the last batch handed out, plus the counts so far (plain Python: JSON/torch.save-able)."""
+        return {"version": 1, "spec": self.spec, "rank": self.rank, "world_size": self.world_size,
+                "num_workers": self._workers, "seed": self.seed,
+                "positions": {str(k): v for k, v in self._positions.items()},
+                "last_worker": self._last_worker, "stats": self.stats.as_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        for name, mine in (("world_size", self.world_size), ("num_workers", self._workers), ("seed", self.seed)):
+            if state.get(name) != mine:
+                raise ValueError(f"data state was saved with {name}={state.get(name)!r}, this loader has {mine!r}")
+        self._positions = {int(k): dict(v) for k, v in state["positions"].items()}
+        self._last_worker = state["last_worker"]
+        self.stats = Stats.from_dict(state["stats"])
+        self._ledger.stats = self.stats
+
+
+def build_loader(cfg: DataConfig, split: Literal["train", "val"], *, rank: int = 0, world_size: int = 1,
+                 seed: int = 0, epochs: int | None = None, drop_last: bool | None = None) -> Loader:
+    """The loader for ``split``.
+
+    Train: shuffled, augmented, ``epochs=None`` loops forever, ``drop_last`` defaults to True. Val: shard order,
+    centre crop, one pass (``epochs=None`` means 1), every sample exactly once (``drop_last`` defaults to False).
+    With ``cfg.train`` None both splits come from the demo corpus, written to ``cfg.cache_dir`` on first use.
+    """
+    if split not in ("train", "val"):
+        raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+    spec = cfg.train if split == "train" else cfg.val
+    if spec is None:
+        if cfg.train is not None:
+            raise ValueError("data.val is not set (a val split comes from the demo corpus only when data.train "
+                             "is None too)")
+        from .demo import ensure_demo_corpus
+
+        spec = ensure_demo_corpus(cfg.cache_dir, train_images=cfg.demo_train_images,
+                                  train_videos=cfg.demo_train_videos, val_images=cfg.demo_val_images,
+                                  val_videos=cfg.demo_val_videos)[split]
+    train = split == "train"
+    return Loader(cfg, spec, train=train, rank=rank, world_size=world_size, seed=seed,
+                  epochs=epochs if (train or epochs is not None) else 1,
+                  drop_last=train if drop_last is None else drop_last)
