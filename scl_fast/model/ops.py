@@ -1,0 +1,91 @@
+"""The model's calls into ``scl_kernels``: the fused op when the installed build provides it, else its reference.
+
+The fused ops are being added to ``scl_kernels`` one by one; every call of the model goes through ``_op`` so
+that switching an op from its reference to the kernel needs no model change (the lookup is per call, hence an
+op that appears later is picked up without re-importing the model).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+import scl_kernels
+from scl_kernels import reference
+
+
+def _op(name: str) -> Callable[..., Any]:
+    """``scl_kernels.<name>`` if it exists, else ``scl_kernels.reference.<name>_ref`` (same arguments)."""
+    fn = getattr(scl_kernels, name, None)
+    return fn if fn is not None else getattr(reference, f"{name}_ref")
+
+
+def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float | torch.Tensor, *, detach_b: bool = False
+             ) -> torch.Tensor:
+    """Symmetric InfoNCE of matched rows (both directions summed), rows L2-normalised over the feature dim."""
+    return _op("info_nce")(a, b, temperature, detach_b=detach_b)
+
+
+def cosine_recovery(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """mean_i (1 - cos(a_i, sg(b_i)))."""
+    return _op("cosine_recovery")(a, b, detach_b=True)
+
+
+def mlm_mask(ids: torch.Tensor, special_mask: torch.Tensor, *, p: float, replace: tuple[float, float, float],
+             vocab_size: int, mask_id: int, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """BERT 80/10/10 masking -> (masked_ids, labels with -100 where not predicted)."""
+    return _op("mlm_mask")(ids, special_mask, p=p, replace=replace, vocab_size=vocab_size, mask_id=mask_id,
+                           generator=generator)
+
+
+def scl_text_mask(ids: torch.Tensor, special_mask: torch.Tensor, *, ratio: float, mask_id: int,
+                  generator: torch.Generator | None) -> torch.Tensor:
+    """SCL's text masking: ``ratio`` of the real tokens, drawn without replacement, become [MASK]."""
+    return _op("scl_text_mask")(ids, special_mask, ratio=ratio, mask_id=mask_id, generator=generator)
+
+
+def random_masking(x: torch.Tensor, noise: torch.Tensor, keep: int, *, frames: int, pos: torch.Tensor | None
+                   ) -> torch.Tensor:
+    """Keep the ``keep`` patch positions with the smallest ``noise`` (same subset in every frame), adding ``pos``.
+
+    The caller owns the random keys (so two schedules can use the same subset); the fused kernel is used when
+    it accepts caller-given keys, otherwise the reference (an argsort and a gather: cheap next to a ViT).
+    """
+    fn = getattr(scl_kernels, "random_masking", None)
+    if fn is not None and "noise" in inspect.signature(fn).parameters:
+        kept, _ = fn(x, keep / noise.shape[1], frames=frames, pos=pos, noise=noise)
+    else:
+        kept, _ = reference.random_masking_ref(x, noise, keep, frames=frames, pos=pos)
+    return kept
+
+
+class _AllGather(torch.autograd.Function):
+    """all_gather whose backward sums the gradient over ranks and returns this rank's slice (the release's
+    version returns only the local slice, so contrastive gradients shrank by 1/world_size)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, x.contiguous())
+        ctx.rank, ctx.n = dist.get_rank(), x.shape[0]
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous()
+        dist.all_reduce(grad)
+        return grad[ctx.rank * ctx.n:(ctx.rank + 1) * ctx.n]
+
+
+def all_gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``x`` (N, D) over ranks with a correct gradient; identity on one process."""
+    fn = getattr(scl_kernels, "all_gather_with_grad", None)
+    if fn is not None:
+        return fn(x)
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x
+    return _AllGather.apply(x)
