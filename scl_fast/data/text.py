@@ -66,6 +66,11 @@ class TextTokenizer:
         special = np.isin(ids, self._special) | ~attention
         return ids, attention, special
 
+    def normalize(self, text: str) -> str:
+        """``text`` as the tokenizer sees it (uncased models lowercase and strip accents): what decode returns."""
+        normalizer = self._tok.normalizer
+        return normalizer.normalize_str(text) if normalizer is not None else text
+
     def decode(self, ids: list[int] | np.ndarray) -> str:
         """Text of one row of ids, special tokens and padding dropped."""
         return self._tok.decode([int(i) for i in np.asarray(ids).reshape(-1)], skip_special_tokens=True)
