@@ -144,7 +144,8 @@ def random_masking_ref(
         raise ValueError(f"keep must be in [0, {p}], got {keep}")
     dtype = x.dtype
     x, pos = _maybe_upcast(upcast, x, pos)
-    ids_keep = torch.argsort(noise, dim=1)[:, :keep].sort(dim=1).values  # (B, K)
+    # stable: equal keys go to the lower index, the tie rule of the C++ and Triton kernels
+    ids_keep = torch.argsort(noise, dim=1, stable=True)[:, :keep].sort(dim=1).values  # (B, K)
     xf = x.reshape(b, frames, p, d)
     kept = torch.gather(xf, 2, ids_keep[:, None, :, None].expand(b, frames, keep, d))  # (B, F, K, D)
     if pos is not None:
@@ -153,9 +154,50 @@ def random_masking_ref(
     return (kept if upcast else kept.to(dtype)), ids_keep
 
 
+def random_masking_backward_ref(
+    grad_kept: torch.Tensor, ids_keep: torch.Tensor, positions: int, *, frames: int = 1, with_pos: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Gradients of ``random_masking_ref`` w.r.t. x and pos, written out: a scatter into zeros.
+
+    Args:
+        grad_kept: (B, F*K, D) gradient of ``kept``.
+        ids_keep: (B, K) kept positions (unique per row, so the scatter needs no accumulation).
+        positions: P.
+        frames: F.
+        with_pos: also return grad_pos (P, D), the scatter summed over samples and frames.
+
+    Returns:
+        grad_x (B, F*P, D) and grad_pos (P, D) or None.
+    """
+    b, n, d = grad_kept.shape
+    keep = ids_keep.shape[1]
+    if n != frames * keep:
+        raise ValueError(f"grad_kept must be (B, F*K, D) with F={frames}, K={keep}, got {tuple(grad_kept.shape)}")
+    g = grad_kept.reshape(b, frames, keep, d)
+    index = ids_keep[:, None, :, None].expand(b, frames, keep, d)
+    grad_x = grad_kept.new_zeros(b, frames, positions, d).scatter_(2, index, g)  # (B, F, P, D)
+    grad_pos = grad_x.sum(dim=(0, 1)) if with_pos else None
+    return grad_x.reshape(b, frames * positions, d), grad_pos
+
+
 # --------------------------------------------------------------------------------------------------------------
 # text masks
 # --------------------------------------------------------------------------------------------------------------
+
+
+def mlm_mask_keys(
+    shape: torch.Size | tuple[int, ...],
+    vocab_size: int,
+    *,
+    generator: torch.Generator | None = None,
+    device: torch.device | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The random draws of ``mlm_mask_ref``, in its order: choice keys and replacement keys (float32 in
+    [0, 1)) and random tokens (int64 in [0, vocab_size)), each of ``shape``."""
+    choose = torch.rand(shape, generator=generator, device=device)
+    how = torch.rand(shape, generator=generator, device=device)
+    rand_tok = torch.randint(vocab_size, shape, generator=generator, device=device)
+    return choose, how, rand_tok
 
 
 def mlm_mask_ref(
@@ -167,17 +209,21 @@ def mlm_mask_ref(
     vocab_size: int,
     mask_id: int,
     generator: torch.Generator | None = None,
+    keys: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """BERT masking: each real token is chosen with probability p; chosen tokens become [MASK] / a random
-    token / themselves with probabilities ``replace``. Labels are -100 where nothing was chosen."""
-    u = torch.rand(ids.shape, generator=generator, device=ids.device)
-    chosen = (u < p) & ~special_mask
-    how = torch.rand(ids.shape, generator=generator, device=ids.device)
-    rand_tok = torch.randint(vocab_size, ids.shape, generator=generator, device=ids.device)
+    token / themselves with probabilities ``replace``. Labels are -100 where nothing was chosen.
+
+    ``keys`` (as ``mlm_mask_keys`` draws them) replaces the generator's draws, so the fused op's backends
+    can be fed the very same randomness and compared element for element."""
+    choose, how, rand_tok = (
+        mlm_mask_keys(ids.shape, vocab_size, generator=generator, device=ids.device) if keys is None else keys
+    )
+    chosen = (choose < p) & ~special_mask
     to_mask = chosen & (how < replace[0])
     to_rand = chosen & (how >= replace[0]) & (how < replace[0] + replace[1])
     masked = torch.where(to_mask, torch.full_like(ids, mask_id), ids)
-    masked = torch.where(to_rand, rand_tok, masked)
+    masked = torch.where(to_rand, rand_tok.to(ids.dtype), masked)
     labels = torch.where(chosen, ids, torch.full_like(ids, -100))
     return masked, labels
 
@@ -189,15 +235,21 @@ def scl_text_mask_ref(
     ratio: float = 0.4,
     mask_id: int,
     generator: torch.Generator | None = None,
+    keys: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Replace round(ratio * n_real) real tokens per row, drawn without replacement, by [MASK]
-    (at least one when the row has a real token)."""
+    """Replace round(ratio * n_real) real tokens per row (half to even, at least one when the row has a real
+    token), drawn without replacement, by [MASK]: the positions with the smallest keys win.
+
+    ``keys`` (B, L) in [0, 1) replaces ``torch.rand(ids.shape, generator=generator)``."""
     real = ~special_mask
     n_real = real.sum(dim=1)  # (B,)
     count = torch.clamp((n_real.double() * ratio).round().long(), min=1)
     count = torch.minimum(count, n_real)
-    keys = torch.rand(ids.shape, generator=generator, device=ids.device).masked_fill(special_mask, 2.0)
-    rank = keys.argsort(dim=1).argsort(dim=1)  # rank of each position among the row's keys
+    if keys is None:
+        keys = torch.rand(ids.shape, generator=generator, device=ids.device)
+    keys = keys.masked_fill(special_mask, 2.0)  # special and padding rank last, so they are never drawn
+    # stable: equal keys go to the lower index, the tie rule of the Triton kernel
+    rank = keys.argsort(dim=1, stable=True).argsort(dim=1)  # rank of each position among the row's keys
     chosen = rank < count[:, None]
     return torch.where(chosen, torch.full_like(ids, mask_id), ids)
 
@@ -217,7 +269,10 @@ def info_nce_ref(
     upcast: bool = False,
 ) -> torch.Tensor:
     """InfoNCE over matched rows: L2-normalise, logits = a b^T / T, CE against the diagonal, and (if
-    symmetric) the transposed direction added. Builds the full N x N matrix."""
+    symmetric) the transposed direction added. Builds the full N x N matrix.
+
+    Computes in the input dtype (the same-dtype baseline) but returns float32 (float64 for float64 or
+    ``upcast``), like the fused op: a scalar loss rounded to fp16 only loses digits."""
     dtype = a.dtype
     a, b = _maybe_upcast(upcast, a, b)
     if detach_b:
@@ -231,16 +286,17 @@ def info_nce_ref(
     loss = F.cross_entropy(logits, target)
     if symmetric:
         loss = loss + F.cross_entropy(logits.t(), target)
-    return loss if upcast else loss.to(dtype)
+    return loss if upcast else loss.to(torch.promote_types(dtype, torch.float32))
 
 
 def cosine_recovery_ref(
     a: torch.Tensor, b: torch.Tensor, *, detach_b: bool = True, upcast: bool = False
 ) -> torch.Tensor:
-    """mean_i (1 - cos(a_i, b_i)): the plain cosine form of the SCL recovery objective."""
+    """mean_i (1 - cos(a_i, b_i)): the plain cosine form of the SCL recovery objective. Rows are normalised
+    with F.normalize's eps (1e-12), as in info_nce; returns float32 (float64 for float64 or ``upcast``)."""
     dtype = a.dtype
     a, b = _maybe_upcast(upcast, a, b)
     if detach_b:
         b = b.detach()
-    loss = (1.0 - F.cosine_similarity(a, b, dim=-1)).mean()
-    return loss if upcast else loss.to(dtype)
+    loss = (1.0 - (F.normalize(a, dim=-1) * F.normalize(b, dim=-1)).sum(-1)).mean()
+    return loss if upcast else loss.to(torch.promote_types(dtype, torch.float32))
