@@ -1,0 +1,24 @@
+"""Benchmarks of scl_fast: pytest-benchmark suites (``bench_*.py``), shared shapes, the report and GPU report
+commands. See ``benchmarks/README.md``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+
+def synchronized(fn: Callable[[], Any], device: torch.device | str) -> Callable[[], Any]:
+    """Wrap ``fn`` so it waits for the device: pytest-benchmark times with a host clock, and CUDA launches are
+    asynchronous, so an unsynchronised call would time only the launch."""
+    dev = torch.device(device)
+    if dev.type != "cuda":
+        return fn
+
+    def call() -> Any:
+        out = fn()
+        torch.cuda.synchronize(dev)
+        return out
+
+    return call
