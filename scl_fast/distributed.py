@@ -1,0 +1,135 @@
+"""Process group, device and data-parallel wrapping on PyTorch's own engine (torchrun + DDP or FSDP2).
+
+Ranks come from torchrun's environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``); without it the run is a
+single process and nothing here touches ``torch.distributed``. NCCL on GPUs, gloo on CPU. The contrastive
+losses all-gather their negatives inside the model (``scl_kernels.all_gather_with_grad``), so the wrapper
+only has to average gradients.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Where this process sits in the job."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the only rank that logs and writes files."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed(device: str = "auto") -> DistInfo:
+    """Join the torchrun job if there is one and pick this rank's device.
+
+    ``device``: "auto" = this rank's GPU when CUDA is available, else the CPU; "cpu" forces the CPU (gloo).
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
+    use_cuda = torch.cuda.is_available() and device != "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device='cuda' but CUDA is not available")
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+        dev = torch.device("cuda", local_rank)
+    else:
+        dev = torch.device("cpu")
+    if world_size > 1 and not dist.is_initialized():
+        # A generous timeout: rank 0 evaluates and writes checkpoints while the others wait at a barrier.
+        dist.init_process_group(
+            backend="nccl" if use_cuda else "gloo",
+            timeout=datetime.timedelta(minutes=30),
+            device_id=dev if use_cuda else None,
+        )
+    return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=dev)
+
+
+def close_distributed() -> None:
+    """Leave the process group (idempotent)."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(info: DistInfo) -> None:
+    if info.distributed:
+        dist.barrier()
+
+
+def broadcast_object(obj: Any, info: DistInfo) -> Any:
+    """Rank 0's ``obj`` on every rank (e.g. the run folder, whose default name holds rank 0's clock)."""
+    if not info.distributed:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def gather_objects(obj: Any, info: DistInfo) -> list[Any]:
+    """Every rank's ``obj``, in rank order, on every rank (RNG states and data positions for checkpoints)."""
+    if not info.distributed:
+        return [obj]
+    out: list[Any] = [None] * info.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def all_reduce_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Sum ``t`` over ranks in place (no-op for one process); returns ``t``."""
+    if info.distributed:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def wrap_model(
+    model: nn.Module, info: DistInfo, engine: Literal["ddp", "fsdp"], *, find_unused_parameters: bool = False
+) -> nn.Module:
+    """The module the training loop calls: ``model`` itself (one process), DDP, or FSDP2-sharded in place.
+
+    FSDP2 shards every direct child that holds parameters (encoders, fusion, heads) and then the root, so a
+    child's parameters are gathered only while it runs. It changes ``model`` in place (its parameters become
+    DTensors); checkpoints then go through ``torch.distributed.checkpoint.state_dict``.
+    """
+    if not info.distributed:
+        return model
+    if engine == "ddp":
+        device_ids = [info.device.index] if info.device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(
+            model, device_ids=device_ids, find_unused_parameters=find_unused_parameters
+        )
+    if engine == "fsdp":
+        from torch.distributed.fsdp import fully_shard
+
+        for child in model.children():
+            if any(p.requires_grad for p in child.parameters()):
+                fully_shard(child)
+        fully_shard(model)
+        return model
+    raise ValueError(f"engine must be 'ddp' or 'fsdp', got {engine!r}")
+
+
+def is_fsdp(model: nn.Module) -> bool:
+    """True when ``model`` was sharded by FSDP2's ``fully_shard``."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)

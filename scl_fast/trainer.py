@@ -1,0 +1,558 @@
+"""The training loop: build model, optimizer, data and logs from a ``Config``, run, checkpoint, evaluate, summarise.
+
+Everything that carries state across a restart exposes ``state_dict``/``load_state_dict`` (model, optimizer, LR
+scheduler, grad scaler, data loader, RNGs, the trainer's own counters) and goes into one checkpoint, so a run
+killed at any moment continues from its last checkpoint with the same numbers it would have produced (bit-exact
+on the CPU in deterministic mode; the resume test checks it).
+
+One optimizer step = ``grad_accum`` micro-batches; under DDP the gradient all-reduce happens only on the last
+(``no_sync`` on the others). One host sync per step: the global gradient norm, which tells whether the step is
+finite on every rank at once (DDP has already averaged the gradients, so every rank takes the same decision).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import math
+import os
+import random
+import sys
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from scl_fast import checkpoint as ckpt
+from scl_fast import distributed as dist_util
+from scl_fast.config import Config, to_dict
+from scl_fast.evaluate import embed, evaluate_retrieval
+from scl_fast.metrics import MetricsLogger, peak_flops
+from scl_fast.optim import build_optimizer, build_scheduler
+
+log = logging.getLogger("scl_fast.train")
+
+# Config keys that may change between an interrupted run and its resumption (they do not change the numbers).
+RESUMABLE_CHANGES = (
+    "train.resume", "train.run_dir", "train.log_every", "train.ckpt_every", "train.keep_ckpts", "train.eval_every",
+    "train.max_bad_steps", "train.compile", "data.cache_dir", "data.dali_threads",
+)
+
+
+class NonFiniteLossError(RuntimeError):
+    """Too many consecutive optimizer steps had a non-finite loss or gradient."""
+
+
+@dataclasses.dataclass
+class Counters:
+    """The trainer's own progress, checkpointed with everything else."""
+
+    step: int = 0
+    """Optimizer steps taken (skipped non-finite steps included: the schedule moves on)."""
+    samples: int = 0
+    """Samples consumed, all ranks."""
+    tokens: int = 0
+    """Text tokens (real, not padding) plus visual tokens consumed, all ranks."""
+    bad_steps: int = 0
+    """Steps skipped for a non-finite loss or gradient, in total."""
+    bad_in_row: int = 0
+    """Consecutive skipped steps up to now."""
+    train_seconds: float = 0.0
+    """Wall time spent in training steps (evaluation and checkpoint writes excluded)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for name, value in state.items():
+            setattr(self, name, value)
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto`` becomes bf16 on a GPU that supports it (else fp16) and fp32 on the CPU."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "fp32"
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def default_run_dir(cfg: Config) -> Path:
+    return Path("runs") / f"{cfg.preset}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def _dict_get(d: dict[str, Any], dotted: str) -> Any:
+    for part in dotted.split("."):
+        if not isinstance(d, dict) or part not in d:
+            return None
+        d = d[part]
+    return d
+
+
+def _dict_drop(d: dict[str, Any], dotted: str) -> None:
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        d = d.get(part, {})
+    d.pop(leaf, None)
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The SCL model under DDP / torch.compile wrappers (for encode_* and state_dict)."""
+    while True:
+        if hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        else:
+            return model
+
+
+def _build_model(cfg: Config) -> nn.Module:
+    from scl_fast.model.scl import SCLModel
+
+    return SCLModel(cfg.model)
+
+
+class Trainer:
+    """One pre-training run. ``train.py`` does ``Trainer(cfg)``, ``try: trainer.train() finally: trainer.close()``.
+
+    Args:
+        cfg: the resolved config.
+        device: "auto" (this rank's GPU if any, else CPU) or "cpu"/"cuda".
+        model_factory: builds the model from the config (tests inject small models; default ``SCLModel``).
+        progress: show the tqdm bar (rank 0).
+    """
+
+    def __init__(self, cfg: Config, *, device: str = "auto", model_factory: Callable[[Config], nn.Module] | None = None,
+                 progress: bool = True) -> None:
+        self.cfg = cfg
+        tc = cfg.train
+        self.info = dist_util.init_distributed(device)
+        self.device = self.info.device
+        self.precision = resolve_precision(tc.precision, self.device)
+        if tc.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=False)
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        seed_everything(tc.seed + self.info.rank)
+        self.run_dir = self._resolve_run_dir()
+        self.config_dict = to_dict(cfg)
+        if self.info.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.json").write_text(json.dumps(self.config_dict, indent=2) + "\n")
+            _print(f"run folder: {self.run_dir}")
+            _print("resolved config (also in config.json):\n" + "\n".join(
+                f"  {name}: {json.dumps(section)}" for name, section in self.config_dict.items()))
+        dist_util.barrier(self.info)
+
+        # Model and optimizer. The generator drives the step's random masks (MLM, SCL, ITM negatives) and is
+        # checkpointed; dropout uses the global RNG, also checkpointed.
+        self.model = (model_factory or _build_model)(cfg).to(self.device)
+        groups = self.model.param_groups(tc.lr, tc.weight_decay, tc.head_lr_mult)
+        self.optimizer = build_optimizer(groups, tc, self.device)
+        self.scheduler = build_scheduler(self.optimizer, tc)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+        self.generator = torch.Generator(self.device).manual_seed(tc.seed + self.info.rank)
+        # Unused parameters are normal here (a loss weight of 0, the temporal embedding of a batch of images).
+        self.step_module = dist_util.wrap_model(self.model, self.info, tc.distributed, find_unused_parameters=True)
+        if tc.compile:
+            self.step_module = torch.compile(self.step_module)
+        self.counters = Counters()
+
+        from scl_fast.data import build_loader
+
+        self.loader = build_loader(cfg.data, "train", rank=self.info.rank, world_size=self.info.world_size,
+                                   seed=tc.seed)
+        self.has_val = cfg.data.val is not None or cfg.data.train is None
+        self._resume()
+        self.logger = MetricsLogger(self.run_dir, enabled=self.info.is_main, total_steps=tc.steps,
+                                    start_step=self.counters.step, progress=progress)
+        self.peak, peak_note = peak_flops(self.device, self.precision) if self.info.is_main else (None, "")
+        if self.info.is_main:
+            n_params = sum(p.numel() for p in self.model.parameters())
+            engine = tc.distributed if self.info.distributed else "single process"
+            _print(f"device {self.device} x {self.info.world_size} ranks ({engine}), precision {self.precision}, "
+                   f"{n_params / 1e6:.2f} M parameters; MFU peak: {peak_note}")
+        self._flops_cache: dict[tuple[int, int, int], float | None] = {}
+        self.last_eval: dict[str, Any] = {}
+        self.last_losses: dict[str, float] = {}
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Set-up helpers
+    # ------------------------------------------------------------------------------------------------------------
+
+    def _resolve_run_dir(self) -> Path:
+        tc = self.cfg.train
+        if tc.run_dir is not None:
+            path = Path(tc.run_dir)
+        elif tc.resume == "auto":
+            runs = sorted(Path("runs").glob(f"{self.cfg.preset}-*"), key=lambda p: p.name)
+            runs = [p for p in runs if ckpt.list_checkpoints(p)]
+            path = runs[-1] if runs else default_run_dir(self.cfg)
+        else:
+            path = default_run_dir(self.cfg)
+        return Path(dist_util.broadcast_object(str(path), self.info))
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Checkpoints
+    # ------------------------------------------------------------------------------------------------------------
+
+    def _model_state(self) -> dict[str, torch.Tensor]:
+        if dist_util.is_fsdp(self.model):
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+            return get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        return self.model.state_dict()
+
+    def _optim_state(self) -> dict[str, Any]:
+        if dist_util.is_fsdp(self.model):
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+            return get_optimizer_state_dict(self.model, self.optimizer,
+                                            options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        return self.optimizer.state_dict()
+
+    def save_checkpoint(self) -> Path | None:
+        """Write the checkpoint of the current step (rank 0 writes; every rank contributes RNG and data state)."""
+        per_rank = {"rng": ckpt.rng_state(self.generator), "data": self.loader.state_dict()}
+        gathered = dist_util.gather_objects(per_rank, self.info)
+        model_state = self._model_state()  # collective under FSDP: every rank calls it
+        optim_state = self._optim_state()
+        path = None
+        if self.info.is_main:
+            train_state = {
+                "optimizer": optim_state,
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "counters": self.counters.state_dict(),
+                "ranks": gathered,
+            }
+            path = ckpt.save(self.run_dir, self.counters.step, model_state=model_state, train_state=train_state,
+                             config=self.config_dict, world_size=self.info.world_size, keep=self.cfg.train.keep_ckpts)
+        dist_util.barrier(self.info)
+        return path
+
+    def _resume(self) -> None:
+        tc = self.cfg.train
+        if tc.resume is None:
+            return
+        if tc.resume == "auto":
+            path = ckpt.latest_checkpoint(self.run_dir)
+            if path is None:
+                if self.info.is_main:
+                    _print(f"resume auto: no checkpoint in {self.run_dir}, starting fresh")
+                return
+        else:
+            path = Path(tc.resume)
+        self.load_checkpoint(path)
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        """Restore everything from ``path``; a corrupt or mismatched checkpoint raises ``CheckpointError``."""
+        path = Path(path)
+        meta = ckpt.verify(path)
+        if meta["world_size"] != self.info.world_size:
+            raise ckpt.CheckpointError(f"checkpoint {path} was written by {meta['world_size']} ranks, this run has "
+                                       f"{self.info.world_size} (the data position is per rank)")
+        saved = ckpt.load_config(path)
+        current = json.loads(json.dumps(self.config_dict))
+        for key in RESUMABLE_CHANGES:
+            _dict_drop(saved, key)
+            _dict_drop(current, key)
+        diff = ckpt.diff_config(saved, current)
+        if diff:
+            raise ckpt.CheckpointError(f"checkpoint {path} belongs to a different config: " + "; ".join(diff[:8]))
+        weights = ckpt.load_weights(path)
+        state = ckpt.load_train_state(path)
+        if dist_util.is_fsdp(self.model):
+            from torch.distributed.checkpoint.state_dict import (
+                StateDictOptions,
+                set_model_state_dict,
+                set_optimizer_state_dict,
+            )
+
+            opts = StateDictOptions(full_state_dict=True)
+            set_model_state_dict(self.model, weights, options=opts)
+            set_optimizer_state_dict(self.model, self.optimizer, state["optimizer"], options=opts)
+        else:
+            try:
+                self.model.load_state_dict(weights)
+            except RuntimeError as err:
+                raise ckpt.CheckpointError(f"checkpoint {path} does not fit the model: {err}") from err
+            self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.counters.load_state_dict(state["counters"])
+        mine = state["ranks"][self.info.rank]
+        ckpt.set_rng_state(mine["rng"], self.generator)
+        self.loader.load_state_dict(mine["data"])
+        if self.info.is_main:
+            _print(f"resumed from {path} at step {self.counters.step}")
+
+    # ------------------------------------------------------------------------------------------------------------
+    # The loop
+    # ------------------------------------------------------------------------------------------------------------
+
+    def _step_flops(self, batch: Any) -> float | None:
+        """FLOPs of one forward+backward on this batch shape (counted once per shape, cached)."""
+        key = (batch.pixels.shape[0], batch.pixels.shape[1], batch.input_ids.shape[1])
+        if key not in self._flops_cache:
+            try:
+                from scl_fast.flops import count_step_flops
+
+                counted = count_step_flops(self.cfg, batch, batch.pixels.shape[1])
+                total = counted.get("total", None) if isinstance(counted, dict) else counted
+                self._flops_cache[key] = float(total) if total is not None else None
+            except Exception as err:  # noqa: BLE001 - MFU is informative; a counting failure must not stop training
+                if not self._flops_cache:
+                    log.warning("FLOP counting failed (%s): MFU omitted", err)
+                self._flops_cache[key] = None
+        return self._flops_cache[key]
+
+    def train(self) -> dict[str, Any]:
+        """Run to ``train.steps``, checkpoint, evaluate, write ``summary.json``; returns the summary."""
+        tc = self.cfg.train
+        accum = tc.grad_accum
+        batches: Iterator = iter(self.loader)
+        window: dict[str, torch.Tensor] = {}
+        win_steps = win_samples = win_tokens = 0
+        win_wait = win_time = win_flops = 0.0
+        flops_known = True
+        self.model.train()
+        while self.counters.step < tc.steps:
+            t0 = time.perf_counter()
+            wait = 0.0
+            step_losses: dict[str, torch.Tensor] = {}
+            samples = tokens = 0
+            flops = 0.0
+            for micro in range(accum):
+                tw = time.perf_counter()
+                batch = next(batches).to(self.device, non_blocking=True)
+                wait += time.perf_counter() - tw
+                sync = micro == accum - 1 or not self.info.distributed or dist_util.is_fsdp(self.model)
+                ctx = contextlib.nullcontext() if sync else self.step_module.no_sync()
+                with ctx:
+                    with self.autocast():
+                        out = self.step_module(batch.pixels, batch.input_ids, batch.attention_mask,
+                                               batch.special_mask, generator=self.generator)
+                    self.scaler.scale(out.loss / accum).backward()
+                for name, value in {"total": out.loss, **out.losses}.items():
+                    value = value.detach().float()
+                    step_losses[name] = step_losses.get(name, 0.0) + value / accum
+                b, f = batch.pixels.shape[:2]
+                samples += b
+                tokens += int(batch.attention_mask.sum()) + b * f * (_patches(self.cfg) + 1)
+                if flops_known and self.peak is not None:
+                    step_f = self._step_flops(batch)
+                    flops_known = step_f is not None
+                    flops += step_f or 0.0
+            ok = self._optimizer_step(step_losses["total"])
+            self.counters.step += 1
+            world = self.info.world_size
+            self.counters.samples += samples * world
+            self.counters.tokens += tokens * world
+            if ok:
+                for name, value in step_losses.items():
+                    window[name] = window.get(name, 0.0) + value
+                win_steps += 1
+            dt = time.perf_counter() - t0
+            self.counters.train_seconds += dt
+            win_samples += samples * world
+            win_tokens += tokens * world
+            win_wait += wait
+            win_time += dt
+            win_flops += flops
+            step = self.counters.step
+            if step % tc.log_every == 0 or step == tc.steps:
+                record = self._log_window(window, win_steps, win_samples, win_tokens, win_wait, win_time,
+                                          win_flops if flops_known else None)
+                window, win_steps, win_samples, win_tokens = {}, 0, 0, 0
+                win_wait = win_time = win_flops = 0.0
+                self.logger.advance(0, {"loss": f"{record.get('loss/total', float('nan')):.3f}",
+                                        "samples/s": f"{record['samples_per_s']:.0f}"})
+            self.logger.advance(1)
+            if tc.ckpt_every and step % tc.ckpt_every == 0 and step < tc.steps:
+                self.save_checkpoint()
+            if tc.eval_every and step % tc.eval_every == 0 and step < tc.steps and self.has_val:
+                self.evaluate()
+                self.model.train()
+        self.save_checkpoint()
+        self.logger.close_bar()
+        if self.has_val:
+            self.evaluate()
+        summary = self.write_summary()
+        self.logger.close()
+        return summary
+
+    def _optimizer_step(self, loss: torch.Tensor) -> bool:
+        """Clip, check finiteness (one host sync), step; a non-finite step is skipped and counted."""
+        tc = self.cfg.train
+        self.scaler.unscale_(self.optimizer)
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        max_norm = tc.clip_grad if tc.clip_grad > 0 else math.inf
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm) if params else torch.zeros((), device=self.device)
+        if self.info.distributed:  # the loss is per rank: agree on skipping
+            flag = (~torch.isfinite(loss)).float().reshape(1)
+            dist_util.all_reduce_sum(flag, self.info)
+            finite_loss = float(flag) == 0.0
+        else:
+            finite_loss = bool(torch.isfinite(loss))
+        finite = finite_loss and math.isfinite(float(norm))
+        if finite or self.scaler.is_enabled():
+            # With fp16 an infinite gradient is the scaler's normal signal: it skips the step and lowers the scale.
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        if finite or (self.scaler.is_enabled() and finite_loss):
+            self.counters.bad_in_row = 0
+            self.last_grad_norm = float(norm)
+            return finite
+        self.counters.bad_steps += 1
+        self.counters.bad_in_row += 1
+        if self.info.is_main:
+            self.logger.write(f"step {self.counters.step + 1}: non-finite loss/gradient ({float(loss):.4g}), step "
+                              f"skipped ({self.counters.bad_in_row} in a row)")
+        if self.counters.bad_in_row >= tc.max_bad_steps:
+            raise NonFiniteLossError(f"{self.counters.bad_in_row} consecutive steps had a non-finite loss or "
+                                     f"gradient (train.max_bad_steps={tc.max_bad_steps}); lower train.lr, enable "
+                                     f"clipping or use bf16 instead of fp16")
+        return False
+
+    def _log_window(self, window: dict[str, torch.Tensor], steps: int, samples: int, tokens: int, wait: float,
+                    elapsed: float, flops: float | None) -> dict[str, Any]:
+        names = sorted(window)
+        if names:
+            vec = torch.stack([torch.as_tensor(window[n], device=self.device, dtype=torch.float32) for n in names])
+        else:
+            vec = torch.zeros(0, device=self.device)
+        vec = torch.cat([vec, torch.tensor([float(steps)], device=self.device)])
+        dist_util.all_reduce_sum(vec, self.info)
+        total_steps = float(vec[-1])
+        losses = {}
+        if total_steps:
+            losses = {n: float(v) / total_steps for n, v in zip(names, vec[:-1].tolist(), strict=True)}
+        self.last_losses = losses or self.last_losses
+        record: dict[str, Any] = {f"loss/{n}": v for n, v in losses.items()}
+        record |= {
+            "lr": self.scheduler.get_last_lr()[0],
+            "grad_norm": getattr(self, "last_grad_norm", float("nan")),
+            "samples_per_s": samples / max(elapsed, 1e-9),
+            "tokens_per_s": tokens / max(elapsed, 1e-9),
+            "data_wait_frac": wait / max(elapsed, 1e-9),
+            "bad_steps": self.counters.bad_steps,
+            "samples": self.counters.samples,
+        }
+        if flops is not None and self.peak:
+            record["mfu"] = flops / max(elapsed, 1e-9) / self.peak  # per rank: own FLOPs over own peak
+        self.logger.log(self.counters.step, record)
+        if self.info.is_main:
+            parts = " ".join(f"{k.split('/')[-1]}={v:.3f}" for k, v in record.items() if k.startswith("loss/"))
+            mfu = f" mfu={record['mfu']:.1%}" if "mfu" in record else ""
+            self.logger.write(f"step {self.counters.step}/{self.cfg.train.steps} {parts} "
+                              f"samples/s={record['samples_per_s']:.1f} wait={record['data_wait_frac']:.0%}{mfu}")
+        return record
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Evaluation and summary
+    # ------------------------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, Any]:
+        """Zero-shot retrieval on the val split: every rank embeds its share, rank 0 ranks."""
+        from scl_fast.data import build_loader
+
+        model = _unwrap(self.model)
+        model.eval()
+        data_cfg = dataclasses.replace(self.cfg.data, num_workers=0)  # one pass; workers cost more to start
+        loader = build_loader(data_cfg, "val", rank=self.info.rank, world_size=self.info.world_size,
+                              seed=self.cfg.train.seed)
+        t0 = time.perf_counter()
+        part = embed(model, loader, self.device, autocast=self.autocast())
+        parts = dist_util.gather_objects(part, self.info)
+        result: dict[str, Any] = {}
+        if self.info.is_main:
+            result = evaluate_retrieval(model, parts, pad_id=self.cfg.model.text.pad_token_id)
+            result["seconds"] = time.perf_counter() - t0
+            flat = {f"eval/{d}/{k}": v for d, ms in result.items() if isinstance(ms, dict) and "R@1" in ms
+                    for k, v in ms.items()}
+            self.logger.log(self.counters.step, flat)
+            with open(self.run_dir / "eval.jsonl", "a") as f:
+                f.write(json.dumps({"step": self.counters.step, **result}) + "\n")
+        self.last_eval = dist_util.broadcast_object(result, self.info)
+        return self.last_eval
+
+    def write_summary(self) -> dict[str, Any]:
+        c = self.counters
+        summary = {
+            "run_dir": str(self.run_dir),
+            "preset": self.cfg.preset,
+            "steps": c.step,
+            "world_size": self.info.world_size,
+            "device": str(self.device),
+            "precision": self.precision,
+            "samples": c.samples,
+            "train_seconds": round(c.train_seconds, 2),
+            "samples_per_s": c.samples / max(c.train_seconds, 1e-9),
+            "tokens_per_s": c.tokens / max(c.train_seconds, 1e-9),
+            "bad_steps": c.bad_steps,
+            "final_losses": self.last_losses,
+            "retrieval": {k: v for k, v in self.last_eval.items() if isinstance(v, dict)},
+            "data_stats": self.loader.stats.as_dict(),
+        }
+        if self.info.is_main:
+            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+            _print(format_summary(summary))
+        return summary
+
+    def close(self) -> None:
+        """Release logs and the process group (called from ``finally``, also after an error)."""
+        logger = getattr(self, "logger", None)
+        if logger is not None:
+            logger.close()
+        dist_util.close_distributed()
+
+
+def _patches(cfg: Config) -> int:
+    return cfg.model.num_patches
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """The end-of-run text: throughput, final losses and the retrieval table with chance levels."""
+    lines = [
+        f"== summary ({summary['run_dir']}) ==",
+        f"steps {summary['steps']}, {summary['samples']} samples in {summary['train_seconds']:.1f} s "
+        f"({summary['samples_per_s']:.1f} samples/s, {summary['tokens_per_s']:.0f} tokens/s), "
+        f"skipped steps {summary['bad_steps']}",
+        "final losses: " + ", ".join(f"{k} {v:.4f}" for k, v in summary["final_losses"].items()),
+    ]
+    retrieval = summary.get("retrieval", {})
+    rows = [(d, m) for d, m in retrieval.items() if "R@1" in m]
+    if rows:
+        lines.append(f"{'retrieval':<14}{'R@1':>8}{'R@5':>8}{'R@10':>8}{'chance R@1':>12}{'x chance':>10}")
+        for direction, m in rows:
+            ratio = m["R@1"] / m["chance_R@1"] if m["chance_R@1"] else float("nan")
+            lines.append(f"{direction:<14}{m['R@1']:>8.3f}{m['R@5']:>8.3f}{m['R@10']:>8.3f}"
+                         f"{m['chance_R@1']:>12.4f}{ratio:>10.1f}")
+    return "\n".join(lines)
+
+
+def _print(text: str) -> None:
+    print(text, file=sys.stdout, flush=True)
