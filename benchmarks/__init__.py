@@ -4,14 +4,17 @@ commands. See ``benchmarks/README.md``."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 
 def synchronized(fn: Callable[[], Any], device: torch.device | str) -> Callable[[], Any]:
     """Wrap ``fn`` so it waits for the device: pytest-benchmark times with a host clock, and CUDA launches are
     asynchronous, so an unsynchronised call would time only the launch."""
+    import torch  # here, not at module level: `python -m benchmarks.report` should not pay for importing torch
+
     dev = torch.device(device)
     if dev.type != "cuda":
         return fn

@@ -1,0 +1,95 @@
+"""``python -m benchmarks.report``: a real pytest-benchmark JSON in, Markdown + PNG out."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from benchmarks import report
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Two real benchmarks in one group (a "reference" baseline and a contender) plus one in its own group, so the
+# table, the speedup column and the per-group panels all have something to show.
+QUICK_BENCH = textwrap.dedent(
+    """
+    import pytest
+    import torch
+
+    @pytest.mark.parametrize("impl", ["reference", "fused"])
+    def test_matmul(benchmark, impl):
+        benchmark.group = "matmul 64"
+        x = torch.randn(64, 64, dtype=torch.float64)
+        fn = (lambda: x @ x) if impl == "fused" else (lambda: torch.einsum("ij,jk->ik", x, x))
+        out = benchmark.pedantic(fn, rounds=5, iterations=2, warmup_rounds=1)
+        err = ((out - x @ x).norm() / (x @ x).norm()).item()
+        benchmark.extra_info["max_err"] = err
+        benchmark.extra_info["gflops"] = 2 * 64**3 / benchmark.stats.stats.median / 1e9
+
+    def test_sum(benchmark):
+        x = torch.randn(1000)
+        benchmark.pedantic(x.sum, rounds=3, iterations=1)
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def bench_json(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Run the quick benchmark file for real and return its JSON."""
+    tmp = tmp_path_factory.mktemp("bench")
+    (tmp / "test_quick.py").write_text(QUICK_BENCH)
+    out = tmp / "results.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--rootdir", str(tmp), "-c", "/dev/null",
+         str(tmp / "test_quick.py"), "--benchmark-only", f"--benchmark-json={out}"],
+        cwd=tmp, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return out
+
+
+def test_report_markdown_and_png(bench_json: Path, tmp_path: Path) -> None:
+    data = json.loads(bench_json.read_text())
+    assert len(data["benchmarks"]) == 3
+    rc = report.main([str(bench_json), "--out", str(tmp_path / "out"), "--title", "quick"])
+    assert rc == 0
+    md = (tmp_path / "out" / "results.md").read_text()
+    assert md.startswith("# quick")
+    assert "## matmul 64" in md and "## test_quick" in md
+    # every benchmark becomes one row carrying its own median (ms) and extra_info values
+    for bench in data["benchmarks"]:
+        row = next(line for line in md.splitlines() if line.startswith(f"| {bench['name']} |"))
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert float(cells[1]) == pytest.approx(bench["stats"]["median"] * 1e3, rel=5e-3)
+        if "max_err" in bench["extra_info"]:
+            assert report._fmt(bench["extra_info"]["max_err"]) in cells
+    # the group with a reference row gets speedups: reference is 1.00x, the other is ref / its median
+    by_name = {b["name"]: b for b in data["benchmarks"]}
+    ref = by_name["test_matmul[reference]"]["stats"]["median"]
+    fused = by_name["test_matmul[fused]"]["stats"]["median"]
+    assert "| 1.00x |" in next(line for line in md.splitlines() if "test_matmul[reference]" in line)
+    assert f"| {ref / fused:.2f}x |" in next(line for line in md.splitlines() if "test_matmul[fused]" in line)
+    png = (tmp_path / "out" / "results.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 2000
+
+
+def test_report_rejects_non_benchmark_json(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"hello": 1}))
+    assert report.main([str(bad)]) == 2
+    bad.write_text("{not json")
+    assert report.main([str(bad)]) == 2
+
+
+def test_report_cli_module(bench_json: Path, tmp_path: Path) -> None:
+    """The documented command line, as a user types it."""
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.report", str(bench_json), "--out", str(tmp_path)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "| test_sum |" in proc.stdout
+    assert (tmp_path / "results.md").is_file() and (tmp_path / "results.png").is_file()
