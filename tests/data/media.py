@@ -12,9 +12,14 @@ from PIL import Image
 
 
 def image_bytes(rgb: tuple[int, int, int] = (255, 0, 0), size: tuple[int, int] = (48, 40), fmt: str = "JPEG",
-                mode: str = "RGB") -> bytes:
-    """A solid-colour image ``size`` = (width, height), converted to ``mode`` before encoding."""
+                mode: str = "RGB", alpha: int | None = None) -> bytes:
+    """A solid-colour image ``size`` = (width, height), converted to ``mode`` before encoding.
+
+    ``alpha`` (RGBA only) sets a uniform transparency, so a decoder that blends instead of dropping alpha shows.
+    """
     img = Image.new("RGB", size, rgb).convert(mode)
+    if alpha is not None:
+        img.putalpha(alpha)
     buf = io.BytesIO()
     img.save(buf, fmt, **({"quality": 95} if fmt == "JPEG" else {}))
     return buf.getvalue()
@@ -35,6 +40,14 @@ def video_bytes(frames: int = 8, size: int = 32, codec: str = "libvpx-vp9", fmt:
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
+    return buf.getvalue()
+
+
+def noise_jpeg(size: int = 64, seed: int = 0) -> bytes:
+    """A JPEG of random pixels: a long entropy-coded body, so cutting it leaves a valid header and a broken body."""
+    arr = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, "JPEG", quality=90)
     return buf.getvalue()
 
 
