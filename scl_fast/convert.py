@@ -460,28 +460,38 @@ def _load(module: nn.Module, ckpt: HFCheckpoint, sd: dict[str, torch.Tensor], sk
     return LoadReport(str(ckpt.path), ckpt.model_type, sorted(ckpt.prefix + k for k in ckpt.used), unused)
 
 
-def load_text_weights(encoder: TextEncoder, path: str | Path) -> LoadReport:
+def load_text_weights(encoder: TextEncoder, path: str | Path | HFCheckpoint) -> LoadReport:
     """Load a BERT/RoBERTa/MiniLM folder into an existing ``TextEncoder`` (in place). Its config must match the
     checkpoint's architecture (fewer layers / positions allowed: the first ones are kept)."""
-    ckpt = read_text_checkpoint(path)
+    ckpt = path if isinstance(path, HFCheckpoint) else read_text_checkpoint(path)
     _check_compatible("text", encoder.cfg, _text_config(ckpt), _TEXT_EXACT, _TEXT_AT_MOST, ckpt.path)
     return _load(encoder, ckpt, text_state_dict(ckpt, encoder.cfg))
 
 
-def load_vision_weights(encoder: VisionEncoder, path: str | Path) -> LoadReport:
+def load_vision_weights(encoder: VisionEncoder, path: str | Path | HFCheckpoint) -> LoadReport:
     """Load a CLIP/ViT folder into an existing ``VisionEncoder`` (in place). Fewer layers keep the first blocks;
     another ``image_size`` resizes the position grid; ``temporal_embedding`` is left as it is."""
-    ckpt = read_vision_checkpoint(path)
+    ckpt = path if isinstance(path, HFCheckpoint) else read_vision_checkpoint(path)
     _check_compatible("vision", encoder.cfg, _vision_config(ckpt), _VISION_EXACT, _VISION_AT_MOST, ckpt.path)
     return _load(encoder, ckpt, vision_state_dict(ckpt, encoder.cfg), skip=("temporal_embedding",))
+
+
+def _uninitialised(kind: type[nn.Module], cfg: Any, attn_backend: str) -> nn.Module:
+    """The module with allocated but uninitialised storage: every tensor is overwritten by the checkpoint, and the
+    random init of a BERT-base (110M normal draws) would cost seconds for nothing."""
+    return kind(cfg, attn_backend=attn_backend, device="meta").to_empty(device="cpu")
 
 
 def load_text_encoder(path: str | Path, cfg: TextConfig | None = None, *, attn_backend: str = "auto",
                       **overrides: Any) -> TextEncoder:
     """A ``TextEncoder`` built from a local HF folder's config (or ``cfg``) and loaded with its weights."""
-    cfg = cfg if cfg is not None else text_config_from_hf(path, **overrides)
-    encoder = TextEncoder(cfg, attn_backend=attn_backend)
-    load_text_weights(encoder, path)
+    ckpt = read_text_checkpoint(path)
+    if cfg is None:
+        cfg = _text_config(ckpt, **overrides)
+    elif overrides:
+        raise ValueError(f"pass overrides only without cfg (set them in cfg instead), got {overrides}")
+    encoder = _uninitialised(TextEncoder, cfg, attn_backend)
+    load_text_weights(encoder, ckpt)
     return encoder
 
 
@@ -489,18 +499,22 @@ def load_vision_encoder(path: str | Path, cfg: VisionConfig | None = None, *, at
                         keep_layers: int | None = None, image_size: int | None = None,
                         **overrides: Any) -> VisionEncoder:
     """A ``VisionEncoder`` from a local CLIP/ViT folder. ``keep_layers`` keeps the first blocks (the paper: 11 of
-    12), ``image_size`` another resolution (position grid resized); both only when ``cfg`` is None."""
+    12), ``image_size`` another resolution (position grid resized); both only when ``cfg`` is None. The temporal
+    embedding starts at zero, so the encoder is exactly the image model, for videos too."""
+    ckpt = read_vision_checkpoint(path)
     if cfg is None:
         if keep_layers is not None:
             overrides["layers"] = keep_layers
         if image_size is not None:
             overrides["image_size"] = image_size
-        cfg = vision_config_from_hf(path, **overrides)
+        cfg = _vision_config(ckpt, **overrides)
     elif keep_layers is not None or image_size is not None or overrides:
         raise ValueError("pass keep_layers / image_size / overrides only without cfg (set them in cfg instead), "
                          f"got cfg and keep_layers={keep_layers}, image_size={image_size}, {overrides}")
-    encoder = VisionEncoder(cfg, attn_backend=attn_backend)
-    load_vision_weights(encoder, path)
+    encoder = _uninitialised(VisionEncoder, cfg, attn_backend)
+    with torch.no_grad():
+        encoder.temporal_embedding.zero_()
+    load_vision_weights(encoder, ckpt)
     return encoder
 
 
@@ -539,13 +553,17 @@ def convert(text_path: str | Path | None, vision_path: str | Path | None, out: s
     meta: dict[str, str] = {"format": "pt"}
     reports = []
     if text_path is not None:
-        enc = TextEncoder(text_config_from_hf(text_path, **(text_overrides or {})), device="cpu")
-        reports.append(load_text_weights(enc, text_path))
+        ckpt = read_text_checkpoint(text_path)
+        enc = _uninitialised(TextEncoder, _text_config(ckpt, **(text_overrides or {})), "auto")
+        reports.append(load_text_weights(enc, ckpt))
         tensors.update({f"text_encoder.{k}": v.contiguous() for k, v in enc.state_dict().items()})
         meta["text_config"] = json.dumps(dataclasses.asdict(enc.cfg))
     if vision_path is not None:
-        venc = VisionEncoder(vision_config_from_hf(vision_path, **(vision_overrides or {})), device="cpu")
-        reports.append(load_vision_weights(venc, vision_path))
+        vckpt = read_vision_checkpoint(vision_path)
+        venc = _uninitialised(VisionEncoder, _vision_config(vckpt, **(vision_overrides or {})), "auto")
+        with torch.no_grad():
+            venc.temporal_embedding.zero_()
+        reports.append(load_vision_weights(venc, vckpt))
         tensors.update({f"vision_encoder.{k}": v.contiguous() for k, v in venc.state_dict().items()})
         meta["vision_config"] = json.dumps(dataclasses.asdict(venc.cfg))
     if not tensors:
