@@ -6,5 +6,16 @@ three backends (Triton on CUDA, C++ on CPU where it pays, plain PyTorch referenc
 """
 
 from ._dispatch import use_backend
+from .contrastive import cosine_recovery, info_nce
+from .distributed import all_gather_with_grad
+from .masking import mlm_mask, random_masking, scl_text_mask
 
-__all__ = ["use_backend"]
+__all__ = [
+    "all_gather_with_grad",
+    "cosine_recovery",
+    "info_nce",
+    "mlm_mask",
+    "random_masking",
+    "scl_text_mask",
+    "use_backend",
+]
