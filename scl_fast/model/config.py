@@ -212,8 +212,14 @@ class ModelConfig:
     """Local Hugging Face checkpoint folder (BERT/RoBERTa/MiniLM) to initialise the text encoder from."""
     init_vision: str | None = None
     """Local Hugging Face checkpoint folder (CLIP/ViT) to initialise the vision encoder from."""
+    tie_mlm_decoder: bool = False
+    """Share the MLM decoder weight with the text word embeddings (BERT does; METER does not). Needs
+    text.width == fusion.width."""
 
     def __post_init__(self) -> None:
+        if self.tie_mlm_decoder and self.text.width != self.fusion.width:
+            raise ValueError(f"tie_mlm_decoder needs text.width == fusion.width, got {self.text.width} and "
+                             f"{self.fusion.width}")
         keep = int(self.num_patches * self.loss.scl_vision_keep)
         if keep < 1:
             raise ValueError(f"loss.scl_vision_keep={self.loss.scl_vision_keep} keeps no patch of the "
