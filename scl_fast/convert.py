@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from scl_fast.model.config import TextConfig, VisionConfig
+from scl_fast.model.config import ModelConfig, TextConfig, VisionConfig
 from scl_fast.model.text import TextEncoder
 from scl_fast.model.vision import VisionEncoder
 
@@ -537,6 +537,20 @@ def init_from_hf(model: nn.Module, text_path: str | Path | None = None,
         for name, module in found:
             reports[name or kind.__name__] = fn(module, path)
     return reports
+
+
+def with_hf_configs(cfg: ModelConfig) -> ModelConfig:
+    """``cfg`` with its text / vision sections taken from the ``init_text`` / ``init_vision`` folders, so
+    ``--model.init_text PATH`` works with any preset. Kept from the preset: text dropout; vision image_size
+    (position grid resized), max_frames and layers when fewer than the checkpoint's (the paper keeps 11 of 12)."""
+    text, vision = cfg.text, cfg.vision
+    if cfg.init_text is not None:
+        text = text_config_from_hf(cfg.init_text, dropout=cfg.text.dropout)
+    if cfg.init_vision is not None:
+        hf = vision_config_from_hf(cfg.init_vision)
+        vision = dataclasses.replace(hf, image_size=cfg.vision.image_size, max_frames=cfg.vision.max_frames,
+                                     layers=min(cfg.vision.layers, hf.layers))
+    return dataclasses.replace(cfg, text=text, vision=vision)
 
 
 # ------------------------------------------------------------------------------------------------- converted file

@@ -329,3 +329,22 @@ def test_init_from_hf_checks_config_and_cli_round_trip(tmp_path: Path) -> None:
     convert.load_converted(fresh, out)
     for (k, a), (_, b) in zip(model.state_dict().items(), fresh.state_dict().items(), strict=True):
         assert torch.equal(a, b), k
+
+
+def test_presets_take_hf_sections(tmp_path: Path) -> None:
+    """``with_hf_configs``: the compact preset already fits MiniLM-L6; the demo preset is resized to fit."""
+    from scl_fast.model import model_preset
+
+    minilm = _minilm_path()
+    compact = model_preset("compact")
+    assert convert.with_hf_configs(dataclasses.replace(compact, init_text=str(minilm))).text == compact.text
+    vision = _save(_clip_vision(layers=3), tmp_path / "clip3")
+    demo = dataclasses.replace(model_preset("demo"), init_text=str(minilm), init_vision=str(vision))
+    cfg = convert.with_hf_configs(demo)
+    assert cfg.text == convert.text_config_from_hf(minilm, dropout=demo.text.dropout)
+    assert (cfg.vision.width, cfg.vision.layers, cfg.vision.patch_size, cfg.vision.act) == (32, 3, 8, "quick_gelu")
+    assert (cfg.vision.image_size, cfg.vision.max_frames) == (demo.vision.image_size, demo.vision.max_frames)
+    assert cfg.fusion == demo.fusion and cfg.loss == demo.loss
+    model = _Pair(cfg.text, cfg.vision)
+    convert.init_from_hf(model, cfg.init_text, cfg.init_vision)
+    assert torch.isfinite(model.vision_encoder(torch.randn(1, 2, 3, 64, 64))).all()  # a 2-frame video runs
