@@ -40,6 +40,10 @@ class DataConfig:
     num_workers: int = 2
     """Loader worker processes per rank; they read shards, validate samples and tokenise. 0 = in-process."""
 
+    prefetch_batches: int = 2
+    """Batches decoded ahead in a background thread of the training process, so DALI's decoding overlaps the
+    training step (DALI releases the GIL). 0 = decode in the consumer's thread when it asks for a batch."""
+
     shuffle_buffer: int = 1000
     """Samples held per worker for shuffling the training stream (0 or 1 = shard order only)."""
 
@@ -86,7 +90,7 @@ class DataConfig:
             raise ValueError(f"data.max_text_len must be >= 3 ([CLS] word [SEP]), got {self.max_text_len}")
         if self.frames > 8:
             raise ValueError(f"data.frames must be <= 8 (the model's temporal embedding), got {self.frames}")
-        for name in ("num_workers", "shuffle_buffer", "demo_train_images", "demo_train_videos",
+        for name in ("num_workers", "prefetch_batches", "shuffle_buffer", "demo_train_images", "demo_train_videos",
                      "demo_val_images", "demo_val_videos"):
             if getattr(self, name) < 0:
                 raise ValueError(f"data.{name} must be >= 0, got {getattr(self, name)}")

@@ -12,6 +12,8 @@ from __future__ import annotations
 import io
 import logging
 import math
+import queue
+import threading
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
@@ -278,11 +280,15 @@ class _SampleStream(IterableDataset):
 class Decoder:
     """Main side: DALI decoding of worker batches, with a per-sample host fallback when DALI rejects a batch."""
 
-    def __init__(self, cfg: DataConfig, device: str, ledger: Ledger) -> None:
+    def __init__(self, cfg: DataConfig, device: str) -> None:
         device_id = torch.cuda.current_device() if device == "gpu" else 0
         self.pipes = DaliPipelines(image_size=cfg.image_size, batch_size=cfg.batch_size, device=device,
                                    threads=cfg.dali_threads, device_id=device_id)
-        self.ledger = ledger
+        # Its own counts: the decoder may run ahead of the consumer (prefetch thread), and the loader's stats
+        # must say what was consumed, so each decode's counts travel with its batch (``take()``).
+        self.ledger = Ledger(Stats(), cfg.strict)
+        # A loader iterated again while an abandoned prefetch thread finishes its last batch: one DALI run at a time.
+        self.lock = threading.Lock()
 
     def decode(self, wb: _WorkerBatch) -> Batch | None:
         samples = wb.samples
@@ -321,7 +327,11 @@ class Decoder:
                 self.ledger.repair(samples[i].shard, samples[i].key, reason)
         self.ledger.stats.good += len(kept)
         ids, attention, special = (torch.from_numpy(t[kept]) for t in wb.tokens)
-        return Batch(torch.stack([rows[i] for i in kept]), ids, attention, special,
+        if len(to_dali) == len(samples) == len(kept) and not host:
+            pixels = out  # one DALI run, every row in order: no copy
+        else:
+            pixels = torch.stack([rows[i] for i in kept])
+        return Batch(pixels, ids, attention, special,
                      [samples[i].caption for i in kept], [samples[i].key for i in kept])
 
     def _host_decode(self, s: _Prepared, kind: str) -> bool:
@@ -340,6 +350,63 @@ class Decoder:
         return True
 
 
+_DONE = object()
+
+
+def _decode_inline(worker_batches: Iterator[_WorkerBatch], decoder: Decoder
+                   ) -> Iterator[tuple[_WorkerBatch, Batch | None, Stats]]:
+    """Decode each worker batch when the consumer asks for it."""
+    for wb in worker_batches:
+        with decoder.lock:
+            batch = decoder.decode(wb) if wb.samples else None
+            decoded_stats = decoder.ledger.stats.take()
+        yield wb, batch, decoded_stats
+
+
+def _decode_ahead(worker_batches: Iterator[_WorkerBatch], decoder: Decoder, depth: int
+                  ) -> Iterator[tuple[_WorkerBatch, Batch | None, Stats]]:
+    """Decode up to ``depth`` batches ahead in a background thread; errors (strict mode too) reach the consumer.
+
+    DALI's ``run`` and PyAV release the GIL, so decoding overlaps the consumer's training step. The thread
+    stops when the consumer stops (closing this generator), within one batch.
+    """
+    items: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                items.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in _decode_inline(worker_batches, decoder):
+                if not put(item):
+                    return
+        except BaseException as e:  # handed to the consumer, raised there with its own traceback
+            put(e)
+            return
+        put(_DONE)
+
+    thread = threading.Thread(target=produce, name="scl-data-decode", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = items.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=5.0)
+
+
 class Loader:
     """Iterable of :class:`Batch` with a resumable position (``state_dict`` / ``load_state_dict``) and ``stats``."""
 
@@ -355,7 +422,6 @@ class Loader:
         self.device = resolve_device(cfg.device)
         expand_spec(spec)  # fail early on a bad spec, in the caller's process
         self.stats = Stats()
-        self._ledger = Ledger(self.stats, cfg.strict)
         self._decoder: Decoder | None = None
         self._positions: dict[int, dict] = {}
         self._last_worker: int | None = None
@@ -366,19 +432,26 @@ class Loader:
 
     def __iter__(self) -> Iterator[Batch]:
         if self._decoder is None:
-            self._decoder = Decoder(self.cfg, self.device, self._ledger)
+            self._decoder = Decoder(self.cfg, self.device)
         first = 0 if self._last_worker is None else (self._last_worker + 1) % self._workers
         stream = _SampleStream(self.cfg, self.spec, train=self.train, device=self.device, rank=self.rank,
                                world_size=self.world_size, seed=self.seed, epochs=self.epochs,
                                drop_last=self.drop_last, resume=dict(self._positions), first_worker=first)
         loader = DataLoader(stream, batch_size=None, num_workers=self.cfg.num_workers, collate_fn=_identity,
                             prefetch_factor=4 if self.cfg.num_workers else None)
+        # The iterator is made here, in the consumer's thread: making it draws the workers' base seed from torch's
+        # global RNG, and the draw must not land at a random moment of the consumer's RNG stream.
+        worker_batches = iter(loader)
+        decoded = (_decode_ahead(worker_batches, self._decoder, self.cfg.prefetch_batches)
+                   if self.cfg.prefetch_batches else _decode_inline(worker_batches, self._decoder))
         delivered = 0
-        for wb in loader:
+        for wb, batch, decode_stats in decoded:
+            # Position and counts change only here, when the consumer takes the batch: a checkpoint taken
+            # between two batches resumes after the last one handed out, whatever the prefetch thread did.
             self._positions[wb.worker] = wb.position
             self._last_worker = wb.worker
             self.stats.merge(wb.stats)
-            batch = self._decoder.decode(wb) if wb.samples else None
+            self.stats.merge(decode_stats)
             if batch is not None:
                 delivered += 1
                 yield batch
@@ -403,7 +476,6 @@ class Loader:
         self._positions = {int(k): dict(v) for k, v in state["positions"].items()}
         self._last_worker = state["last_worker"]
         self.stats = Stats.from_dict(state["stats"])
-        self._ledger.stats = self.stats
 
 
 def build_loader(cfg: DataConfig, split: Literal["train", "val"], *, rank: int = 0, world_size: int = 1,

@@ -79,17 +79,19 @@ def _run(loader: Loader, limit: int | None = None) -> list[tuple[list[str], torc
     return out
 
 
-@pytest.mark.parametrize("stop", [1, 4, 7])  # early, mid-epoch with batches still grouped, in the second epoch
-def test_resume_continues_where_it_stopped(corpus: dict, stop: int) -> None:
+# Stops: early, mid-epoch with samples still waiting in a group, in the second epoch. prefetch 0 decodes in the
+# consumer's thread, 2 in a background thread that runs ahead of what the saved position may include.
+@pytest.mark.parametrize(("stop", "prefetch"), [(1, 2), (4, 0), (4, 2), (7, 2)])
+def test_resume_continues_where_it_stopped(corpus: dict, stop: int, prefetch: int) -> None:
     spec = corpus["all"]
     kw = dict(train=True, rank=1, world_size=2, seed=3, epochs=2, drop_last=False)
     full = _run(Loader(_cfg(spec), spec, **kw))
     assert len(full) > stop + 1, len(full)
 
-    first = Loader(_cfg(spec), spec, **kw)
+    first = Loader(_cfg(spec, prefetch_batches=prefetch), spec, **kw)
     head = _run(first, stop)
     state = json.loads(json.dumps(first.state_dict()))  # must survive a JSON checkpoint
-    resumed = Loader(_cfg(spec), spec, **kw)
+    resumed = Loader(_cfg(spec, prefetch_batches=prefetch), spec, **kw)
     resumed.load_state_dict(state)
     tail = _run(resumed)
 
@@ -107,3 +109,20 @@ def test_resume_rejects_a_different_world(corpus: dict) -> None:
     other = Loader(_cfg(spec), spec, train=True, rank=0, world_size=4, seed=3, epochs=1)
     with pytest.raises(ValueError, match="world_size"):
         other.load_state_dict(loader.state_dict())
+
+
+def test_prefetch_thread_same_batches_and_global_rng(corpus: dict) -> None:
+    """Decoding ahead in a thread changes neither the batches nor when torch's global RNG is drawn from (the
+    DataLoader draws its worker seed when its iterator is made: that must stay in the consumer's thread)."""
+    spec = corpus["three"]
+    results = []
+    for prefetch in (0, 2):
+        torch.manual_seed(11)
+        loader = Loader(_cfg(spec, num_workers=0, prefetch_batches=prefetch), spec, train=True, seed=1, epochs=1,
+                        drop_last=False)
+        batches = _run(loader)
+        results.append((batches, torch.rand(4), loader.stats.as_dict()))
+    (a, rng_a, stats_a), (b, rng_b, stats_b) = results
+    assert [k for k, _ in a] == [k for k, _ in b]
+    assert all(torch.equal(x, y) for (_, x), (_, y) in zip(a, b, strict=True))
+    assert torch.equal(rng_a, rng_b) and stats_a == stats_b
