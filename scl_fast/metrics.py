@@ -43,8 +43,9 @@ GPU_PEAK_FLOPS: tuple[tuple[str, float, float], ...] = (
 
 def measured_cpu_flops(size: int = 512, repeats: int = 5) -> float:
     """FLOP/s of an fp32 matmul on this CPU, best of ``repeats`` (a practical peak for CPU MFU; ~0.1 s)."""
-    a = torch.randn(size, size)
-    b = torch.randn(size, size)
+    gen = torch.Generator().manual_seed(0)  # not the global RNG: a resumed run must see the same random stream
+    a = torch.randn(size, size, generator=gen)
+    b = torch.randn(size, size, generator=gen)
     a @ b  # warm-up: thread pool and caches
     best = math.inf
     for _ in range(repeats):

@@ -185,7 +185,10 @@ class Trainer:
             engine = tc.distributed if self.info.distributed else "single process"
             _print(f"device {self.device} x {self.info.world_size} ranks ({engine}), precision {self.precision}, "
                    f"{n_params / 1e6:.2f} M parameters; MFU peak: {peak_note}")
+        # FLOPs come from counting SCLModel itself: only meaningful when that is the model being trained.
         self._flops_cache: dict[tuple[int, int, int], float | None] = {}
+        if model_factory is not None:
+            self.peak = None
         self.last_eval: dict[str, Any] = {}
         self.last_losses: dict[str, float] = {}
 
@@ -311,15 +314,20 @@ class Trainer:
     # ------------------------------------------------------------------------------------------------------------
 
     def _step_flops(self, batch: Any) -> float | None:
-        """FLOPs of one forward+backward on this batch shape (counted once per shape, cached)."""
-        key = (batch.pixels.shape[0], batch.pixels.shape[1], batch.input_ids.shape[1])
+        """FLOPs of one forward+backward at this batch's shape, for MFU.
+
+        Counted on the meta device once per (B, F, L rounded up to a multiple of 8) and cached: text lengths vary
+        per batch, and counting every length would cost more than the steps (a slight overestimate instead).
+        """
+        b, f = batch.pixels.shape[:2]
+        length = -(-batch.input_ids.shape[1] // 8) * 8
+        key = (b, f, length)
         if key not in self._flops_cache:
             try:
                 from scl_fast.flops import count_step_flops
 
-                counted = count_step_flops(self.cfg, batch, batch.pixels.shape[1])
-                total = counted.get("total", None) if isinstance(counted, dict) else counted
-                self._flops_cache[key] = float(total) if total is not None else None
+                counted = count_step_flops(self.cfg.model, b, f, length)
+                self._flops_cache[key] = float(counted[self.cfg.model.schedule]["step"])
             except Exception as err:  # noqa: BLE001 - MFU is informative; a counting failure must not stop training
                 if not self._flops_cache:
                     log.warning("FLOP counting failed (%s): MFU omitted", err)
@@ -344,7 +352,11 @@ class Trainer:
             flops = 0.0
             for micro in range(accum):
                 tw = time.perf_counter()
-                batch = next(batches).to(self.device, non_blocking=True)
+                # The DataLoader draws its worker seed from the global RNG when it starts: keep that draw out of
+                # the RNG stream dropout uses, or a resumed run (which starts its loader later) would diverge.
+                with torch.random.fork_rng(devices=[]):
+                    batch = next(batches)
+                batch = batch.to(self.device, non_blocking=True)
                 wait += time.perf_counter() - tw
                 sync = micro == accum - 1 or not self.info.distributed or dist_util.is_fsdp(self.model)
                 ctx = contextlib.nullcontext() if sync else self.step_module.no_sync()
