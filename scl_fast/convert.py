@@ -31,7 +31,6 @@ import argparse
 import dataclasses
 import json
 import re
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -159,25 +158,34 @@ def read_hf_weights(path: str | Path) -> dict[str, torch.Tensor]:
     return out
 
 
-def _model_type(raw: dict[str, Any], path: Path, allowed: tuple[str, ...], kind: str) -> str:
+_ARCH_NAMES = (("xlmroberta", "xlm-roberta"), ("roberta", "roberta"), ("bert", "bert"),
+               ("clipvision", "clip_vision_model"), ("clip", "clip"), ("vit", "vit"))
+
+
+def _read_config(path: str | Path, kind: str) -> tuple[str, dict[str, Any]]:
+    """(model_type, config with the HF class defaults filled in) of a text or vision folder; a full CLIP folder
+    gives its nested vision config."""
+    path = Path(path)
+    raw = read_hf_config(path)
+    allowed = TEXT_TYPES if kind == "text" else VISION_TYPES
     model_type = raw.get("model_type")
-    if model_type is None:  # very old configs: infer from the architecture name
-        arch = " ".join(raw.get("architectures") or []).lower()
-        model_type = next((t for t in ("xlm-roberta", "roberta", "bert", "clip", "vit") if t.replace("-", "") in
-                           arch.replace("-", "")), None)
+    if model_type is None:  # very old configs: infer it from the architecture name
+        arch = " ".join(raw.get("architectures") or []).lower().replace("-", "").replace("_", "")
+        model_type = next((t for needle, t in _ARCH_NAMES if needle in arch), None)
     if model_type not in allowed:
         raise ValueError(f"unsupported {kind} architecture {model_type!r} in {path / 'config.json'}; "
                          f"supported model_type values: {allowed}")
-    return model_type
+    if model_type == "clip":  # full CLIPModel: the vision tower's config is nested, its weights under vision_model.
+        raw, model_type = dict(raw.get("vision_config") or {}), "clip_vision_model"
+    return model_type, {**_HF_DEFAULTS[model_type], **raw, "model_type": model_type}
 
 
-def _strip_prefix(weights: dict[str, torch.Tensor], anchors: Iterable[str], path: Path) -> tuple[str, dict]:
-    """Find the model prefix from an anchor key (``embeddings.word_embeddings.weight`` ...) and strip it."""
-    anchors = tuple(anchors)
-    found = sorted({k[: -len(a)] for k in weights for a in anchors if k.endswith(a) and
-                    (len(k) == len(a) or k[-len(a) - 1] == ".")})
+def _strip_prefix(weights: dict[str, torch.Tensor], anchor: str, path: Path) -> tuple[str, dict]:
+    """Find the model prefix (``bert.``, ``vision_model.`` ...) from an anchor key and strip it."""
+    found = sorted({k[: -len(anchor)] for k in weights
+                    if k.endswith(anchor) and (len(k) == len(anchor) or k[-len(anchor) - 1] == ".")})
     if not found:
-        raise ValueError(f"checkpoint {path} is missing key {anchors[0]} (no tensor ends with any of {anchors})")
+        raise ValueError(f"checkpoint {path} is missing key {anchor} (no tensor name ends with it)")
     if len(found) > 1:
         raise ValueError(f"checkpoint {path} holds several candidate encoders (prefixes {found}); pass a folder "
                          "with one")
@@ -187,26 +195,17 @@ def _strip_prefix(weights: dict[str, torch.Tensor], anchors: Iterable[str], path
 
 def read_text_checkpoint(path: str | Path) -> HFCheckpoint:
     """A BERT/RoBERTa/MiniLM folder with defaults filled in and the model prefix stripped."""
-    path = Path(path)
-    raw = read_hf_config(path)
-    model_type = _model_type(raw, path, TEXT_TYPES, "text")
-    config = {**_HF_DEFAULTS[model_type], **raw, "model_type": model_type}
-    prefix, weights = _strip_prefix(read_hf_weights(path), ["embeddings.word_embeddings.weight"], path)
-    return HFCheckpoint(path, model_type, config, weights, prefix)
+    model_type, config = _read_config(path, "text")
+    prefix, weights = _strip_prefix(read_hf_weights(path), "embeddings.word_embeddings.weight", Path(path))
+    return HFCheckpoint(Path(path), model_type, config, weights, prefix)
 
 
 def read_vision_checkpoint(path: str | Path) -> HFCheckpoint:
     """A CLIP (vision-only or full) or ViT folder with defaults filled in and the model prefix stripped."""
-    path = Path(path)
-    raw = read_hf_config(path)
-    model_type = _model_type(raw, path, VISION_TYPES, "vision")
-    if model_type == "clip":  # full CLIPModel: the vision tower's config is nested, its weights under vision_model.
-        raw = dict(raw.get("vision_config") or {})
-        model_type = "clip_vision_model"
-    config = {**_HF_DEFAULTS[model_type], **raw, "model_type": model_type}
+    model_type, config = _read_config(path, "vision")
     anchor = "embeddings.class_embedding" if model_type == "clip_vision_model" else "embeddings.cls_token"
-    prefix, weights = _strip_prefix(read_hf_weights(path), [anchor], path)
-    return HFCheckpoint(path, model_type, config, weights, prefix)
+    prefix, weights = _strip_prefix(read_hf_weights(path), anchor, Path(path))
+    return HFCheckpoint(Path(path), model_type, config, weights, prefix)
 
 
 # ------------------------------------------------------------------------------------------------------- configs
@@ -280,21 +279,14 @@ def _vision_config(ckpt: HFCheckpoint, **overrides: Any) -> VisionConfig:
 
 def text_config_from_hf(path: str | Path, **overrides: Any) -> TextConfig:
     """Our ``TextConfig`` for a local BERT/RoBERTa/MiniLM folder (``overrides`` e.g. ``dropout=0.0``)."""
-    raw = read_hf_config(path)
-    model_type = _model_type(raw, Path(path), TEXT_TYPES, "text")
-    ckpt = HFCheckpoint(Path(path), model_type, {**_HF_DEFAULTS[model_type], **raw, "model_type": model_type}, {})
-    return _text_config(ckpt, **overrides)
+    model_type, config = _read_config(path, "text")
+    return _text_config(HFCheckpoint(Path(path), model_type, config, {}), **overrides)
 
 
 def vision_config_from_hf(path: str | Path, **overrides: Any) -> VisionConfig:
     """Our ``VisionConfig`` for a local CLIP/ViT folder (``overrides`` e.g. ``layers=11, image_size=288``)."""
-    path = Path(path)
-    raw = read_hf_config(path)
-    model_type = _model_type(raw, path, VISION_TYPES, "vision")
-    if model_type == "clip":
-        raw, model_type = dict(raw.get("vision_config") or {}), "clip_vision_model"
-    ckpt = HFCheckpoint(path, model_type, {**_HF_DEFAULTS[model_type], **raw, "model_type": model_type}, {})
-    return _vision_config(ckpt, **overrides)
+    model_type, config = _read_config(path, "vision")
+    return _vision_config(HFCheckpoint(Path(path), model_type, config, {}), **overrides)
 
 
 # Fields that must equal the checkpoint's, and those that may be smaller (first layers / rows kept).

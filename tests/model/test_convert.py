@@ -274,6 +274,11 @@ def test_unknown_architecture_and_bad_folders(tmp_path: Path) -> None:
         convert.load_vision_encoder(tmp_path)
     with pytest.raises(ValueError, match="no config.json"):
         convert.load_text_encoder(tmp_path / "nowhere")
+    # configs older than model_type: the architecture name decides
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["RobertaForMaskedLM"], "pad_token_id": 1}))
+    assert convert.text_config_from_hf(tmp_path).position_offset == 2
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["CLIPVisionModel"]}))
+    assert convert.vision_config_from_hf(tmp_path).patch_size == 32  # the HF class default
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
     with pytest.raises(ValueError, match="no weights"):
         convert.load_text_encoder(tmp_path)
