@@ -2,6 +2,35 @@
 
 Nothing here decodes media; it yields encoded bytes plus caption bytes, so the reader is cheap enough to
 replay when a saved data position is restored.
+
+Bad input never stops a run. Each case is either skipped (counted in ``Stats.bad`` by reason) or repaired
+(delivered, counted in ``Stats.repaired``); the first few of each reason are logged. ``data.strict`` turns a
+skip into :class:`BadSampleError` naming the shard and the key; repairs are not errors (grayscale and CMYK
+images are common in COCO-style sets). Issue 5's cases, as ``tests/data/test_bad_input.py`` checks them:
+
+=============================================  ========  ====================================================
+case                                           outcome   reason
+=============================================  ========  ====================================================
+corrupt JPEG (bad header)                      skipped   ``corrupt_image`` (header probe in the worker)
+corrupt JPEG (valid header, broken body)       skipped   ``corrupt_image`` (DALI rejects the batch; the
+                                                         batch is re-decoded on the host, the rest kept)
+truncated video, no readable frame             skipped   ``corrupt_video``
+truncated video, some frames readable          repaired  frames kept; ``short_video`` if fewer than F remain
+zero-byte image or video                       skipped   ``empty_media``
+missing media (no image/video member, unknown  skipped   ``missing_media``
+extension, manifest file not found)
+missing caption (no .txt/.json)                skipped   ``missing_caption``
+non-UTF-8 caption (.txt or .json)              skipped   ``non_utf8_caption``
+empty caption / .json without a caption key    skipped   ``empty_caption`` / ``bad_json``
+grayscale, palette, CMYK, RGBA image           repaired  ``converted_to_rgb`` (decoded to RGB, alpha dropped)
+1x1 (any side < 16 px) image                   repaired  ``tiny_image`` (whole image upsampled)
+extreme aspect ratio (> 4:1)                   repaired  ``extreme_aspect`` (crop window inside the image with
+                                                         aspect in [3/4, 4/3], as RandomResizedCrop's fallback)
+video shorter than F frames                    repaired  ``short_video`` (frames repeated, in order)
+truncated tar shard                            skipped   ``truncated_shard`` once per shard; samples before the
+                                                         cut are kept, the one cut in half is dropped
+missing or non-tar shard file                  skipped   ``unreadable_shard`` once per shard
+=============================================  ========  ====================================================
 """
 
 from __future__ import annotations

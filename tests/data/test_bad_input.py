@@ -3,6 +3,7 @@ the same counts from ``python -m scl_fast.data.check --json``, and strict mode n
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import tarfile
 from collections import Counter
 from dataclasses import dataclass
 
+import av
 import numpy as np
 import pytest
 import torch
@@ -35,6 +37,12 @@ class Case:
     members: list[tuple[str, bytes]]  # (extension, payload)
     outcome: str  # "good", or a key of SKIPPED / REPAIRED
     rgb: tuple[int, int, int] | None = None  # expected colour of an image that is delivered
+
+
+def _packet_offsets(video: bytes) -> list[int]:
+    """Byte offset of each video packet in the container (PyAV's demuxer, no decoding)."""
+    with av.open(io.BytesIO(video)) as container:
+        return [p.pos for p in container.demux(container.streams.video[0]) if p.size]
 
 
 def _cases() -> list[list[Case]]:
@@ -79,7 +87,9 @@ def _cases() -> list[list[Case]]:
     videos = [
         Case("good_webm", [("webm", vid), ("txt", b"a gray clip")], "good"),
         Case("short_webm", [("webm", video_bytes(frames=2, size=SIZE)), ("txt", cap)], "short_video"),
-        Case("truncated_webm", [("webm", vid[: len(vid) // 2]), ("txt", cap)], "corrupt_video"),
+        Case("truncated_webm", [("webm", vid[: len(vid) // 2]), ("txt", cap)], "corrupt_video"),  # no packet left
+        # Cut where the third frame's packet starts: two frames readable, fewer than FRAMES.
+        Case("truncated_webm_2_frames", [("webm", vid[: _packet_offsets(vid)[2]]), ("txt", cap)], "short_video"),
         Case("zero_byte_webm", [("webm", b""), ("txt", cap)], "empty_media"),
         Case("garbage_mp4", [("mp4", bytes(np.random.default_rng(3).integers(0, 256, 4000, dtype=np.uint8))),
                              ("txt", cap)], "corrupt_video"),
@@ -144,10 +154,12 @@ def _check_delivered(batches: list, bad_set: dict) -> None:
             err = (_rgb(b.pixels[i, 0]) - want).abs().amax().item()
             assert err <= 8, f"{key}: max error {err:.1f} levels from {rgb}"  # JPEG chroma of a flat colour
     video = {k: b.pixels[i] for b in batches for i, k in enumerate(b.keys) if b.pixels.shape[1] == FRAMES}
-    assert sorted(video) == ["good_webm", "mpeg4_fallback", "short_webm"]
-    # The 2-frame clip repaired to 3 frames repeats a frame: values 20 and 45 only, non-decreasing.
-    values = _rgb(video["short_webm"]).mean(dim=(1, 2, 3))
-    assert bool((values[1:] >= values[:-1] - 0.5).all()) and {round(v / 25) for v in values.tolist()} <= {1, 2}
+    assert sorted(video) == ["good_webm", "mpeg4_fallback", "short_webm", "truncated_webm_2_frames"]
+    # A 2-frame clip repaired to 3 frames repeats a frame: values 20 and 45 only, non-decreasing.
+    for key in ("short_webm", "truncated_webm_2_frames"):
+        values = _rgb(video[key]).mean(dim=(1, 2, 3))
+        assert bool((values[1:] >= values[:-1] - 0.5).all()), (key, values)
+        assert {round(v / 25) for v in values.tolist()} <= {1, 2}, (key, values)
 
 
 def test_every_bad_case_skipped_or_repaired_with_exact_counts(bad_set: dict) -> None:
