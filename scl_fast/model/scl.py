@@ -76,6 +76,11 @@ class StepInputs:
                              for f in fields(self)})
 
 
+def _upcast(x: torch.Tensor) -> torch.Tensor:
+    """fp16/bf16 logits -> fp32 for the softmax of a loss; fp32/fp64 unchanged."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 def _as_video(pixels: torch.Tensor) -> torch.Tensor:
     if pixels.dim() == 4:
         pixels = pixels[:, None]
@@ -245,7 +250,7 @@ class SCLModel(nn.Module):
             masked = self.fusion.project_image(self.vision(pixels, mask_noise=s.patch_noise, keep=s.keep))
             mt, mv = self.fusion(text["intact"], mask, masked)  # SCL-vision: (B, L, W), (B, F*(1+K), W)
             st, sv = fused["scl_text"]
-            losses["scl"] = self._scl_loss(st[:, 0], mt[:, 0], mv[:, :nf], sv[:, :nf])
+            losses["scl"] = self._scl_loss(metrics, st[:, 0], mt[:, 0], mv[:, :nf], sv[:, :nf])
         return losses, metrics
 
     def _naive(self, pixels: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, s: StepInputs
@@ -277,7 +282,7 @@ class SCLModel(nn.Module):
         if do_scl:  # passes: SCL-vision, SCL-text
             mt, mv = self.fusion(text(ids), mask, image(pixels, mask_noise=s.patch_noise, keep=s.keep))
             st, sv = self.fusion(text(s.scl_ids), mask, image(pixels))
-            losses["scl"] = self._scl_loss(st[:, 0], mt[:, 0], mv[:, :nf], sv[:, :nf])
+            losses["scl"] = self._scl_loss(metrics, st[:, 0], mt[:, 0], mv[:, :nf], sv[:, :nf])
         return losses, metrics
 
     # ----------------------------------------------------------------------------------------------------------
@@ -316,21 +321,21 @@ class SCLModel(nn.Module):
                   ) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.itm(text, image, frames)  # (B, 2)
         acc = (logits.detach().argmax(dim=-1) == labels).float().mean()
-        return F.cross_entropy(logits.float(), labels), acc
+        return F.cross_entropy(_upcast(logits), labels), acc
 
     def _mlm_loss(self, text: torch.Tensor, s: StepInputs) -> tuple[torch.Tensor, torch.Tensor]:
         """Cross-entropy at the M masked positions only (the head never sees the other B*L - M rows)."""
         if s.mlm_positions.numel() == 0:  # a batch of tiny captions can mask nothing: a zero that keeps the graph
             zero = text.sum() * 0.0
-            return zero.float(), zero.detach().float()
+            return zero, zero.detach()
         hidden = text.flatten(0, 1).index_select(0, s.mlm_positions)  # (M, W)
         logits = self.mlm_head(hidden)  # (M, vocab)
         acc = (logits.detach().argmax(dim=-1) == s.mlm_targets).float().mean()
-        return F.cross_entropy(logits.float(), s.mlm_targets), acc
+        return F.cross_entropy(_upcast(logits), s.mlm_targets), acc
 
-    def _scl_loss(self, t_rec: torch.Tensor, t_tgt: torch.Tensor, v_rec: torch.Tensor, v_tgt: torch.Tensor
-                  ) -> torch.Tensor:
-        """NCE(t~, sg(t)) + mean_f NCE(v~_f, sg(v_f)); t (B, W), v (B, F, W) raw fusion outputs. Features are
+    def _scl_terms(self, t_rec: torch.Tensor, t_tgt: torch.Tensor, v_rec: torch.Tensor, v_tgt: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(NCE(t~, sg(t)), mean_f NCE(v~_f, sg(v_f))); t (B, W), v (B, F, W) raw fusion outputs. Features are
         normalised over the feature dim inside the op (fix 1 of SCL_METHOD.md), targets detached."""
         lc = self.cfg.loss
 
@@ -343,7 +348,13 @@ class SCLModel(nn.Module):
 
         frames = v_rec.shape[1]
         vision = sum(recover(v_rec[:, f], v_tgt[:, f]) for f in range(frames)) / frames
-        return recover(t_rec, t_tgt) + vision
+        return recover(t_rec, t_tgt), vision
+
+    def _scl_loss(self, metrics: dict[str, torch.Tensor], *features: torch.Tensor) -> torch.Tensor:
+        """L_SCL = text term + vision term (``_scl_terms``); both terms also go to ``metrics``."""
+        text, vision = self._scl_terms(*features)
+        metrics["scl_text"], metrics["scl_vision"] = text.detach(), vision.detach()
+        return text + vision
 
     # ----------------------------------------------------------------------------------------------------------
     # inference helpers (evaluation)

@@ -1,0 +1,151 @@
+"""The fused step schedule gives the naive five-pass schedule's losses and gradients; backends agree; fix 1.
+
+Float64 with dropout off and the model's ops on their PyTorch references (``ops.reference_ops``): what is tested
+is the schedule (which passes are shared, how the fusion batch is assembled), so the only differences left are
+summation orders, far below the tolerances of the issue (losses 1e-5, gradients 1e-4 relative).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import torch
+
+from scl_fast.model.attention import set_attn_backend
+from scl_fast.model.ops import reference_ops
+from scl_fast.model.scl import LOSS_NAMES, SCLModel
+from tests.model import one_thread, tiny_batch, tiny_config  # noqa: F401 (autouse fixture)
+from tests.utils import rel_err
+
+LOSS_TOL, GRAD_TOL = 1e-5, 1e-4
+
+
+@pytest.fixture(autouse=True)
+def _reference_ops() -> Iterator[None]:
+    with reference_ops():
+        yield
+
+
+def _step(model: SCLModel, batch: tuple[torch.Tensor, ...], steps, schedule: str
+          ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor]:
+    model.zero_grad(set_to_none=True)
+    out = model(*batch, schedule=schedule, step_inputs=steps)
+    out.loss.backward()
+    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+    return {k: v.detach() for k, v in out.losses.items()}, grads, out.loss.detach()
+
+
+def _assert_same_step(a, b, label: str) -> None:
+    """Equal losses and gradients; a parameter whose true gradient is 0 (the key biases: softmax ignores a
+    per-row constant) is compared against the largest gradient's scale instead of its own rounding noise."""
+    (la, ga, ta), (lb, gb, tb) = a, b
+    for k in LOSS_NAMES:
+        assert torch.isfinite(la[k]) and la[k].abs() > 0, f"{label}: loss {k} = {la[k]}"
+        err = rel_err(la[k], lb[k])
+        assert err < LOSS_TOL, f"{label}: loss {k} differs: {la[k].item()} vs {lb[k].item()} (rel {err:.2e})"
+    assert rel_err(ta, tb) < LOSS_TOL
+    assert ga.keys() == gb.keys(), f"{label}: parameters with a gradient differ: {ga.keys() ^ gb.keys()}"
+    scale = max(g.norm().item() for g in gb.values())
+    for name, g in gb.items():
+        assert torch.isfinite(ga[name]).all(), f"{label}: non-finite gradient of {name}"
+        err = (ga[name] - g).norm().item() / max(g.norm().item(), 1e-9 * scale)
+        assert err < GRAD_TOL, f"{label}: gradient of {name} differs (rel {err:.2e}, norm {g.norm().item():.2e})"
+
+
+@pytest.mark.parametrize(
+    ("frames", "loss_kw"),
+    [
+        (1, {}),
+        (4, {}),
+        (1, {"itm_negatives": "hard"}),
+        (4, {"scl_loss": "cosine"}),
+    ],
+    ids=["image", "video4", "image-hard-negatives", "video4-cosine"],
+)
+def test_fused_equals_naive(frames: int, loss_kw: dict) -> None:
+    cfg = tiny_config(**loss_kw)
+    torch.manual_seed(1)
+    model = SCLModel(cfg).double().train()
+    batch = tiny_batch(cfg, batch=6, frames=frames, dtype=torch.float64, seed=frames)
+    steps = model.draw_step_inputs(*batch, generator=torch.Generator().manual_seed(7))
+    assert steps.mlm_positions.numel() > 0
+    fused = _step(model, batch, steps, "fused")
+    naive = _step(model, batch, steps, "naive")
+    _assert_same_step(fused, naive, f"frames={frames} {loss_kw}")
+    # every parameter trains (the key biases aside, whose gradient is 0 by construction)
+    grads = fused[1]
+    dead = [n for n, p in model.named_parameters() if n not in grads or (grads[n].abs().max() == 0 and
+                                                                          not n.endswith("key.bias"))]
+    assert not dead, f"parameters without gradient: {dead}"
+
+
+def test_same_generator_same_step() -> None:
+    """Without explicit step inputs, the same generator seed gives both schedules the same randomness."""
+    cfg = tiny_config()
+    model = SCLModel(cfg).double()
+    batch = tiny_batch(cfg, batch=4, dtype=torch.float64)
+    out = [model(*batch, schedule=s, generator=torch.Generator().manual_seed(3)).losses for s in ("fused", "naive")]
+    for k in LOSS_NAMES:
+        assert rel_err(out[0][k], out[1][k]) < LOSS_TOL, k
+    other = model(*batch, schedule="fused", generator=torch.Generator().manual_seed(4)).losses
+    assert rel_err(other["mlm"], out[0]["mlm"]) > 1e-6  # a different seed is a different step
+
+
+def test_zero_weight_skips_the_loss() -> None:
+    """scl_weight 0 runs neither SCL pass: the masked-vision encoder is never called, the loss is reported 0."""
+    cfg = tiny_config(scl_weight=0.0)
+    model = SCLModel(cfg).double()
+    batch = tiny_batch(cfg, batch=4, dtype=torch.float64)
+    steps = model.draw_step_inputs(*batch, generator=torch.Generator().manual_seed(0))
+    calls: list[bool] = []
+    model.vision.register_forward_pre_hook(lambda m, args, kwargs: calls.append(kwargs.get("keep") is not None),
+                                           with_kwargs=True)
+    for schedule in ("fused", "naive"):
+        calls.clear()
+        out = model(*batch, schedule=schedule, step_inputs=steps)
+        assert out.losses["scl"].item() == 0.0 and "scl_vision" not in out.metrics
+        assert not any(calls), f"{schedule}: the masked-vision pass ran with scl_weight 0"
+        w = cfg.loss
+        expect = w.itm_weight * out.losses["itm"] + w.mlm_weight * out.losses["mlm"] + w.itc_weight * out.losses["itc"]
+        assert rel_err(out.loss, expect) < 1e-12
+        assert len(calls) == (1 if schedule == "fused" else 3)  # intact image: once vs once per ITC/ITM/MLM pass
+
+
+@pytest.mark.parametrize("frames", [1, 3])
+def test_backend_flip_same_module(frames: int) -> None:
+    """eager <-> sdpa on the SAME instance (timm's fused-attention test): same losses and gradients."""
+    cfg = tiny_config()
+    model = SCLModel(cfg).double()
+    batch = tiny_batch(cfg, batch=4, frames=frames, dtype=torch.float64)
+    steps = model.draw_step_inputs(*batch, generator=torch.Generator().manual_seed(2))
+    set_attn_backend(model, "eager")
+    eager = _step(model, batch, steps, "fused")
+    set_attn_backend(model, "sdpa")
+    assert all(m.attn_backend == "sdpa" for m in model.modules() if hasattr(m, "attn_backend"))
+    sdpa = _step(model, batch, steps, "fused")
+    _assert_same_step(sdpa, eager, f"sdpa vs eager, frames={frames}")
+
+
+def test_scl_vision_gradient_reaches_the_vision_encoder() -> None:
+    """Fix 1: features are normalised over the feature dim, so for an image batch (F = 1) the vision half of SCL
+    alone trains the vision encoder. (The release normalised over the frame axis: sign(x), zero gradient.)"""
+    cfg = tiny_config(itm_weight=0.0, mlm_weight=0.0, itc_weight=0.0)
+    model = SCLModel(cfg).double()
+    batch = tiny_batch(cfg, batch=4, frames=1, dtype=torch.float64)
+    terms: list[tuple[torch.Tensor, torch.Tensor]] = []
+    scl_terms = model._scl_terms
+
+    def spy(*features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        terms.append(scl_terms(*features))
+        return terms[-1]
+
+    model._scl_terms = spy  # type: ignore[method-assign]
+    out = model(*batch, generator=torch.Generator().manual_seed(0))
+    assert set(out.losses) == set(LOSS_NAMES) and out.losses["itm"].item() == 0.0
+    (_, vision_term), = terms
+    params = [p for n, p in model.vision.named_parameters() if n != "temporal_embedding"]
+    grads = torch.autograd.grad(vision_term, params, allow_unused=True)
+    norms = [0.0 if g is None else g.norm().item() for g in grads]
+    assert all(n > 1e-8 for n in norms), f"vision parameters without SCL-vision gradient: {norms}"
+    assert torch.isfinite(out.loss)
