@@ -125,6 +125,10 @@ def _to_torch(out: TensorListCPU | TensorListGPU) -> torch.Tensor:
 
         dense = out.as_tensor()
         result = torch.empty(dense.shape(), dtype=torch.float32, device=torch.device("cuda", dense.device_id()))
-        feed_ndarray(dense, result, cuda_stream=torch.cuda.current_stream(result.device))
+        stream = torch.cuda.current_stream(result.device)
+        feed_ndarray(dense, result, cuda_stream=stream)
+        # The loader may call this from its prefetch thread, whose current stream is not the consumer's: wait
+        # here (in the background) so the consumer never reads a half-copied batch on another stream.
+        stream.synchronize()
         return result
     return torch.from_numpy(out.as_array())

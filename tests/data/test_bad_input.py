@@ -235,3 +235,30 @@ def test_reasons_are_documented() -> None:
     """Every reason the ledger can report has a one-line meaning (the README's table is built from these)."""
     assert all(isinstance(v, str) and v for v in {**SKIPPED, **REPAIRED}.values())
     assert not set(SKIPPED) & set(REPAIRED)
+
+
+def test_bad_manifest_lines(tmp_path) -> None:
+    """The JSONL form of the bad cases: missing file, broken JSON line, no caption, not an object, no media key."""
+    (tmp_path / "ok.jpg").write_bytes(image_bytes((0, 0, 255)))
+    (tmp_path / "gray.png").write_bytes(image_bytes((90, 90, 90), fmt="PNG", mode="L"))
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    lines = [json.dumps({"image": "ok.jpg", "caption": "blue"}),
+             json.dumps({"image": "gray.png", "caption": "gray"}),
+             json.dumps({"image": "nowhere.jpg", "caption": "lost"}),
+             '{"image": "ok.jpg", "caption": ',
+             json.dumps({"image": "ok.jpg"}),
+             json.dumps(["ok.jpg", "a list"]),
+             json.dumps({"caption": "no media"}),
+             json.dumps({"image": "empty.jpg", "caption": "zero bytes"}),
+             "",
+             json.dumps({"image": "ok.jpg", "caption": "   "})]
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("\n".join(lines) + "\n")
+    loader = build_loader(_cfg(str(manifest)), "val")
+    keys = [k for b in loader for k in b.keys]
+    assert keys == ["line1", "line2"]
+    assert dict(loader.stats.bad) == {"missing_media": 2, "bad_json": 2, "missing_caption": 1, "empty_media": 1,
+                                      "empty_caption": 1}
+    assert dict(loader.stats.repaired) == {"converted_to_rgb": 1}
+    with pytest.raises(BadSampleError, match=r"m\.jsonl.*key 'line3': missing_media"):
+        list(build_loader(_cfg(str(manifest), strict=True), "val"))
