@@ -4,11 +4,13 @@
 frame, and gathers the kept tokens (plus the position embedding) in one pass:
 
 - Triton (CUDA): one kernel draws the keys (philox, from a seed the caller's generator gives) or loads them,
-  selects the K smallest per row, and gathers. Selection packs ``(sortable key bits << 32) | index`` into int64
-  and sorts the row with ``tl.sort``: the K-th smallest packed value is the threshold, ties go to the lower
-  index (the stable-argsort rule of the reference), and a prefix count of the kept flags gives each kept
-  position its output slot, so ``ids_keep`` comes out ascending with no second sort. Each program recomputes
-  the row's selection (P <= a few hundred: cheaper than a second launch) and gathers BLOCK_K slots.
+  selects the K smallest per row, and gathers. Each key is packed as ``(order-preserving key bits << 32) | index``
+  into int64, so comparing packed values compares keys with ties going to the lower index (the stable-argsort
+  rule of the reference); a position's rank is the number of packed values below it, counted against column
+  chunks of the row (O(P^2) compares, nothing for P of a few hundred; ``tl.sort`` was the other option, but it
+  compiles 10x slower and runs 100x slower under the interpreter). The K lowest ranks are kept, and a prefix
+  count of the kept flags gives each its output slot, so ``ids_keep`` comes out ascending with no sort at all.
+  Each program recomputes its row's selection (cheaper than a second launch) and gathers BLOCK_K slots.
 - C++ (CPU, ``csrc/random_masking.cpp``): nth_element + a sort of the K winners, OpenMP over samples.
 - Reference: argsort + gather + add (``reference.random_masking_ref``).
 
@@ -34,10 +36,10 @@ import triton.language as tl
 
 from . import reference
 from ._compile import specs_from_configs
-from ._dispatch import record, resolve
+from ._dispatch import interpreting, record, resolve
 
 _TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-_MAX_BLOCK = 4096  # one row's keys are sorted in registers: P and L up to 4096 (ViT-L/14 at 896 px has 4096)
+_MAX_BLOCK = 1024  # one row's keys live in registers: P and L up to 1024 (ViT-B/16 at 512 px)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -47,8 +49,8 @@ _MAX_BLOCK = 4096  # one row's keys are sorted in registers: P and L up to 4096 
 
 @triton.jit
 def _packed_keys(key, offs, valid):
-    """int64 ``(order-preserving int32 of the fp32 key) << 32 | index``: sorting these sorts by key, ties by
-    index (the stable-argsort rule). Invalid lanes get +inf keys so they sort last, behind every real key."""
+    """int64 ``(order-preserving int32 of the fp32 key) << 32 | index``: these compare as the keys do, ties going
+    to the lower index (the stable-argsort rule). Invalid lanes get +inf keys: they rank behind every real key."""
     key = tl.where(valid, key.to(tl.float32) + 0.0, float("inf"))  # + 0.0: -0.0 becomes +0.0, equal to it
     bits = key.to(tl.int32, bitcast=True)
     bits = tl.where(bits < 0, bits ^ 0x7FFFFFFF, bits)  # negative floats: larger magnitude must sort lower
@@ -56,11 +58,14 @@ def _packed_keys(key, offs, valid):
 
 
 @triton.jit
-def _smallest_mask(packed, offs, count):
-    """True for the ``count`` smallest packed keys of the row (count >= 1 or nothing is selected)."""
-    srt = tl.sort(packed)
-    thr = tl.max(tl.where(offs < count, srt, tl.min(srt, 0)), 0)  # the count-th smallest
-    return (packed <= thr) & (count > 0)
+def _masking_keys(NOISE_ptr, SEED_ptr, row, P, stride_noise_b, stride_noise_p, offs, valid, HAS_NOISE: tl.constexpr):
+    """Keys of positions ``offs`` of sample ``row``: loaded, or drawn by philox with counter = flat (row, p) index,
+    so every program and every chunk of a row sees the same keys and every row different ones."""
+    if HAS_NOISE:
+        key = tl.load(NOISE_ptr + row * stride_noise_b + offs * stride_noise_p, mask=valid, other=0.0)
+    else:
+        key = tl.rand(tl.load(SEED_ptr), (row * P + offs).to(tl.int32))
+    return key
 
 
 @triton.jit
@@ -89,6 +94,7 @@ def _random_masking_fwd_kernel(
     HAS_NOISE: tl.constexpr,
     HAS_POS: tl.constexpr,
     BLOCK_P: tl.constexpr,
+    BLOCK_J: tl.constexpr,
     BLOCK_K: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
@@ -96,13 +102,19 @@ def _random_masking_fwd_kernel(
     pid_k = tl.program_id(1)
     offs_p = tl.arange(0, BLOCK_P)
     p_ok = offs_p < P
-    if HAS_NOISE:
-        key = tl.load(NOISE_ptr + pid_b * stride_noise_b + offs_p * stride_noise_p, mask=p_ok, other=0.0)
-    else:
-        # counter = flat (b, p) index: every program of a row draws the same keys, every row different ones
-        key = tl.rand(tl.load(SEED_ptr), (pid_b * P + offs_p).to(tl.int32))
-    packed = _packed_keys(key, offs_p, p_ok)
-    kept = _smallest_mask(packed, offs_p, K) & p_ok
+    packed = _packed_keys(_masking_keys(NOISE_ptr, SEED_ptr, pid_b, P, stride_noise_b, stride_noise_p, offs_p, p_ok,
+                                        HAS_NOISE), offs_p, p_ok)
+    # rank of each position = how many keys sort before it; the K lowest ranks are kept. Counted against
+    # BLOCK_J-wide column chunks (keys re-read or re-drawn: the same values) so the compare table stays
+    # (BLOCK_P, BLOCK_J) in registers.
+    rank = tl.zeros([BLOCK_P], dtype=tl.int32)
+    for j0 in range(0, P, BLOCK_J):
+        offs_j = j0 + tl.arange(0, BLOCK_J)
+        j_ok = offs_j < P
+        key_j = _masking_keys(NOISE_ptr, SEED_ptr, pid_b, P, stride_noise_b, stride_noise_p, offs_j, j_ok, HAS_NOISE)
+        packed_j = _packed_keys(key_j, offs_j, j_ok)
+        rank += tl.sum((packed_j[None, :] < packed[:, None]).to(tl.int32), 1)
+    kept = (rank < K) & p_ok
     slot = tl.cumsum(kept.to(tl.int32), 0) - 1  # ascending output slot of each kept position
     if pid_k == 0:
         tl.store(SLOT_ptr + pid_b * P + offs_p, tl.where(kept, slot, -1), mask=p_ok)
@@ -251,6 +263,18 @@ def _mlm_mask_kernel(
 
 
 @triton.jit
+def _text_keys(SPECIAL_ptr, KEYS_ptr, SEED_ptr, row, L, offs, valid, HAS_KEYS: tl.constexpr):
+    """Keys of tokens ``offs`` of row ``row`` (loaded or philox-drawn), 2.0 for special and padding tokens, which
+    therefore rank after every real token (the reference's rule)."""
+    real = tl.load(SPECIAL_ptr + row * L + offs, mask=valid, other=1) == 0
+    if HAS_KEYS:
+        key = tl.load(KEYS_ptr + row * L + offs, mask=valid, other=0.0)
+    else:
+        key = tl.rand(tl.load(SEED_ptr), (row * L + offs).to(tl.int32))
+    return tl.where(real, key, 2.0)
+
+
+@triton.jit
 def _scl_text_mask_kernel(
     IDS_ptr,  # (B, L) token ids
     SPECIAL_ptr,  # (B, L) bool: special or padding, never masked
@@ -262,24 +286,28 @@ def _scl_text_mask_kernel(
     mask_id,
     HAS_KEYS: tl.constexpr,
     BLOCK_L: tl.constexpr,
+    BLOCK_J: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK_L)
     ok = offs < L
     ids = tl.load(IDS_ptr + row * L + offs, mask=ok, other=0)
     real = (tl.load(SPECIAL_ptr + row * L + offs, mask=ok, other=1) == 0) & ok
-    if HAS_KEYS:
-        key = tl.load(KEYS_ptr + row * L + offs, mask=ok, other=0.0)
-    else:
-        key = tl.rand(tl.load(SEED_ptr), (row * L + offs).to(tl.int32))
-    key = tl.where(real, key, 2.0)  # special and padding rank last (the reference's rule)
+    packed = _packed_keys(_text_keys(SPECIAL_ptr, KEYS_ptr, SEED_ptr, row, L, offs, ok, HAS_KEYS), offs, ok)
+    rank = tl.zeros([BLOCK_L], dtype=tl.int32)  # as in random_masking: ranks from column chunks
+    for j0 in range(0, L, BLOCK_J):
+        offs_j = j0 + tl.arange(0, BLOCK_J)
+        j_ok = offs_j < L
+        packed_j = _packed_keys(_text_keys(SPECIAL_ptr, KEYS_ptr, SEED_ptr, row, L, offs_j, j_ok, HAS_KEYS), offs_j,
+                                j_ok)
+        rank += tl.sum((packed_j[None, :] < packed[:, None]).to(tl.int32), 1)
     n_real = tl.sum(real.to(tl.int32), 0)
     # round half to even, as torch.round: only exact .5 products (e.g. ratio 0.5) take the even branch
     x = n_real.to(tl.float32) * ratio
     count = tl.floor(x + 0.5)
     count = tl.where((count - x == 0.5) & (count % 2.0 == 1.0), count - 1.0, count)
     count = tl.minimum(tl.maximum(count.to(tl.int32), 1), n_real)
-    chosen = _smallest_mask(_packed_keys(key, offs, ok), offs, count) & real
+    chosen = (rank < count) & real
     out = tl.where(chosen, mask_id, ids)
     tl.store(OUT_ptr + row * L + offs, out.to(OUT_ptr.dtype.element_ty), mask=ok)
 
@@ -294,7 +322,17 @@ def _pow2(n: int) -> int:
 
 
 def _block_d(d: int) -> int:
-    return min(128, _pow2(d))
+    # the interpreter pays per op, not per element: wider blocks, fewer programs (the GPU keeps 128)
+    return min(256 if interpreting() else 128, _pow2(d))
+
+
+def _block_j(block_p: int) -> int:
+    """Column chunk of the rank count: the (BLOCK_P, BLOCK_J) compare table stays at <= 8K entries on a GPU."""
+    return min(block_p, 128) if interpreting() else max(4, min(32, 8192 // block_p))
+
+
+def _block_rows(n: int) -> int:
+    return min(32 if interpreting() else 16, _pow2(n))
 
 
 def _random_masking_fwd_triton(
@@ -310,7 +348,7 @@ def _random_masking_fwd_triton(
         return kept, ids, slot
     if keep == 0:
         return kept, ids, slot.fill_(-1)
-    block_k = min(16, _pow2(keep))
+    block_k = _block_rows(keep)
     grid = (b, triton.cdiv(keep, block_k))
     dummy = x  # never read: the constexpr flags compile the loads away
     _random_masking_fwd_kernel[grid](
@@ -323,7 +361,7 @@ def _random_masking_fwd_triton(
         pos.stride(0) if pos is not None else 0, pos.stride(1) if pos is not None else 0,
         kept.stride(0), kept.stride(1), kept.stride(2),
         FRAMES=frames, HAS_NOISE=noise is not None, HAS_POS=pos is not None,
-        BLOCK_P=_pow2(p), BLOCK_K=block_k, BLOCK_D=_block_d(d),
+        BLOCK_P=_pow2(p), BLOCK_J=_block_j(_pow2(p)), BLOCK_K=block_k, BLOCK_D=_block_d(d),
     )  # fmt: skip
     return kept, ids, slot
 
@@ -338,7 +376,7 @@ def _random_masking_bwd_triton(
     grad_pos = torch.empty((p, d) if with_pos else (0,), device=grad.device, dtype=grad.dtype)
     if b * p * d == 0:
         return grad_x.zero_(), grad_pos.zero_()
-    block_m, block_d = 16, _block_d(d)
+    block_m, block_d = (64 if interpreting() else 16), _block_d(d)
     _random_masking_bwd_kernel[(b * frames, triton.cdiv(p, block_m))](
         grad, slot, grad_x, p, keep, d,
         grad.stride(0), grad.stride(1), grad.stride(2), grad_x.stride(0), grad_x.stride(1), grad_x.stride(2),
@@ -382,7 +420,7 @@ def _scl_text_mask_triton(
         return out
     _scl_text_mask_kernel[(b,)](
         ids_c, special_c, keys.contiguous() if keys is not None else ids_c, seed if seed is not None else ids_c, out,
-        length, ratio, mask_id, HAS_KEYS=keys is not None, BLOCK_L=_pow2(length),
+        length, ratio, mask_id, HAS_KEYS=keys is not None, BLOCK_L=_pow2(length), BLOCK_J=_block_j(_pow2(length)),
     )  # fmt: skip
     return out
 
@@ -751,30 +789,36 @@ def scl_text_mask(
 
 
 def _compile_specs() -> list:
+    """One spec per variant a GPU launches; the dtype x shape x flag grid is sampled rather than enumerated, to
+    keep the compile test short."""
     specs = []
-    for dt in ("fp16", "bf16", "fp32"):
-        for p, d, frames in ((324, 768, 1), (196, 768, 4), (576, 1024, 1)):
-            for has_noise, has_pos in ((True, True), (False, True), (False, False)):
-                tag = f"{dt}-p{p}-d{d}-f{frames}" + ("-noise" if has_noise else "-philox") + ("-pos" if has_pos else "")
-                specs += specs_from_configs(
-                    _random_masking_fwd_kernel, f"masking.random_masking_fwd/{tag}",
-                    {"X_ptr": f"*{dt}", "NOISE_ptr": "*fp32", "SEED_ptr": "*i64", "POS_ptr": f"*{dt}",
-                     "KEPT_ptr": f"*{dt}", "IDS_ptr": "*i64", "SLOT_ptr": "*i32"},
-                    {"FRAMES": frames, "HAS_NOISE": has_noise, "HAS_POS": has_pos, "BLOCK_P": _pow2(p),
-                     "BLOCK_K": 16, "BLOCK_D": _block_d(d)},
-                    default=(p == 324 and d == 768 and has_noise and has_pos),
-                )  # fmt: skip
-        for frames in (1, 4):
-            specs += specs_from_configs(
-                _random_masking_bwd_kernel, f"masking.random_masking_bwd/{dt}-f{frames}",
-                {"GRAD_ptr": f"*{dt}", "SLOT_ptr": "*i32", "DX_ptr": f"*{dt}"},
-                {"FRAMES": frames, "BLOCK_M": 16, "BLOCK_D": 128}, default=frames == 1,
-            )  # fmt: skip
-            specs += specs_from_configs(
-                _random_masking_pos_bwd_kernel, f"masking.random_masking_pos_bwd/{dt}-f{frames}",
-                {"GRAD_ptr": f"*{dt}", "SLOT_ptr": "*i32", "DPOS_ptr": f"*{dt}"},
-                {"FRAMES": frames, "BLOCK_M": 16, "BLOCK_D": 128}, default=frames == 1,
-            )  # fmt: skip
+    fwd = (  # (dtype, P, D, frames, has_noise, has_pos)
+        ("fp16", 324, 768, 1, True, True),
+        ("bf16", 324, 768, 1, False, True),
+        ("fp32", 324, 768, 1, True, False),
+        ("bf16", 196, 768, 4, False, False),
+    )
+    for i, (dt, p, d, frames, has_noise, has_pos) in enumerate(fwd):
+        tag = f"{dt}-p{p}-d{d}-f{frames}" + ("-noise" if has_noise else "-philox") + ("-pos" if has_pos else "")
+        specs += specs_from_configs(
+            _random_masking_fwd_kernel, f"masking.random_masking_fwd/{tag}",
+            {"X_ptr": f"*{dt}", "NOISE_ptr": "*fp32", "SEED_ptr": "*i64", "POS_ptr": f"*{dt}",
+             "KEPT_ptr": f"*{dt}", "IDS_ptr": "*i64", "SLOT_ptr": "*i32"},
+            {"FRAMES": frames, "HAS_NOISE": has_noise, "HAS_POS": has_pos, "BLOCK_P": _pow2(p),
+             "BLOCK_J": max(4, min(32, 8192 // _pow2(p))), "BLOCK_K": 16, "BLOCK_D": 128},
+            default=i == 0,
+        )  # fmt: skip
+    for dt, frames in (("fp16", 1), ("bf16", 1), ("fp32", 1), ("bf16", 4)):
+        specs += specs_from_configs(
+            _random_masking_bwd_kernel, f"masking.random_masking_bwd/{dt}-f{frames}",
+            {"GRAD_ptr": f"*{dt}", "SLOT_ptr": "*i32", "DX_ptr": f"*{dt}"},
+            {"FRAMES": frames, "BLOCK_M": 16, "BLOCK_D": 128}, default=dt == "fp16",
+        )  # fmt: skip
+        specs += specs_from_configs(
+            _random_masking_pos_bwd_kernel, f"masking.random_masking_pos_bwd/{dt}-f{frames}",
+            {"GRAD_ptr": f"*{dt}", "SLOT_ptr": "*i32", "DPOS_ptr": f"*{dt}"},
+            {"FRAMES": frames, "BLOCK_M": 16, "BLOCK_D": 128}, default=dt == "fp16",
+        )  # fmt: skip
     for it in ("i64", "i32"):
         for has_keys in (True, False):
             tag = f"{it}-" + ("keys" if has_keys else "philox")
@@ -785,13 +829,15 @@ def _compile_specs() -> list:
                  "p": "fp32", "r_mask": "fp32", "r_rand_end": "fp32"},
                 {"HAS_KEYS": has_keys, "BLOCK": 1024}, default=it == "i64" and not has_keys,
             )  # fmt: skip
-            for length in (64, 512):
-                specs += specs_from_configs(
-                    _scl_text_mask_kernel, f"masking.scl_text_mask/{tag}-l{length}",
-                    {"IDS_ptr": f"*{it}", "SPECIAL_ptr": "*i1", "KEYS_ptr": "*fp32", "SEED_ptr": "*i64",
-                     "OUT_ptr": f"*{it}", "ratio": "fp32"},
-                    {"HAS_KEYS": has_keys, "BLOCK_L": length}, default=it == "i64" and not has_keys and length == 64,
-                )  # fmt: skip
+    for it, has_keys, length in (("i64", False, 64), ("i32", True, 512)):
+        tag = f"{it}-" + ("keys" if has_keys else "philox") + f"-l{length}"
+        specs += specs_from_configs(
+            _scl_text_mask_kernel, f"masking.scl_text_mask/{tag}",
+            {"IDS_ptr": f"*{it}", "SPECIAL_ptr": "*i1", "KEYS_ptr": "*fp32", "SEED_ptr": "*i64",
+             "OUT_ptr": f"*{it}", "ratio": "fp32"},
+            {"HAS_KEYS": has_keys, "BLOCK_L": length, "BLOCK_J": max(4, min(32, 8192 // length))},
+            default=length == 64,
+        )  # fmt: skip
     return specs
 
 
