@@ -35,6 +35,7 @@ import triton
 import triton.language as tl
 
 from . import reference
+from ._compile import CompileSpec, specs_from_configs
 from ._dispatch import interpreting, record, resolve
 
 _EPS = 1e-12  # F.normalize's eps: a row is divided by max(||x||, eps)
@@ -339,38 +340,35 @@ def _info_nce_bwd_kernel(
         tl.store(R_ptr + offs_m, coef * r, mask=row_ok)
 
 
+_FWD_GPU_CONFIGS = [
+    triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=st)
+    for bm, bn, bk, w, st in [
+        (128, 128, 32, 8, 3),
+        (128, 64, 64, 4, 3),
+        (64, 128, 64, 4, 3),
+        (64, 64, 64, 4, 4),
+        (64, 64, 32, 4, 2),
+    ]
+]
+_BWD_GPU_CONFIGS = [
+    triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "BLOCK_DO": bdo}, num_warps=w, num_stages=st)
+    for bm, bn, bk, bdo, w, st in [
+        (64, 64, 32, 128, 4, 3),
+        (64, 64, 32, 256, 8, 2),
+        (128, 64, 32, 128, 8, 2),
+        (64, 128, 32, 256, 8, 2),
+        (64, 64, 64, 64, 4, 3),
+    ]
+]
+
 _fwd_tuned = triton.autotune(
-    configs=_configs(
-        [
-            triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=st)
-            for bm, bn, bk, w, st in [
-                (128, 128, 32, 8, 3),
-                (128, 64, 64, 4, 3),
-                (64, 128, 64, 4, 3),
-                (64, 64, 64, 4, 4),
-                (64, 64, 32, 4, 2),
-            ]
-        ],
-        triton.Config({"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 64}),
-    ),
+    configs=_configs(_FWD_GPU_CONFIGS, triton.Config({"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 64})),
     key=["D"],
     prune_configs_by={"early_config_prune": _prune_by_d},
 )(_info_nce_fwd_kernel)
 
 _bwd_tuned = triton.autotune(
-    configs=_configs(
-        [
-            triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "BLOCK_DO": bdo}, num_warps=w, num_stages=st)
-            for bm, bn, bk, bdo, w, st in [
-                (64, 64, 32, 128, 4, 3),
-                (64, 64, 32, 256, 8, 2),
-                (128, 64, 32, 128, 8, 2),
-                (64, 128, 32, 256, 8, 2),
-                (64, 64, 64, 64, 4, 3),
-            ]
-        ],
-        triton.Config({"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 64, "BLOCK_DO": 256}),
-    ),
+    configs=_configs(_BWD_GPU_CONFIGS, triton.Config({"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 64, "BLOCK_DO": 256})),
     key=["D"],
     prune_configs_by={"early_config_prune": _prune_by_d},
 )(_info_nce_bwd_kernel)
@@ -759,3 +757,52 @@ def cosine_recovery(
     choice = _pick_backend("cosine_recovery", a, backend, has_native=False)
     loss, _ = torch.ops.scl.cosine_recovery(a, b.detach() if detach_b else b, choice)
     return loss
+
+
+# --------------------------------------------------------------------------------------------------------------
+# what a GPU launches, for the sm_80 / sm_90 compile check (kernels/_compile.py)
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _compile_specs() -> list[CompileSpec]:
+    """Every autotune config of the two tile kernels in fp16 (the AMP case, symmetric backward), the first config
+    for the other dtypes and backward flag sets, and the O(N*D) row kernels per dtype; D = 512 (ITC), so no
+    config is pruned."""
+    specs: list[CompileSpec] = []
+    d = 512
+    row_m, row_k = _row_blocks(d)
+    for dt in ("fp16", "bf16", "fp32"):
+        precision = "ieee" if dt == "fp32" else "tf32"
+        for has_cos in (False, True):
+            specs += specs_from_configs(
+                _row_stats_kernel, f"contrastive.row_stats/{dt}" + ("-cos" if has_cos else ""),
+                {"X_ptr": f"*{dt}", "Y_ptr": f"*{dt}", "INV_X_ptr": "*fp32", "INV_Y_ptr": "*fp32", "COS_ptr": "*fp32"},
+                {"EPS": _EPS, "HAS_COS": has_cos, "BLOCK_M": row_m, "BLOCK_K": row_k}, default=dt == "fp16",
+            )  # fmt: skip
+        specs += specs_from_configs(
+            _cosine_bwd_kernel, f"contrastive.cosine_bwd/{dt}",
+            {"X_ptr": f"*{dt}", "Y_ptr": f"*{dt}", "INV_X_ptr": "*fp32", "INV_Y_ptr": "*fp32", "COS_ptr": "*fp32",
+             "DLOSS_ptr": "*fp32", "DX_ptr": f"*{dt}"},
+            {"BLOCK_M": row_m, "BLOCK_K": row_k}, default=dt == "fp16",
+        )  # fmt: skip
+        specs += specs_from_configs(
+            _info_nce_fwd_kernel, f"contrastive.info_nce_fwd/{dt}-d{d}",
+            {"X_ptr": f"*{dt}", "Y_ptr": f"*{dt}", "INV_X_ptr": "*fp32", "INV_Y_ptr": "*fp32", "T_ptr": "*fp32",
+             "LSE_ptr": "*fp32", "Q_ptr": "*fp32", "LOSS_ptr": "*fp32"},
+            {"PRECISION": precision}, _FWD_GPU_CONFIGS if dt == "fp16" else _FWD_GPU_CONFIGS[:1],
+        )  # fmt: skip
+        bwd_types = {"X_ptr": f"*{dt}", "Y_ptr": f"*{dt}", "INV_X_ptr": "*fp32", "INV_Y_ptr": "*fp32",
+                     "LSE_X_ptr": "*fp32", "LSE_Y_ptr": "*fp32", "Q_X_ptr": "*fp32", "Q_Y_ptr": "*fp32",
+                     "T_ptr": "*fp32", "DLOSS_ptr": "*fp32", "DX_ptr": f"*{dt}", "R_ptr": "*fp32"}  # fmt: skip
+        for row_term, col_term in ((True, True), (True, False), (False, True)):
+            every = dt == "fp16" and row_term and col_term
+            tag = "sym" if row_term and col_term else ("row" if row_term else "col")
+            specs += specs_from_configs(
+                _info_nce_bwd_kernel, f"contrastive.info_nce_bwd/{dt}-d{d}-{tag}", bwd_types,
+                {"ROW_TERM": row_term, "COL_TERM": col_term, "PRECISION": precision},
+                _BWD_GPU_CONFIGS if every else _BWD_GPU_CONFIGS[:1], default=row_term and col_term,
+            )  # fmt: skip
+    return specs
+
+
+COMPILE_SPECS: list[CompileSpec] = _compile_specs()
