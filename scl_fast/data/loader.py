@@ -2,9 +2,11 @@
 
 Worker side (torch DataLoader workers, one "slot" each across the world): shard reading, the shuffle buffer,
 validation (cheap header probes), augmentation parameters, grouping by frame count, tokenisation. Main side:
-DALI decoding (one thread pool per rank, on the GPU when there is one), the host fallback for batches DALI
-rejects, final counts. Each worker batch carries the worker's position and its count deltas, so the state the
-main process saves is exactly "what the trainer has consumed".
+DALI decoding (one thread pool per rank, on the GPU when there is one) in a background thread that runs
+``data.prefetch_batches`` ahead of the trainer, the host fallback for batches DALI rejects, final counts. Each
+worker batch carries the worker's position and its count deltas, and each decoded batch its decode counts; both
+are applied when the trainer takes the batch, so the state the main process saves is exactly "what the trainer
+has consumed".
 """
 
 from __future__ import annotations
