@@ -78,7 +78,7 @@ def _host_augment(frames: np.ndarray, window: np.ndarray, flip: bool) -> torch.T
     h, w = frames.shape[1:3]
     y0, x0, ch, cw = (float(v) for v in window)
     top, left = round(y0 * h), round(x0 * w)
-    crop = np.ascontiguousarray(frames[:, top: top + round(ch * h), left: left + round(cw * w)])
+    crop = np.array(frames[:, top: top + round(ch * h), left: left + round(cw * w)])  # writable, contiguous
     x = torch.from_numpy(crop).permute(0, 3, 1, 2)  # (F, 3, h, w)
     x = F.interpolate(x.float(), size=(SIZE, SIZE), mode="bilinear", antialias=True, align_corners=False)
     if flip:
