@@ -107,7 +107,9 @@ class VisionEncoder(nn.Module):
         if (gh, gw) == (self.grid, self.grid):
             return pos
         grid = pos.reshape(1, self.grid, self.grid, -1).permute(0, 3, 1, 2)  # (1, W, g, g)
-        grid = F.interpolate(grid.float(), size=(gh, gw), mode="bicubic", align_corners=False).to(pos.dtype)
+        # fp16/bf16 upsampling is not implemented on every device: resize those in fp32
+        work = grid.float() if grid.dtype in (torch.float16, torch.bfloat16) else grid
+        grid = F.interpolate(work, size=(gh, gw), mode="bicubic", align_corners=False).to(pos.dtype)
         return grid.permute(0, 2, 3, 1).reshape(gh * gw, -1)
 
     def forward(self, pixels: torch.Tensor, *, mask_noise: torch.Tensor | None = None,
