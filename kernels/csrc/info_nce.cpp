@@ -217,8 +217,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> info_nce_native_backward(const at
 
   at::Tensor da = empty, db = empty, dt = at::empty({0}, temperature.options());
   // dL/dx = coef * inv_x * (acc / T - xn * r): written out of the normalised copy, rounded once to x's dtype
-  if (want_a) da = acc_a.mul_(inv_t).sub_(an * r.unsqueeze(1)).mul_(inv_a.unsqueeze(1) * coef).to(a.scalar_type());
-  if (want_b) db = acc_b.mul_(inv_t).sub_(bn * c.unsqueeze(1)).mul_(inv_b.unsqueeze(1) * coef).to(b.scalar_type());
+  // in place (addcmul_ needs no N x D temporary): the fp32 result is the accumulator itself
+  if (want_a) {
+    da = acc_a.mul_(inv_t).addcmul_(an, r.unsqueeze(1), -1.0).mul_(inv_a.unsqueeze(1) * coef).to(a.scalar_type());
+  }
+  if (want_b) {
+    db = acc_b.mul_(inv_t).addcmul_(bn, c.unsqueeze(1), -1.0).mul_(inv_b.unsqueeze(1) * coef).to(b.scalar_type());
+  }
   if (need_t) dt = (r.sum(at::kDouble) * (-coef * inv_t)).to(temperature.scalar_type()).reshape(temperature.sizes());
   return {da, db, dt};
 }

@@ -1,0 +1,222 @@
+"""info_nce forward+backward: the fused op (C++ on CPU, Triton on CUDA) against the eager N x N reference.
+
+Every case asserts numerics against the float64 reference (loss and the gradients of a, b and the temperature),
+so a fast wrong kernel fails. CPU cases: the C++ kernel (``backend="native"``) and ``info_nce_ref`` on the same
+inputs, timed fwd+bwd; the headline problem is ITC at N = 8192, D = 512 (``benchmarks/shapes.py``).
+
+Peak memory on CPU (``test_info_nce_cpu_peak_memory``): torch has no allocator statistics for CPU tensors and
+tracemalloc does not see them, so the measurement is the operating system's: a fresh subprocess builds the
+inputs, warms the op up on a small problem (thread pools, MKL buffers), hands freed heap back (``malloc_trim``),
+resets the resident-set high-water mark (``/proc/self/clear_refs`` = 5) and runs one forward+backward; the peak
+is ``VmHWM - VmRSS`` before the run, i.e. every byte the op and autograd made resident, including the
+gradients of a and b (the same 2*N*D*4 bytes for both backends). Without a writable clear_refs it falls back
+to the ``ru_maxrss`` increase over the same run. ``python -m benchmarks.bench_contrastive --peak-memory`` prints
+one measurement as JSON.
+
+GPU cases (Triton vs the reference, fp16/bf16, ``INFONCE_GPU`` shapes) skip without CUDA; there peak memory is
+``torch.cuda.max_memory_allocated``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import functools
+import json
+import os
+import re
+import resource
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmarks import shapes as S
+from benchmarks import synchronized
+
+ROOT = Path(__file__).resolve().parents[1]
+HEADLINE = S.InfoNCEShape("itc_8192x512", n=8192, dim=512)  # the CPU goal: memory <= 1/10, time <= the reference
+CPU_SHAPES = [*S.INFONCE_CPU, HEADLINE]
+TEMPERATURE = 0.05
+# relative error of fp32 results vs the float64 reference (loss, grads); the reference itself in fp32 is ~1e-6
+RTOL = {torch.float32: 1e-4, torch.float16: 5e-3, torch.bfloat16: 3e-2}
+
+
+def _inputs(n: int, dim: int, dtype: torch.dtype = torch.float32, device: str = "cpu", seed: int = 0):
+    """Matched pairs (b = a + noise) at a temperature where the softmax is neither flat nor one-hot."""
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(n, dim, generator=g)
+    b = 0.3 * a + torch.randn(n, dim, generator=g)
+    return a.to(device, dtype), b.to(device, dtype), torch.tensor(TEMPERATURE, device=device)
+
+
+def _fwd_bwd(fn, a: torch.Tensor, b: torch.Tensor, t: torch.Tensor):
+    a = a.detach().requires_grad_(True)
+    b = b.detach().requires_grad_(True)
+    t = t.detach().requires_grad_(True)
+    loss = fn(a, b, t)
+    loss.backward()
+    return loss.detach(), a.grad, b.grad, t.grad
+
+
+def _impl(name: str):
+    import scl_kernels
+    from scl_kernels.reference import info_nce_ref
+
+    if name == "reference":
+        return lambda a, b, t: info_nce_ref(a, b, t)
+    return lambda a, b, t: scl_kernels.info_nce(a, b, t, backend=name)
+
+
+@functools.lru_cache(maxsize=4)
+def _fp64_reference(n: int, dim: int, dtype: torch.dtype = torch.float32, device: str = "cpu") -> tuple:
+    """float64 loss and gradients of one problem (inputs rounded to ``dtype`` first), computed once per session:
+    the oracle of every backend."""
+    from scl_kernels.reference import info_nce_ref
+
+    a, b, t = _inputs(n, dim, dtype, device)
+    out = _fwd_bwd(lambda a, b, t: info_nce_ref(a, b, t, upcast=True), a.double(), b.double(), t.double())
+    return tuple(x.cpu() for x in out)
+
+
+def _check(out: tuple[torch.Tensor, ...], ref: tuple[torch.Tensor, ...], rtol: float | None) -> dict[str, float]:
+    """Relative errors of (loss, da, db, dt) vs the float64 reference; each must be <= rtol (NaN fails). With
+    rtol None (the eager reference in fp16/bf16: the baseline itself) only finiteness is asserted."""
+    from tests.utils import rel_err
+
+    errs = {name: rel_err(o.double().cpu(), r) for name, o, r in zip(("loss", "da", "db", "dt"), out, ref, strict=True)}
+    bad = {k: v for k, v in errs.items() if not (v <= (float("inf") if rtol is None else rtol))}  # NaN fails too
+    assert not bad, f"numerics off vs float64 reference (rtol {rtol}): {bad}"
+    return errs
+
+
+# --------------------------------------------------------------------------------------------------------------
+# peak memory (CPU): a fresh process per measurement
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _status_kib(key: str) -> int:
+    return int(re.search(rf"^{key}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M).group(1))
+
+
+def measure_peak(backend: str, n: int, dim: int) -> dict[str, float | str]:
+    """Resident memory one fwd+bwd adds, in MiB, measured in *this* process (run it in a fresh one)."""
+    torch.set_num_threads(torch.get_num_threads())
+    fn = _impl(backend)
+    _fwd_bwd(fn, *_inputs(256, dim))  # warm-up: thread pools, BLAS buffers, lazy imports
+    a, b, t = _inputs(n, dim)
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand freed heap back, so the baseline RSS is what is live
+    except OSError:
+        pass
+    method = "VmHWM"
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # reset the high-water mark to the current RSS
+        base = _status_kib("VmRSS")
+    except OSError:
+        method = "ru_maxrss"
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    _fwd_bwd(fn, a, b, t)
+    peak = _status_kib("VmHWM") if method == "VmHWM" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"backend": backend, "n": n, "dim": dim, "peak_mib": (peak - base) / 1024, "method": method}
+
+
+def _peak_in_subprocess(backend: str, n: int, dim: int) -> dict[str, float | str]:
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    cmd = [sys.executable, "-m", "benchmarks.bench_contrastive", "--peak-memory", "--backend", backend,
+           "--n", str(n), "--dim", str(dim)]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=900)
+    if proc.returncode != 0:
+        raise RuntimeError(f"peak-memory subprocess failed: {proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# --------------------------------------------------------------------------------------------------------------
+# CPU cases
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _native_available() -> bool:
+    from scl_kernels import _dispatch
+
+    return _dispatch.HAS_NATIVE
+
+
+@pytest.mark.parametrize("backend", ["native", "reference"])
+@pytest.mark.parametrize("shape", CPU_SHAPES, ids=lambda s: s.name)
+def test_info_nce_cpu(benchmark, shape: S.InfoNCEShape, backend: str) -> None:
+    """fwd+bwd time on CPU; the C++ kernel and the reference on the same inputs."""
+    if backend == "native" and not _native_available():
+        pytest.skip("scl_kernels._C is not built (the CPU path is the reference)")
+    a, b, t = _inputs(shape.n, shape.dim)
+    fn = _impl(backend)
+    rounds = 3 if shape.n >= 4096 else 10
+    out = benchmark.pedantic(lambda: _fwd_bwd(fn, a, b, t), rounds=rounds, iterations=1, warmup_rounds=1)
+    errs = _check(out, _fp64_reference(shape.n, shape.dim), RTOL[torch.float32])
+    benchmark.extra_info.update(
+        shape=shape.name, n=shape.n, dim=shape.dim, backend=backend, threads=torch.get_num_threads(),
+        gflops=shape.flops(backward=True) / 1e9, **{f"rel_err_{k}": v for k, v in errs.items()},
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("shape", CPU_SHAPES, ids=lambda s: s.name)
+def test_info_nce_cpu_peak_memory(benchmark, shape: S.InfoNCEShape) -> None:
+    """Peak resident memory of one fwd+bwd, C++ vs reference, each in a fresh process; the goal at the headline
+    shape is at most 1/10 of the reference's. The timed function is the C++ fwd+bwd (so the case has a time)."""
+    if not _native_available():
+        pytest.skip("scl_kernels._C is not built (the CPU path is the reference)")
+    native = _peak_in_subprocess("native", shape.n, shape.dim)
+    ref = _peak_in_subprocess("reference", shape.n, shape.dim)
+    a, b, t = _inputs(shape.n, shape.dim)
+    out = benchmark.pedantic(lambda: _fwd_bwd(_impl("native"), a, b, t), rounds=1, iterations=1)
+    _check(out, _fp64_reference(shape.n, shape.dim), RTOL[torch.float32])
+    ratio = native["peak_mib"] / max(ref["peak_mib"], 1e-9)
+    inputs_mib = 2 * shape.n * shape.dim * 4 / 2**20  # the gradients of a and b, part of both peaks
+    benchmark.extra_info.update(
+        shape=shape.name, native_peak_mib=native["peak_mib"], reference_peak_mib=ref["peak_mib"],
+        ratio=ratio, grads_mib=inputs_mib, method=native["method"],
+    )  # fmt: skip
+    print(f"\n{shape.name}: peak MiB native {native['peak_mib']:.1f}, reference {ref['peak_mib']:.1f} "
+          f"(ratio {ratio:.3f}, of which grads of a, b {inputs_mib:.1f} MiB), {native['method']}")  # fmt: skip
+    if shape is HEADLINE:
+        assert ratio <= 0.1, f"goal: C++ peak <= 1/10 of the reference's, got {ratio:.3f}"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# GPU cases
+# --------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["triton", "reference"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("shape", S.INFONCE_GPU, ids=lambda s: s.name)
+def test_info_nce_gpu(benchmark, shape: S.InfoNCEShape, dtype: torch.dtype, backend: str) -> None:
+    """fwd+bwd on CUDA: Triton vs the eager reference in the same dtype; peak memory from the CUDA allocator."""
+    a, b, t = _inputs(shape.n, shape.dim, dtype, "cuda")
+    fn = _impl(backend)
+    _fwd_bwd(fn, a, b, t)  # compile / autotune outside the timing
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    out = benchmark.pedantic(synchronized(lambda: _fwd_bwd(fn, a, b, t), "cuda"), rounds=10, iterations=1)
+    peak = (torch.cuda.max_memory_allocated() - base) / 2**20
+    errs = _check(out, _fp64_reference(shape.n, shape.dim, dtype, "cuda"), RTOL[dtype] if backend == "triton" else None)
+    benchmark.extra_info.update(shape=shape.name, backend=backend, dtype=str(dtype), peak_mib=peak,
+                                **{f"rel_err_{k}": v for k, v in errs.items()})  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="one info_nce peak-memory measurement (CPU), printed as JSON")
+    parser.add_argument("--peak-memory", action="store_true", required=True)
+    parser.add_argument("--backend", choices=["native", "reference"], required=True)
+    parser.add_argument("--n", type=int, default=HEADLINE.n)
+    parser.add_argument("--dim", type=int, default=HEADLINE.dim)
+    args = parser.parse_args(argv)
+    print(json.dumps(measure_peak(args.backend, args.n, args.dim)))
+
+
+if __name__ == "__main__":
+    main()
