@@ -31,7 +31,7 @@ from .config import DataConfig
 from .dali import DaliPipelines, resolve_device
 from .shards import Ledger, RawSample, Stats, expand_spec, parse_caption, read_manifest, read_tar
 from .text import load_tokenizer
-from .video import DALI_CPU_CODECS, DALI_GPU_CODECS, decode_frames_pyav, probe_video, sample_frame_indices
+from .video import dali_decodes, decode_frames_pyav, probe_video, sample_frame_indices
 
 log = logging.getLogger("scl_fast.data")
 
@@ -146,8 +146,10 @@ class _SampleStream(IterableDataset):
     """
 
     def __init__(self, cfg: DataConfig, spec: str, *, train: bool, device: str, rank: int, world_size: int,
-                 seed: int, epochs: int | None, drop_last: bool, resume: dict, first_worker: int) -> None:
+                 seed: int, epochs: int | None, drop_last: bool, resume: dict, first_worker: int,
+                 capability: tuple[int, int] | None = None) -> None:
         self.cfg, self.train, self.device = cfg, train, device
+        self.capability = capability  # the GPU's compute capability, read in the main process (workers have no CUDA)
         self.source = expand_spec(spec)
         self.rank, self.world_size, self.seed = rank, world_size, seed
         self.epochs, self.drop_last = epochs, drop_last
@@ -258,7 +260,7 @@ class _SampleStream(IterableDataset):
         indices = sample_frame_indices(info.frames, frames, rng)
         window = self._window(info.height, info.width, rng, repairs)
         sample = _Prepared(seq, raw.shard, raw.key, caption, frames, window, flip, repairs)
-        if info.codec in (DALI_GPU_CODECS if self.device == "gpu" else DALI_CPU_CODECS):
+        if dali_decodes(info, self.device, self.capability):
             sample.encoded, sample.indices = encoded, indices
             return sample
         try:
@@ -438,7 +440,8 @@ class Loader:
         first = 0 if self._last_worker is None else (self._last_worker + 1) % self._workers
         stream = _SampleStream(self.cfg, self.spec, train=self.train, device=self.device, rank=self.rank,
                                world_size=self.world_size, seed=self.seed, epochs=self.epochs,
-                               drop_last=self.drop_last, resume=dict(self._positions), first_worker=first)
+                               drop_last=self.drop_last, resume=dict(self._positions), first_worker=first,
+                               capability=torch.cuda.get_device_capability() if self.device == "gpu" else None)
         loader = DataLoader(stream, batch_size=None, num_workers=self.cfg.num_workers, collate_fn=_identity,
                             prefetch_factor=4 if self.cfg.num_workers else None)
         # The iterator is made here, in the consumer's thread: making it draws the workers' base seed from torch's

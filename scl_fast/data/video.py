@@ -16,6 +16,27 @@ import numpy as np
 _CODEC_ALIASES = {"libdav1d": "av1", "libaom-av1": "av1", "libvpx-vp9": "vp9", "libvpx": "vp8", "h265": "hevc"}
 DALI_CPU_CODECS = frozenset({"vp8", "vp9", "mjpeg"})
 DALI_GPU_CODECS = frozenset({"vp8", "vp9", "mjpeg", "av1", "mpeg4", "h264", "hevc"})
+# NVDEC's smallest frame per codec, (width, height), from the capability table of NVIDIA's NVDEC programming
+# guide. DALI fails the whole batch on a clip below it (and must rebuild its pipeline), so such clips go to PyAV.
+NVDEC_MIN_SIZE = {"h264": (48, 16), "mpeg4": (48, 16), "vp8": (48, 16), "mjpeg": (64, 64), "hevc": (144, 144),
+                  "vp9": (128, 128), "av1": (128, 128)}
+
+
+def dali_decodes(info: VideoInfo, device: str, capability: tuple[int, int] | None = None) -> bool:
+    """Whether DALI's video decoder on ``device`` takes this clip; otherwise PyAV decodes it in a loader worker.
+
+    ``capability``: the GPU's compute capability. AV1 decoding is in NVDEC from GA10x (sm_86) and Ada (sm_89)
+    on and in Blackwell (sm_100+), not in GA100 (sm_80) or Hopper (sm_90).
+    """
+    if device == "cpu":
+        return info.codec in DALI_CPU_CODECS
+    if info.codec not in DALI_GPU_CODECS:
+        return False
+    if info.codec == "av1" and (capability is None or not (capability in ((8, 6), (8, 7), (8, 9))
+                                                            or capability[0] >= 10)):
+        return False
+    min_w, min_h = NVDEC_MIN_SIZE.get(info.codec, (1, 1))
+    return info.width >= min_w and info.height >= min_h
 
 
 @dataclass

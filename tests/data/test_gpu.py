@@ -43,11 +43,12 @@ def test_gpu_pipeline_matches_cpu(demo_corpus: dict[str, str]) -> None:
 
 
 def test_gpu_training_batches_and_codecs(tmp_path) -> None:
-    """Augmented training batches on the GPU, an H.264 clip (NVDEC, not DALI's CPU decoder), a grayscale JPEG."""
+    """Augmented training batches on the GPU: an H.264 clip (NVDEC, which DALI's CPU decoder lacks), a VP9 clip
+    below NVDEC's smallest VP9 frame (PyAV in the worker), a grayscale JPEG (nvJPEG)."""
     write_tar(str(tmp_path / "g.tar"), [
         ("a.jpg", image_bytes((255, 0, 0))), ("a.txt", b"red"),
         ("b.jpg", image_bytes((90, 90, 90), mode="L")), ("b.txt", b"gray"),
-        ("c.mp4", video_bytes(frames=8, size=32, codec="libx264", fmt="mp4")), ("c.txt", b"an h264 clip"),
+        ("c.mp4", video_bytes(frames=8, size=64, codec="libx264", fmt="mp4")), ("c.txt", b"an h264 clip"),
         ("d.webm", video_bytes(frames=8, size=32)), ("d.txt", b"a vp9 clip"),
     ])
     spec = str(tmp_path / "g.tar")
@@ -57,4 +58,5 @@ def test_gpu_training_batches_and_codecs(tmp_path) -> None:
     assert sorted(k for b in batches for k in b.keys) == ["a", "b", "c", "d"]
     assert all(b.pixels.is_cuda and b.pixels.shape[1] in (1, 3) for b in batches)
     assert loader.stats.good == 4 and loader.stats.repaired["converted_to_rgb"] == 1
-    assert loader.stats.info["pyav_fallback"] == 0, "H.264 should be decoded by NVDEC on the GPU path"
+    assert loader.stats.info["pyav_fallback"] == 1, "only the 32 px VP9 clip goes to PyAV; H.264 goes to NVDEC"
+    assert loader.stats.info["host_decode"] == 0, "DALI rejected a batch on the GPU"

@@ -80,3 +80,18 @@ def test_stats_round_trip_and_take() -> None:
     total = Stats()
     total.merge(s.take())
     assert s.empty() and total.good == 3 and total.bad == {"corrupt_image": 2}
+
+
+def test_video_routing_between_dali_and_pyav() -> None:
+    """Which clips DALI decodes (the rest go to PyAV in the workers, counted as pyav_fallback)."""
+    from scl_fast.data.video import VideoInfo, dali_decodes
+
+    def clip(codec: str, side: int) -> VideoInfo:
+        return VideoInfo(codec, 8, side, side)
+
+    assert dali_decodes(clip("vp9", 64), "cpu") and not dali_decodes(clip("h264", 640), "cpu")
+    hopper, ada = (9, 0), (8, 9)
+    assert dali_decodes(clip("h264", 224), "gpu", hopper) and dali_decodes(clip("vp9", 224), "gpu", hopper)
+    assert not dali_decodes(clip("vp9", 64), "gpu", hopper), "below NVDEC's smallest VP9 frame"
+    assert not dali_decodes(clip("av1", 224), "gpu", hopper) and dali_decodes(clip("av1", 224), "gpu", ada)
+    assert not dali_decodes(clip("theora", 224), "gpu", ada)
