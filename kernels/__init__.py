@@ -6,6 +6,7 @@ three backends (Triton on CUDA, C++ on CPU where it pays, plain PyTorch referenc
 """
 
 from ._dispatch import use_backend
+from .attention import masked_attention
 from .contrastive import cosine_recovery, info_nce
 from .distributed import all_gather_with_grad
 from .masking import mlm_mask, random_masking, scl_text_mask
@@ -14,6 +15,7 @@ __all__ = [
     "all_gather_with_grad",
     "cosine_recovery",
     "info_nce",
+    "masked_attention",
     "mlm_mask",
     "random_masking",
     "scl_text_mask",

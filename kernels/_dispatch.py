@@ -52,6 +52,13 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+@torch.compiler.assume_constant_result
+def _forced_backend() -> str:
+    """The ``use_backend`` choice. Dynamo cannot trace ``ContextVar.get``: it reads this once per compilation
+    as a constant (so ``torch.compile(fullgraph=True)`` has no graph break; the choice is baked into the graph)."""
+    return _forced.get()
+
+
 @contextlib.contextmanager
 def use_backend(backend: Backend) -> Iterator[None]:
     """Force every op called inside the block onto ``backend`` (``"auto"`` restores the default)."""
@@ -73,7 +80,7 @@ def resolve(op: str, device: torch.device, backend: Backend | None = None, *, ha
         backend: explicit choice; ``None`` or ``"auto"`` defers to ``use_backend`` and then the device default.
         has_native: whether ``op`` has a C++ CPU kernel.
     """
-    choice = backend if backend not in (None, "auto") else _forced.get()
+    choice = backend if backend not in (None, "auto") else _forced_backend()
     if choice not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {choice!r}")
     if choice == "auto":

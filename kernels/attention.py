@@ -1,0 +1,1036 @@
+"""Fused masked attention: FlashAttention-2 style forward and backward in Triton.
+
+One op, ``masked_attention(q, k, v, *, key_mask, frames, attn_mask, dropout_p, scale)``, for self- and
+cross-attention with the three mask kinds of the SCL model (True = may attend):
+
+- ``key_mask`` (B, Lk): text padding; loaded as one row per key block.
+- ``frames=F``: the flexible vision encoder's frame-block + global-CLS pattern, generated from indices.
+  Key blocks a query block cannot see are never visited (``_frame_ranges``), so the patch rows of a 4-frame
+  video cost about a quarter of dense attention.
+- ``attn_mask``: any bool mask broadcastable to (B, H, Lq, Lk), loaded blockwise with stride 0 on broadcast
+  dims (never expanded in memory).
+
+The forward keeps the softmax state online (``m_i``, ``l_i``, ``acc``) in base 2 (log2(e) folded into the
+scale), stores the log-sum-exp per row, and never holds an Lq x Lk matrix. The backward recomputes the
+probabilities from that log-sum-exp: a preprocess pass for ``delta = rowsum(dO * O)``, then one pass over
+key blocks for dK/dV and one over query blocks for dQ, so no atomics and deterministic gradients.
+
+Rows that see no key get ``lse = +inf``: their probabilities are exp2(s - inf) = 0 in the backward, and the
+forward divides by a guarded ``l_i``, so they return zeros and zero gradients, never NaN.
+
+Head dims that are not a power of two (or below 16, ``tl.dot``'s minimum) are padded inside the kernel by
+masked loads up to ``BLOCK_D``; nothing is copied. D > 128 is refused: the per-program tiles would spill.
+
+Dropout on the attention probabilities is not fused: ``dropout_p > 0`` raises NotImplementedError on the
+triton backend (the model's dispatch point falls back to sdpa/eager when attention dropout is on) and runs the
+plain PyTorch reference on the reference backend.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from ._compile import CompileSpec, specs_from_configs
+from ._dispatch import Backend, interpreting, record, resolve
+from .reference import attention_mask_ref, masked_attention_ref
+
+__all__ = ["masked_attention"]
+
+_OP = "masked_attention"
+_LOG2E = 1.4426950408889634
+_MAX_HEAD_DIM = 128
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Triton kernels
+# --------------------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _load_tile(ptrs, row_ok, offs_d, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Load a (rows, BLOCK_D) tile; the head-dim mask compiles away when D is already a power of two."""
+    mask = row_ok[:, None]
+    if HEAD_DIM != BLOCK_D:
+        mask = mask & (offs_d[None, :] < HEAD_DIM)
+    return tl.load(ptrs, mask=mask, other=0.0)
+
+
+@triton.jit
+def _store_tile(ptrs, value, row_ok, offs_d, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr):
+    mask = row_ok[:, None]
+    if HEAD_DIM != BLOCK_D:
+        mask = mask & (offs_d[None, :] < HEAD_DIM)
+    tl.store(ptrs, value.to(ptrs.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _visible(
+    offs_q,
+    offs_k,
+    Lq,
+    Lk,
+    km_row_ptr,  # key_mask row of this batch element, (Lk,)
+    stride_km_n,
+    am_ptr,  # attn_mask plane of this (batch, head), (Lq, Lk)
+    stride_am_m,
+    stride_am_n,
+    n_frames,
+    n_patches,
+    HAS_KEY_MASK: tl.constexpr,
+    HAS_FRAMES: tl.constexpr,
+    HAS_ATTN_MASK: tl.constexpr,
+    KEY_MAJOR: tl.constexpr,
+):
+    """Which (query, key) pairs of a tile may attend: (len(q), len(k)), or (len(k), len(q)) if KEY_MAJOR.
+
+    The dK/dV pass works on transposed tiles (keys as rows), so the mask is built in either orientation.
+    """
+    if KEY_MAJOR:
+        qi = offs_q[None, :]
+        ki = offs_k[:, None]
+    else:
+        qi = offs_q[:, None]
+        ki = offs_k[None, :]
+    ok = (qi < Lq) & (ki < Lk)
+    if HAS_KEY_MASK:
+        ok = ok & (tl.load(km_row_ptr + ki * stride_km_n, mask=ki < Lk, other=0) != 0)
+    if HAS_FRAMES:
+        # frame id: CLS_f -> f, patch j of frame f -> f (n_patches >= 1 on the host, so no division by zero)
+        fq = tl.where(qi < n_frames, qi, (qi - n_frames) // n_patches)
+        fk = tl.where(ki < n_frames, ki, (ki - n_frames) // n_patches)
+        ok = ok & ((qi < n_frames) | (fq == fk))
+    if HAS_ATTN_MASK:
+        am = tl.load(am_ptr + qi * stride_am_m + ki * stride_am_n, mask=(qi < Lq) & (ki < Lk), other=0)
+        ok = ok & (am != 0)
+    return ok
+
+
+@triton.jit
+def _frame_ranges(
+    start, L, n_frames, n_patches, BLOCK_ROWS: tl.constexpr, BLOCK_ITER: tl.constexpr, ROWS_ARE_KEYS: tl.constexpr
+):
+    """Which blocks of the other axis a block of rows [start, start + BLOCK_ROWS) must visit under ``frames``.
+
+    Returns (a_end, b_start, b_end): the loop visits [0, a_end) then [b_start, b_end) in steps of BLOCK_ITER,
+    both block-aligned and disjoint. Range a holds the CLS tokens (every patch row needs its own CLS key; every
+    key is seen by all CLS queries), range b the patches of the frames the row block touches. A query block that
+    holds a CLS row sees everything: a = all keys, b empty.
+    """
+    end = tl.minimum(start + BLOCK_ROWS, L)
+    cls_end = tl.cdiv(n_frames, BLOCK_ITER) * BLOCK_ITER
+    if ROWS_ARE_KEYS:
+        # frames of the keys in the block: CLS key c belongs to frame c, patch keys to (k - F) // P
+        f_lo = tl.where(start < n_frames, tl.where(end > n_frames, 0, start), (start - n_frames) // n_patches)
+        f_hi = tl.where(end > n_frames, (end - 1 - n_frames) // n_patches, end - 1)
+        f_hi = tl.where(start < n_frames, tl.maximum(f_hi, tl.minimum(end, n_frames) - 1), f_hi)
+        a_end = cls_end
+        b_end = tl.minimum(n_frames + (f_hi + 1) * n_patches, L)
+    else:
+        f_lo = (start - n_frames) // n_patches
+        f_hi = (end - 1 - n_frames) // n_patches
+        full = start < n_frames
+        a_end = tl.where(full, L, cls_end)
+        b_end = tl.where(full, 0, tl.minimum(n_frames + (f_hi + 1) * n_patches, L))
+    b_start = tl.maximum((n_frames + f_lo * n_patches) // BLOCK_ITER * BLOCK_ITER, a_end)
+    return a_end, b_start, b_end
+
+
+@triton.jit
+def _fwd_inner(
+    acc,
+    l_i,
+    m_i,
+    n_visited,
+    q,
+    k_base,
+    v_base,
+    km_row_ptr,
+    am_ptr,
+    offs_m,
+    lo,
+    hi,
+    stride_kn,
+    stride_kd,
+    stride_vn,
+    stride_vd,
+    stride_km_n,
+    stride_am_m,
+    stride_am_n,
+    Lq,
+    Lk,
+    n_frames,
+    n_patches,
+    qk_scale,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    HAS_KEY_MASK: tl.constexpr,
+    HAS_FRAMES: tl.constexpr,
+    HAS_ATTN_MASK: tl.constexpr,
+):
+    """Online-softmax update over the key blocks [lo, hi)."""
+    offs_d = tl.arange(0, BLOCK_D)
+    for start_n in range(lo, hi, BLOCK_N):
+        start_n = tl.multiple_of(start_n, BLOCK_N)
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        k = _load_tile(k_base + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd, offs_n < Lk, offs_d,
+                       HEAD_DIM, BLOCK_D)  # (BLOCK_N, BLOCK_D)
+        v = _load_tile(v_base + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd, offs_n < Lk, offs_d,
+                       HEAD_DIM, BLOCK_D)
+        s = tl.dot(q, tl.trans(k)) * qk_scale  # (BLOCK_M, BLOCK_N), base-2 logits
+        ok = _visible(offs_m, offs_n, Lq, Lk, km_row_ptr, stride_km_n, am_ptr, stride_am_m, stride_am_n,
+                      n_frames, n_patches, HAS_KEY_MASK, HAS_FRAMES, HAS_ATTN_MASK, False)
+        s = tl.where(ok, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        # a row that has seen no visible key yet keeps m = -inf; subtract 0 instead so exp2 gives 0, not NaN
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.exp2(s - m_safe[:, None])
+        alpha = tl.exp2(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        m_i = m_new
+        n_visited += 1
+    return acc, l_i, m_i, n_visited
+
+
+@triton.jit
+def _attn_fwd_kernel(
+    Q_ptr,  # (B, H, Lq, D)
+    K_ptr,  # (B, H, Lk, D)
+    V_ptr,  # (B, H, Lk, D)
+    O_ptr,  # (B, H, Lq, D)
+    LSE_ptr,  # (B, H, Lq) fp32, base-2 log-sum-exp of the scaled scores
+    KM_ptr,  # (B, Lk) u8 key mask
+    AM_ptr,  # broadcast view of (B, H, Lq, Lk) u8 mask
+    CNT_ptr,  # (B * H * n_m_blocks,) i32 key blocks visited per program (COUNT_BLOCKS only)
+    stride_qb, stride_qh, stride_qm, stride_qd,
+    stride_kb, stride_kh, stride_kn, stride_kd,
+    stride_vb, stride_vh, stride_vn, stride_vd,
+    stride_ob, stride_oh, stride_om, stride_od,
+    stride_km_b, stride_km_n,
+    stride_am_b, stride_am_h, stride_am_m, stride_am_n,
+    H, Lq, Lk, n_frames, n_patches, qk_scale,
+    LQ_BUCKET, LK_BUCKET,  # autotune key only: lengths rounded up to a power of two
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    HAS_KEY_MASK: tl.constexpr,
+    HAS_FRAMES: tl.constexpr,
+    HAS_ATTN_MASK: tl.constexpr,
+    COUNT_BLOCKS: tl.constexpr,
+):
+    tl.static_assert(BLOCK_D >= 16, "tl.dot needs K >= 16: pad the head dim")
+    tl.static_assert(BLOCK_D >= HEAD_DIM)
+    pid_m = tl.program_id(0)
+    # int64 before multiplying by strides: B*H*L*D overflows int32 at video scale
+    h = tl.program_id(1).to(tl.int64)
+    b = tl.program_id(2).to(tl.int64)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    q_base = Q_ptr + b * stride_qb + h * stride_qh
+    k_base = K_ptr + b * stride_kb + h * stride_kh
+    v_base = V_ptr + b * stride_vb + h * stride_vh
+    km_row_ptr = KM_ptr + b * stride_km_b
+    am_ptr = AM_ptr + b * stride_am_b + h * stride_am_h
+
+    q = _load_tile(q_base + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd, offs_m < Lq, offs_d,
+                   HEAD_DIM, BLOCK_D)  # (BLOCK_M, BLOCK_D)
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    n_visited = 0
+    if HAS_FRAMES:
+        a_end, b_start, b_end = _frame_ranges(pid_m * BLOCK_M, Lq, n_frames, n_patches, BLOCK_M, BLOCK_N, False)
+    else:
+        a_end, b_start, b_end = Lk, 0, 0
+    acc, l_i, m_i, n_visited = _fwd_inner(
+        acc, l_i, m_i, n_visited, q, k_base, v_base, km_row_ptr, am_ptr, offs_m, 0, a_end,
+        stride_kn, stride_kd, stride_vn, stride_vd, stride_km_n, stride_am_m, stride_am_n,
+        Lq, Lk, n_frames, n_patches, qk_scale,
+        HEAD_DIM, BLOCK_D, BLOCK_N, HAS_KEY_MASK, HAS_FRAMES, HAS_ATTN_MASK,
+    )
+    if HAS_FRAMES:
+        acc, l_i, m_i, n_visited = _fwd_inner(
+            acc, l_i, m_i, n_visited, q, k_base, v_base, km_row_ptr, am_ptr, offs_m, b_start, b_end,
+            stride_kn, stride_kd, stride_vn, stride_vd, stride_km_n, stride_am_m, stride_am_n,
+            Lq, Lk, n_frames, n_patches, qk_scale,
+            HEAD_DIM, BLOCK_D, BLOCK_N, HAS_KEY_MASK, HAS_FRAMES, HAS_ATTN_MASK,
+        )
+
+    empty = l_i == 0.0  # no visible key: zeros out, lse = +inf so the backward gives zero gradients
+    l_safe = tl.where(empty, 1.0, l_i)
+    out = acc * (1.0 / l_safe)[:, None]
+    _store_tile(O_ptr + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od,
+                out, offs_m < Lq, offs_d, HEAD_DIM, BLOCK_D)
+    lse = tl.where(empty, float("inf"), m_i + tl.log2(l_safe))
+    tl.store(LSE_ptr + (b * H + h) * Lq + offs_m, lse, mask=offs_m < Lq)
+    if COUNT_BLOCKS:
+        tl.store(CNT_ptr + (b * H + h) * tl.num_programs(0) + pid_m, n_visited)
+
+
+@triton.jit
+def _attn_bwd_preprocess_kernel(
+    O_ptr,  # (B, H, Lq, D)
+    DO_ptr,  # (B, H, Lq, D)
+    DELTA_ptr,  # (B, H, Lq) fp32
+    stride_ob, stride_oh, stride_om, stride_od,
+    stride_dob, stride_doh, stride_dom, stride_dod,
+    H, Lq,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+):
+    """delta = rowsum(dO * O): the softmax-Jacobian term both gradient passes need per query row."""
+    pid_m = tl.program_id(0)
+    h = tl.program_id(1).to(tl.int64)
+    b = tl.program_id(2).to(tl.int64)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    o = _load_tile(O_ptr + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od,
+                   offs_m < Lq, offs_d, HEAD_DIM, BLOCK_D)
+    do = _load_tile(DO_ptr + b * stride_dob + h * stride_doh + offs_m[:, None] * stride_dom
+                    + offs_d[None, :] * stride_dod, offs_m < Lq, offs_d, HEAD_DIM, BLOCK_D)
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+    tl.store(DELTA_ptr + (b * H + h) * Lq + offs_m, delta, mask=offs_m < Lq)
+
+
+@triton.jit
+def _bwd_dkdv_inner(
+    dk,
+    dv,
+    k,
+    v,
+    q_base,
+    do_base,
+    lse_base,
+    delta_base,
+    km_row_ptr,
+    am_ptr,
+    offs_n,
+    lo,
+    hi,
+    stride_qm,
+    stride_qd,
+    stride_dom,
+    stride_dod,
+    stride_km_n,
+    stride_am_m,
+    stride_am_n,
+    Lq,
+    Lk,
+    n_frames,
+    n_patches,
+    qk_scale,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    HAS_KEY_MASK: tl.constexpr,
+    HAS_FRAMES: tl.constexpr,
+    HAS_ATTN_MASK: tl.constexpr,
+):
+    """Accumulate dK, dV of one key block over the query blocks [lo, hi), in transposed (key-major) tiles."""
+    offs_d = tl.arange(0, BLOCK_D)
+    for start_m in range(lo, hi, BLOCK_M):
+        start_m = tl.multiple_of(start_m, BLOCK_M)
+        offs_m = start_m + tl.arange(0, BLOCK_M)
+        q = _load_tile(q_base + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd, offs_m < Lq, offs_d,
+                       HEAD_DIM, BLOCK_D)  # (BLOCK_M, BLOCK_D)
+        do = _load_tile(do_base + offs_m[:, None] * stride_dom + offs_d[None, :] * stride_dod, offs_m < Lq, offs_d,
+                        HEAD_DIM, BLOCK_D)
+        lse = tl.load(lse_base + offs_m, mask=offs_m < Lq, other=float("inf"))
+        delta = tl.load(delta_base + offs_m, mask=offs_m < Lq, other=0.0)
+        s_t = tl.dot(k, tl.trans(q)) * qk_scale  # (BLOCK_N, BLOCK_M)
+        ok = _visible(offs_m, offs_n, Lq, Lk, km_row_ptr, stride_km_n, am_ptr, stride_am_m, stride_am_n,
+                      n_frames, n_patches, HAS_KEY_MASK, HAS_FRAMES, HAS_ATTN_MASK, True)
+        p_t = tl.where(ok, tl.exp2(s_t - lse[None, :]), 0.0)
+        dv += tl.dot(p_t.to(do.dtype), do)
+        dp_t = tl.dot(v, tl.trans(do))  # (BLOCK_N, BLOCK_M)
+        ds_t = p_t * (dp_t - delta[None, :])
+        dk += tl.dot(ds_t.to(q.dtype), q)
+    return dk, dv
+
+
+@triton.jit
+def _attn_bwd_dkdv_kernel(
+    Q_ptr,  # (B, H, Lq, D)
+    K_ptr,  # (B, H, Lk, D)
+    V_ptr,  # (B, H, Lk, D)
+    DO_ptr,  # (B, H, Lq, D)
+    LSE_ptr,  # (B, H, Lq) fp32
+    DELTA_ptr,  # (B, H, Lq) fp32
+    DK_ptr,  # (B, H, Lk, D)
+    DV_ptr,  # (B, H, Lk, D)
+    KM_ptr,  # (B, Lk) u8
+    AM_ptr,  # broadcast view of (B, H, Lq, Lk) u8
+    stride_qb, stride_qh, stride_qm, stride_qd,
+    stride_kb, stride_kh, stride_kn, stride_kd,
+    stride_vb, stride_vh, stride_vn, stride_vd,
+    stride_dob, stride_doh, stride_dom, stride_dod,
+    stride_dkb, stride_dkh, stride_dkn, stride_dkd,
+    stride_dvb, stride_dvh, stride_dvn, stride_dvd,
+    stride_km_b, stride_km_n,
+    stride_am_b, stride_am_h, stride_am_m, stride_am_n,
+    H, Lq, Lk, n_frames, n_patches, qk_scale, sm_scale,
+    LQ_BUCKET, LK_BUCKET,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    HAS_KEY_MASK: tl.constexpr,
+    HAS_FRAMES: tl.constexpr,
+    HAS_ATTN_MASK: tl.constexpr,
+):
+    tl.static_assert(BLOCK_D >= 16, "tl.dot needs K >= 16: pad the head dim")
+    pid_n = tl.program_id(0)
+    h = tl.program_id(1).to(tl.int64)
+    b = tl.program_id(2).to(tl.int64)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    k = _load_tile(K_ptr + b * stride_kb + h * stride_kh + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd,
+                   offs_n < Lk, offs_d, HEAD_DIM, BLOCK_D)  # (BLOCK_N, BLOCK_D)
+    v = _load_tile(V_ptr + b * stride_vb + h * stride_vh + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd,
+                   offs_n < Lk, offs_d, HEAD_DIM, BLOCK_D)
+    dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    q_base = Q_ptr + b * stride_qb + h * stride_qh
+    do_base = DO_ptr + b * stride_dob + h * stride_doh
+    lse_base = LSE_ptr + (b * H + h) * Lq
+    delta_base = DELTA_ptr + (b * H + h) * Lq
+    km_row_ptr = KM_ptr + b * stride_km_b
+    am_ptr = AM_ptr + b * stride_am_b + h * stride_am_h
+    if HAS_FRAMES:
+        a_end, b_start, b_end = _frame_ranges(pid_n * BLOCK_N, Lk, n_frames, n_patches, BLOCK_N, BLOCK_M, True)
+    else:
+        a_end, b_start, b_end = Lq, 0, 0
+    dk, dv = _bwd_dkdv_inner(
+        dk, dv, k, v, q_base, do_base, lse_base, delta_base, km_row_ptr, am_ptr, offs_n, 0, a_end,
+        stride_qm, stride_qd, stride_dom, stride_dod, stride_km_n, stride_am_m, stride_am_n,
+        Lq, Lk, n_frames, n_patches, qk_scale,
+        HEAD_DIM, BLOCK_D, BLOCK_M, HAS_KEY_MASK, HAS_FRAMES, HAS_ATTN_MASK,
+    )
+    if HAS_FRAMES:
+        dk, dv = _bwd_dkdv_inner(
+            dk, dv, k, v, q_base, do_base, lse_base, delta_base, km_row_ptr, am_ptr, offs_n, b_start, b_end,
+            stride_qm, stride_qd, stride_dom, stride_dod, stride_km_n, stride_am_m, stride_am_n,
+            Lq, Lk, n_frames, n_patches, qk_scale,
+            HEAD_DIM, BLOCK_D, BLOCK_M, HAS_KEY_MASK, HAS_FRAMES, HAS_ATTN_MASK,
+        )
+    # ds above is the gradient of the natural-scale logits q.k * sm_scale; the chain rule adds sm_scale once
+    _store_tile(DK_ptr + b * stride_dkb + h * stride_dkh + offs_n[:, None] * stride_dkn + offs_d[None, :] * stride_dkd,
+                dk * sm_scale, offs_n < Lk, offs_d, HEAD_DIM, BLOCK_D)
+    _store_tile(DV_ptr + b * stride_dvb + h * stride_dvh + offs_n[:, None] * stride_dvn + offs_d[None, :] * stride_dvd,
+                dv, offs_n < Lk, offs_d, HEAD_DIM, BLOCK_D)
+
+
+@triton.jit
+def _bwd_dq_inner(
+    dq,
+    q,
+    do,
+    lse,
+    delta,
+    k_base,
+    v_base,
+    km_row_ptr,
+    am_ptr,
+    offs_m,
+    lo,
+    hi,
+    stride_kn,
+    stride_kd,
+    stride_vn,
+    stride_vd,
+    stride_km_n,
+    stride_am_m,
+    stride_am_n,
+    Lq,
+    Lk,
+    n_frames,
+    n_patches,
+    qk_scale,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    HAS_KEY_MASK: tl.constexpr,
+    HAS_FRAMES: tl.constexpr,
+    HAS_ATTN_MASK: tl.constexpr,
+):
+    """Accumulate dQ of one query block over the key blocks [lo, hi)."""
+    offs_d = tl.arange(0, BLOCK_D)
+    for start_n in range(lo, hi, BLOCK_N):
+        start_n = tl.multiple_of(start_n, BLOCK_N)
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        k = _load_tile(k_base + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd, offs_n < Lk, offs_d,
+                       HEAD_DIM, BLOCK_D)  # (BLOCK_N, BLOCK_D)
+        v = _load_tile(v_base + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd, offs_n < Lk, offs_d,
+                       HEAD_DIM, BLOCK_D)
+        s = tl.dot(q, tl.trans(k)) * qk_scale  # (BLOCK_M, BLOCK_N)
+        ok = _visible(offs_m, offs_n, Lq, Lk, km_row_ptr, stride_km_n, am_ptr, stride_am_m, stride_am_n,
+                      n_frames, n_patches, HAS_KEY_MASK, HAS_FRAMES, HAS_ATTN_MASK, False)
+        p = tl.where(ok, tl.exp2(s - lse[:, None]), 0.0)
+        dp = tl.dot(do, tl.trans(v))  # (BLOCK_M, BLOCK_N)
+        ds = p * (dp - delta[:, None])
+        dq += tl.dot(ds.to(k.dtype), k)
+    return dq
+
+
+@triton.jit
+def _attn_bwd_dq_kernel(
+    Q_ptr,  # (B, H, Lq, D)
+    K_ptr,  # (B, H, Lk, D)
+    V_ptr,  # (B, H, Lk, D)
+    DO_ptr,  # (B, H, Lq, D)
+    LSE_ptr,  # (B, H, Lq) fp32
+    DELTA_ptr,  # (B, H, Lq) fp32
+    DQ_ptr,  # (B, H, Lq, D)
+    KM_ptr,  # (B, Lk) u8
+    AM_ptr,  # broadcast view of (B, H, Lq, Lk) u8
+    stride_qb, stride_qh, stride_qm, stride_qd,
+    stride_kb, stride_kh, stride_kn, stride_kd,
+    stride_vb, stride_vh, stride_vn, stride_vd,
+    stride_dob, stride_doh, stride_dom, stride_dod,
+    stride_dqb, stride_dqh, stride_dqm, stride_dqd,
+    stride_km_b, stride_km_n,
+    stride_am_b, stride_am_h, stride_am_m, stride_am_n,
+    H, Lq, Lk, n_frames, n_patches, qk_scale, sm_scale,
+    LQ_BUCKET, LK_BUCKET,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    HAS_KEY_MASK: tl.constexpr,
+    HAS_FRAMES: tl.constexpr,
+    HAS_ATTN_MASK: tl.constexpr,
+):
+    tl.static_assert(BLOCK_D >= 16, "tl.dot needs K >= 16: pad the head dim")
+    pid_m = tl.program_id(0)
+    h = tl.program_id(1).to(tl.int64)
+    b = tl.program_id(2).to(tl.int64)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    q = _load_tile(Q_ptr + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
+                   offs_m < Lq, offs_d, HEAD_DIM, BLOCK_D)  # (BLOCK_M, BLOCK_D)
+    do = _load_tile(DO_ptr + b * stride_dob + h * stride_doh + offs_m[:, None] * stride_dom
+                    + offs_d[None, :] * stride_dod, offs_m < Lq, offs_d, HEAD_DIM, BLOCK_D)
+    lse = tl.load(LSE_ptr + (b * H + h) * Lq + offs_m, mask=offs_m < Lq, other=float("inf"))
+    delta = tl.load(DELTA_ptr + (b * H + h) * Lq + offs_m, mask=offs_m < Lq, other=0.0)
+    dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    k_base = K_ptr + b * stride_kb + h * stride_kh
+    v_base = V_ptr + b * stride_vb + h * stride_vh
+    km_row_ptr = KM_ptr + b * stride_km_b
+    am_ptr = AM_ptr + b * stride_am_b + h * stride_am_h
+    if HAS_FRAMES:
+        a_end, b_start, b_end = _frame_ranges(pid_m * BLOCK_M, Lq, n_frames, n_patches, BLOCK_M, BLOCK_N, False)
+    else:
+        a_end, b_start, b_end = Lk, 0, 0
+    dq = _bwd_dq_inner(
+        dq, q, do, lse, delta, k_base, v_base, km_row_ptr, am_ptr, offs_m, 0, a_end,
+        stride_kn, stride_kd, stride_vn, stride_vd, stride_km_n, stride_am_m, stride_am_n,
+        Lq, Lk, n_frames, n_patches, qk_scale,
+        HEAD_DIM, BLOCK_D, BLOCK_N, HAS_KEY_MASK, HAS_FRAMES, HAS_ATTN_MASK,
+    )
+    if HAS_FRAMES:
+        dq = _bwd_dq_inner(
+            dq, q, do, lse, delta, k_base, v_base, km_row_ptr, am_ptr, offs_m, b_start, b_end,
+            stride_kn, stride_kd, stride_vn, stride_vd, stride_km_n, stride_am_m, stride_am_n,
+            Lq, Lk, n_frames, n_patches, qk_scale,
+            HEAD_DIM, BLOCK_D, BLOCK_N, HAS_KEY_MASK, HAS_FRAMES, HAS_ATTN_MASK,
+        )
+    _store_tile(DQ_ptr + b * stride_dqb + h * stride_dqh + offs_m[:, None] * stride_dqm + offs_d[None, :] * stride_dqd,
+                dq * sm_scale, offs_m < Lq, offs_d, HEAD_DIM, BLOCK_D)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Configurations: autotuned on GPU from explicit lists, one config under the interpreter
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _configs(blocks: list[tuple[int, int, int, int]]) -> list[triton.Config]:
+    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in blocks]
+
+
+# (BLOCK_M, BLOCK_N, num_warps, num_stages). The first entry of each list is the "default" config whose
+# registers and spills the compile report lists; the last is the smallest, kept when the pruner drops everything.
+FWD_CONFIGS = _configs([(128, 64, 8, 3), (128, 64, 4, 3), (128, 128, 8, 2), (64, 64, 4, 3), (128, 32, 4, 3),
+                        (64, 32, 4, 2)])  # fmt: skip
+# dK/dV holds two fp32 (BLOCK_N, D) accumulators: wide key blocks with narrow query blocks (FA2's choice), and
+# 8 warps at D=128 so the accumulators fit the registers
+DKDV_CONFIGS = _configs([(64, 128, 8, 2), (64, 64, 8, 2), (32, 64, 8, 3), (64, 64, 4, 3), (32, 64, 4, 3),
+                         (32, 32, 4, 2)])  # fmt: skip
+DQ_CONFIGS = _configs([(128, 64, 8, 2), (64, 64, 8, 2), (64, 64, 4, 3), (64, 32, 4, 3), (32, 32, 4, 2)])
+_INTERPRET_CONFIGS = _configs([(64, 64, 4, 1)])
+_PREPROCESS_BLOCK_M = 64
+_SMEM_BUDGET = 160 * 1024  # A100 allows 163 KiB per block, H100/H200 227 KiB: prune to what both run
+_REG_BUDGET = 128  # 32-bit values per thread in accumulators and resident tiles; above it sm_80 spills
+
+
+def _tile_sizes(cfg: triton.Config, kind: str) -> tuple[int, int]:
+    """(rows of the resident tile, rows of each streamed tile): Q rows for fwd/dq, K rows for dkdv."""
+    bm, bn = cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"]
+    return (bn, bm) if kind == "dkdv" else (bm, bn)
+
+
+def _smem_estimate(cfg: triton.Config, kind: str, block_d: int, elt: int) -> int:
+    """Shared memory of one program: the resident tile and two pipelined tiles per stage (K and V, or Q and dO);
+    fp32 inputs add about two fp32 score tiles (measured: the compile report's fp32 kernels need up to that much
+    beyond the tiles, the fp16/bf16 ones stay well below the tile count)."""
+    rows, cols = _tile_sizes(cfg, kind)
+    extra = 2 * rows * cols * 4 if elt == 4 else 0
+    return (rows + cfg.num_stages * 2 * cols) * block_d * elt + extra
+
+
+def _reg_estimate(cfg: triton.Config, kind: str, block_d: int, elt: int) -> int:
+    """32-bit registers per thread for the fp32 accumulators (one (rows, D) tile, two for dK/dV), the score
+    tile and the resident input tiles (Q; K and V; Q and dO). Checked against the compile report: configs above
+    ``_REG_BUDGET`` are the ones that spill on sm_80."""
+    rows, cols = _tile_sizes(cfg, kind)
+    n_acc = 2 if kind == "dkdv" else 1
+    n_in = 1 if kind == "fwd" else 2
+    threads = 32 * cfg.num_warps
+    return (n_acc * rows * block_d + rows * cols + n_in * rows * block_d * elt // 4) // threads
+
+
+def _fitting(configs: list[triton.Config], kind: str, block_d: int, elt: int) -> list[triton.Config]:
+    """The configs that fit shared memory on both sm_80 and sm_90 and the register file without spilling; the
+    smallest (last) if none does."""
+    kept = [c for c in configs if _smem_estimate(c, kind, block_d, elt) <= _SMEM_BUDGET
+            and _reg_estimate(c, kind, block_d, elt) <= _REG_BUDGET]  # fmt: skip
+    return kept or configs[-1:]
+
+
+def _make_prune(kind: str):  # noqa: ANN202 (triton's early_config_prune callback)
+    def prune(configs: list[triton.Config], named_args: dict, **kwargs: object) -> list[triton.Config]:
+        """Drop configs whose tiles would not fit shared memory, or are wider than the sequence (a 64-row tile
+        already covers short text). Always keeps at least one."""
+        args = {**named_args, **kwargs}
+        fit = _fitting(configs, kind, args["BLOCK_D"], args["Q_ptr"].element_size())
+        lq, lk = max(64, triton.next_power_of_2(args["Lq"])), max(64, triton.next_power_of_2(args["Lk"]))
+        narrow = [c for c in fit if c.kwargs["BLOCK_M"] <= lq and c.kwargs["BLOCK_N"] <= lk]
+        return narrow or fit
+
+    return prune
+
+
+_KEY = ["LQ_BUCKET", "LK_BUCKET", "BLOCK_D", "HAS_KEY_MASK", "HAS_FRAMES", "HAS_ATTN_MASK"]
+
+
+def _autotuned(kernel: triton.JITFunction, configs: list[triton.Config], kind: str) -> triton.runtime.Autotuner:
+    """Autotune over ``configs`` on a GPU; one config under the interpreter (the autotuner needs a GPU to time)."""
+    if interpreting():
+        return triton.autotune(_INTERPRET_CONFIGS, key=_KEY)(kernel)
+    return triton.autotune(configs, key=_KEY, prune_configs_by={"early_config_prune": _make_prune(kind)})(kernel)
+
+
+_attn_fwd = _autotuned(_attn_fwd_kernel, FWD_CONFIGS, "fwd")
+_attn_bwd_dkdv = _autotuned(_attn_bwd_dkdv_kernel, DKDV_CONFIGS, "dkdv")
+_attn_bwd_dq = _autotuned(_attn_bwd_dq_kernel, DQ_CONFIGS, "dq")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Host launchers
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _new_output(
+    like: torch.Tensor, shape: tuple[int, ...] | None = None, dtype: torch.dtype | None = None
+) -> torch.Tensor:
+    """Every buffer the launchers return comes from here (tests poison it to catch unwritten elements).
+
+    Without ``shape`` the buffer copies ``like``'s layout (a (B, L, H, D)-permuted q gives a (B, L, H, D)-permuted
+    output, so the model's reshape to (B, L, H*D) stays free).
+    """
+    if shape is None:
+        return torch.empty_like(like, dtype=dtype)
+    return torch.empty(shape, device=like.device, dtype=dtype or like.dtype)
+
+
+def _block_d(head_dim: int) -> int:
+    return max(16, triton.next_power_of_2(head_dim))
+
+
+def _mask_args(
+    q: torch.Tensor, k: torch.Tensor, key_mask: torch.Tensor | None, attn_mask: torch.Tensor | None
+) -> tuple[torch.Tensor, tuple[int, int], torch.Tensor, tuple[int, int, int, int]]:
+    """u8 views (no copies) of the masks and their strides; broadcast dims of attn_mask get stride 0.
+
+    An absent mask is passed as a 1-byte placeholder that the kernel never reads (its HAS_* flag is off): the
+    kernels offset every pointer argument once, which a None argument cannot take.
+    """
+    b, h, lq, _ = q.shape
+    lk = k.shape[2]
+    placeholder = None
+    if key_mask is None or attn_mask is None:
+        placeholder = torch.empty(1, device=q.device, dtype=torch.uint8)
+    km, km_strides = placeholder, (0, 0)
+    if key_mask is not None:
+        km = key_mask.view(torch.uint8)
+        km_strides = (km.stride(0), km.stride(1))
+    am, am_strides = placeholder, (0, 0, 0, 0)
+    if attn_mask is not None:
+        # expanded to the full shape: stride 0 on every broadcast dim, the key dim included
+        am = attn_mask.view(torch.uint8).expand(b, h, lq, lk)
+        am_strides = am.stride()
+    return km, km_strides, am, am_strides
+
+
+def _frame_args(frames: int | None, length: int) -> tuple[int, int]:
+    if frames is None:
+        return 0, 1
+    # n_patches >= 1 keeps the kernel's integer division defined when every token is a CLS (P = 0)
+    return frames, max(length // frames - 1, 1)
+
+
+def _grid(rows: int, block_key: str, b: int, h: int):  # noqa: ANN202 (triton grid callback)
+    return lambda meta: (triton.cdiv(rows, meta[block_key]), h, b)
+
+
+def _attention_forward(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    key_mask: torch.Tensor | None,
+    attn_mask: torch.Tensor | None,
+    frames: int | None,
+    scale: float,
+    *,
+    count_blocks: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Launch the forward kernel. Returns (out, lse (B, H, Lq) base-2, per-program key-block counts or None)."""
+    b, h, lq, d = q.shape
+    lk = k.shape[2]
+    out = _new_output(q)
+    lse = _new_output(q, (b, h, lq), torch.float32)
+    # sized for the smallest BLOCK_M of any config; without COUNT_BLOCKS a placeholder the kernel never writes
+    counts = torch.zeros(b * h * triton.cdiv(lq, 16) if count_blocks else 1, device=q.device, dtype=torch.int32)
+    km, km_strides, am, am_strides = _mask_args(q, k, key_mask, attn_mask)
+    n_frames, n_patches = _frame_args(frames, lk)
+    _attn_fwd[_grid(lq, "BLOCK_M", b, h)](
+        q, k, v, out, lse, km, am, counts,
+        *q.stride(), *k.stride(), *v.stride(), *out.stride(), *km_strides, *am_strides,
+        h, lq, lk, n_frames, n_patches, scale * _LOG2E,
+        triton.next_power_of_2(lq), triton.next_power_of_2(lk),
+        HEAD_DIM=d, BLOCK_D=_block_d(d),
+        HAS_KEY_MASK=key_mask is not None, HAS_FRAMES=frames is not None, HAS_ATTN_MASK=attn_mask is not None,
+        COUNT_BLOCKS=count_blocks,
+    )  # fmt: skip
+    return out, lse, (counts if count_blocks else None)
+
+
+def _attention_backward(
+    dout: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    key_mask: torch.Tensor | None,
+    attn_mask: torch.Tensor | None,
+    frames: int | None,
+    scale: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Launch preprocess, dK/dV and dQ passes. Returns (dq, dk, dv) in the layouts of q, k, v."""
+    b, h, lq, d = q.shape
+    lk = k.shape[2]
+    block_d = _block_d(d)
+    delta = _new_output(q, (b, h, lq), torch.float32)
+    _attn_bwd_preprocess_kernel[(triton.cdiv(lq, _PREPROCESS_BLOCK_M), h, b)](
+        out, dout, delta, *out.stride(), *dout.stride(), h, lq,
+        HEAD_DIM=d, BLOCK_D=block_d, BLOCK_M=_PREPROCESS_BLOCK_M,
+    )  # fmt: skip
+    dq, dk, dv = _new_output(q), _new_output(k), _new_output(v)
+    km, km_strides, am, am_strides = _mask_args(q, k, key_mask, attn_mask)
+    n_frames, n_patches = _frame_args(frames, lk)
+    flags = {
+        "HEAD_DIM": d,
+        "BLOCK_D": block_d,
+        "HAS_KEY_MASK": key_mask is not None,
+        "HAS_FRAMES": frames is not None,
+        "HAS_ATTN_MASK": attn_mask is not None,
+    }
+    sizes = (h, lq, lk, n_frames, n_patches, scale * _LOG2E, scale, triton.next_power_of_2(lq),
+             triton.next_power_of_2(lk))  # fmt: skip
+    _attn_bwd_dkdv[_grid(lk, "BLOCK_N", b, h)](
+        q, k, v, dout, lse, delta, dk, dv, km, am,
+        *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dk.stride(), *dv.stride(), *km_strides, *am_strides,
+        *sizes, **flags,
+    )  # fmt: skip
+    _attn_bwd_dq[_grid(lq, "BLOCK_M", b, h)](
+        q, k, v, dout, lse, delta, dq, km, am,
+        *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dq.stride(), *km_strides, *am_strides,
+        *sizes, **flags,
+    )  # fmt: skip
+    return dq, dk, dv
+
+
+# --------------------------------------------------------------------------------------------------------------
+# torch.library op: one opaque op for torch.compile, autograd through a second op for the backward
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _reference_grads(
+    dout: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    key_mask: torch.Tensor | None,
+    attn_mask: torch.Tensor | None,
+    frames: int | None,
+    scale: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Dense backward written out (P recomputed, dS = P * (dP - rowsum(dP * P))). Not autograd: inside a custom
+    op's implementation the dispatcher has already passed the autograd key, so a recorded graph would be empty."""
+    scores = torch.matmul(q, k.transpose(-1, -2)) * scale  # (B, H, Lq, Lk)
+    mask = attention_mask_ref(q.shape[0], q.shape[-2], k.shape[-2], key_mask=key_mask, frames=frames,
+                              attn_mask=attn_mask, device=q.device)  # fmt: skip
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    probs = torch.softmax(scores, dim=-1)
+    if mask is not None:
+        probs = probs.masked_fill(~mask.any(dim=-1, keepdim=True), 0.0)  # rows with no key: zero, not NaN
+    dv = torch.matmul(probs.transpose(-1, -2), dout)
+    dp = torch.matmul(dout, v.transpose(-1, -2))
+    ds = probs * (dp - (dp * probs).sum(dim=-1, keepdim=True))
+    dq = torch.matmul(ds, k) * scale
+    dk = torch.matmul(ds.transpose(-1, -2), q) * scale
+    return dq, dk, dv
+
+
+@torch.library.custom_op("scl::masked_attention", mutates_args=())
+def _masked_attention_op(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    key_mask: torch.Tensor | None,
+    attn_mask: torch.Tensor | None,
+    frames: int | None,
+    scale: float,
+    backend: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> (out, lse). lse is (B, H, Lq) fp32 for the triton backend and empty for the reference."""
+    record(_OP, backend)
+    if backend == "triton":
+        out, lse, _ = _attention_forward(q, k, v, key_mask, attn_mask, frames, scale)
+        return out, lse
+    out = masked_attention_ref(q, k, v, key_mask=key_mask, frames=frames, attn_mask=attn_mask, scale=scale)
+    return out, q.new_empty(0, dtype=torch.float32)
+
+
+@_masked_attention_op.register_fake
+def _(q, k, v, key_mask, attn_mask, frames, scale, backend):  # noqa: ANN001, ANN202
+    lse_shape = q.shape[:3] if backend == "triton" else (0,)
+    return torch.empty_like(q), q.new_empty(lse_shape, dtype=torch.float32)
+
+
+@torch.library.custom_op("scl::masked_attention_backward", mutates_args=())
+def _masked_attention_backward_op(
+    dout: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    key_mask: torch.Tensor | None,
+    attn_mask: torch.Tensor | None,
+    frames: int | None,
+    scale: float,
+    backend: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """-> (dq, dk, dv). The reference recomputes the forward under autograd (it saved no lse)."""
+    if backend == "triton":
+        return _attention_backward(dout, q, k, v, out, lse, key_mask, attn_mask, frames, scale)
+    return _reference_grads(dout, q, k, v, key_mask, attn_mask, frames, scale)
+
+
+@_masked_attention_backward_op.register_fake
+def _(dout, q, k, v, out, lse, key_mask, attn_mask, frames, scale, backend):  # noqa: ANN001, ANN202
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+def _setup_context(ctx, inputs, output) -> None:  # noqa: ANN001
+    q, k, v, key_mask, attn_mask, frames, scale, backend = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse, key_mask, attn_mask)
+    ctx.frames, ctx.scale, ctx.backend = frames, scale, backend
+
+
+def _backward(ctx, dout, dlse):  # noqa: ANN001, ANN202
+    q, k, v, out, lse, key_mask, attn_mask = ctx.saved_tensors
+    dq, dk, dv = _masked_attention_backward_op(
+        dout, q, k, v, out, lse, key_mask, attn_mask, ctx.frames, ctx.scale, ctx.backend
+    )
+    # lse is an internal output with no gradient (dlse unused); masks, frames, scale, backend take none
+    return dq, dk, dv, None, None, None, None, None
+
+
+torch.library.register_autograd("scl::masked_attention", _backward, setup_context=_setup_context)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Public function
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _check_inputs(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    key_mask: torch.Tensor | None,
+    frames: int | None,
+    attn_mask: torch.Tensor | None,
+) -> None:
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise ValueError(
+            f"q, k, v must be (B, H, L, D), got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+        )
+    b, h, lq, d = q.shape
+    if k.shape[:2] != (b, h) or k.shape[3] != d or v.shape != k.shape:
+        raise ValueError(
+            f"k and v must be (B, H, Lk, D) = ({b}, {h}, Lk, {d}) like q, got {tuple(k.shape)}, {tuple(v.shape)}"
+        )
+    if not (q.dtype == k.dtype == v.dtype):
+        raise ValueError(f"q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    lk = k.shape[2]
+    if key_mask is not None and (key_mask.shape != (b, lk) or key_mask.dtype != torch.bool):
+        raise ValueError(f"key_mask must be bool (B, Lk) = ({b}, {lk}), got {key_mask.dtype} {tuple(key_mask.shape)}")
+    if attn_mask is not None:
+        if attn_mask.dtype != torch.bool:
+            raise ValueError(f"attn_mask must be bool (True = may attend), got {attn_mask.dtype}")
+        try:
+            full = torch.broadcast_shapes(attn_mask.shape, (b, h, lq, lk))
+        except RuntimeError:
+            full = None
+        if full != (b, h, lq, lk):
+            raise ValueError(
+                f"attn_mask must broadcast to (B, H, Lq, Lk) = {(b, h, lq, lk)}, got {tuple(attn_mask.shape)}"
+            )
+    if frames is not None:
+        if lq != lk:
+            raise ValueError(f"frames is for self-attention, got Lq={lq} != Lk={lk}")
+        if frames < 1 or lk % frames:
+            raise ValueError(f"L must be a positive multiple of frames, got L={lk}, frames={frames}")
+
+
+def _check_triton(q: torch.Tensor, dropout_p: float) -> None:
+    if dropout_p > 0.0:
+        raise NotImplementedError(
+            "masked_attention: dropout_p > 0 is not fused into the triton kernel; run attention dropout through "
+            "backend='reference' (or torch SDPA), or set the attention dropout to 0"
+        )
+    if q.dtype not in _DTYPES:
+        raise ValueError(f"masked_attention (triton) supports {_DTYPES}, got {q.dtype}")
+    if q.shape[-1] > _MAX_HEAD_DIM:
+        raise ValueError(f"masked_attention (triton) supports head dims up to {_MAX_HEAD_DIM}, got {q.shape[-1]}")
+
+
+def masked_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    key_mask: torch.Tensor | None = None,
+    frames: int | None = None,
+    attn_mask: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+    scale: float | None = None,
+    backend: Backend | None = None,
+) -> torch.Tensor:
+    """softmax(q k^T * scale, masked) v, fused (FlashAttention-2 style) on CUDA. True = may attend.
+
+    Args:
+        q: (B, H, Lq, D) queries; any strides (e.g. a (B, L, H, D) tensor permuted to (B, H, L, D)).
+        k: (B, H, Lk, D) keys; Lk may differ from Lq (cross-attention).
+        v: (B, H, Lk, D) values.
+        key_mask: (B, Lk) bool, True for real keys (HF ``attention_mask`` convention).
+        frames: F for the flexible vision encoder's pattern over [CLS_1..CLS_F, patches of frame 1, ...,
+            patches of frame F] (self-attention, L a multiple of F): CLS rows see every token, a patch row of
+            frame f sees CLS_f and the patches of frame f. Combines with the other masks.
+        attn_mask: bool, broadcastable to (B, H, Lq, Lk), True = may attend (SDPA convention).
+        dropout_p: dropout on the attention probabilities; not fused (triton raises NotImplementedError).
+        scale: logit scale, default 1/sqrt(D).
+        backend: "triton", "reference" or None/"auto" (triton on CUDA, reference on CPU; see ``use_backend``).
+
+    Returns:
+        (B, H, Lq, D) in q's dtype (and q's memory layout where q is dense). A query row that sees no key
+        returns zeros and passes zero gradients.
+    """
+    _check_inputs(q, k, v, key_mask, frames, attn_mask)
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    if not math.isfinite(scale):
+        raise ValueError(f"scale must be finite, got {scale}")
+    choice = resolve(_OP, q.device, backend)  # "native" raises there: attention has no C++ kernel
+    if choice == "triton":
+        _check_triton(q, dropout_p)
+    elif dropout_p > 0.0:
+        # dropout draws from torch's generator: plain autograd keeps the one mask for forward and backward
+        record(_OP, choice)
+        return masked_attention_ref(
+            q, k, v, key_mask=key_mask, frames=frames, attn_mask=attn_mask, dropout_p=dropout_p, scale=scale
+        )
+    out, _ = _masked_attention_op(q, k, v, key_mask, attn_mask, frames, scale, choice)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------------
+# What a GPU launches, for the compile check (scl_kernels._compile)
+# --------------------------------------------------------------------------------------------------------------
+
+def _compile_specs() -> list[CompileSpec]:
+    """Kernel specialisations to compile for sm_80/sm_90 without a GPU.
+
+    Every autotune config at the production case (bf16, D=64, key mask: the text encoder), the default config
+    of each dtype and head dim, and the default config of the other mask variants (key+frames covers both
+    generated masks). The interpreter accepts what these catch: ``tl.dot`` shapes, shared-memory overflow.
+    Last-dim strides are 1 as on a real launch (Triton specialises them), so the register counts match the
+    kernels that run.
+    """
+    specs: list[CompileSpec] = []
+    kernels = (
+        ("fwd", _attn_fwd_kernel, FWD_CONFIGS),
+        ("dkdv", _attn_bwd_dkdv_kernel, DKDV_CONFIGS),
+        ("dq", _attn_bwd_dq_kernel, DQ_CONFIGS),
+    )
+    masks = {
+        "none": (False, False, False),
+        "key": (True, False, False),
+        "frames": (False, True, False),
+        "key+frames": (True, True, False),
+        "attn": (False, False, True),
+    }
+    variants = [("bf16", 64, "key", "all")]
+    # each dtype and each head dim once (the compile check runs on 2 CPU cores: ~1 s per spec and arch)
+    variants += [(dt, d, "key", "default") for dt, d in (("fp16", 32), ("bf16", 128), ("fp32", 128))]
+    variants += [("bf16", 64, m, "default") for m in ("none", "key+frames", "attn")]
+    for dt, d, mask, which in variants:
+        has_key, has_frames, has_attn = masks[mask]
+        types = {"qk_scale": "fp32", "sm_scale": "fp32", "KM_ptr": "*u8", "AM_ptr": "*u8", "CNT_ptr": "*i32",
+                 "LSE_ptr": "*fp32", "DELTA_ptr": "*fp32"}  # fmt: skip
+        for name in ("Q_ptr", "K_ptr", "V_ptr", "O_ptr", "DO_ptr", "DQ_ptr", "DK_ptr", "DV_ptr"):
+            types[name] = f"*{dt}"
+        consts: dict[str, int | bool | None] = {"HEAD_DIM": d, "BLOCK_D": _block_d(d), "HAS_KEY_MASK": has_key,
+                                                "HAS_FRAMES": has_frames, "HAS_ATTN_MASK": has_attn}  # fmt: skip
+        elt = {"fp16": 2, "bf16": 2, "fp32": 4}[dt]
+        for kname, kernel, configs in kernels:
+            kconsts = dict(consts)
+            if kname == "fwd":
+                kconsts["COUNT_BLOCKS"] = False
+            for p in inspect.signature(kernel.fn).parameters:
+                if p.startswith("stride_") and p.endswith("d"):
+                    kconsts[p] = 1
+            fit = _fitting(configs, kname, _block_d(d), elt)  # what the pruner lets a GPU launch
+            chosen = fit if which == "all" else fit[:1]
+            specs += specs_from_configs(kernel, f"attention.{kname}/{dt}-d{d}-{mask}", types, kconsts, chosen)
+    for dt in ("bf16", "fp32"):
+        pre_consts = {"HEAD_DIM": 128, "BLOCK_D": 128, "BLOCK_M": _PREPROCESS_BLOCK_M, "stride_od": 1, "stride_dod": 1}
+        specs += specs_from_configs(_attn_bwd_preprocess_kernel, f"attention.bwd_preprocess/{dt}-d128",
+                                    {"O_ptr": f"*{dt}", "DO_ptr": f"*{dt}", "DELTA_ptr": "*fp32"}, pre_consts)
+    return specs
+
+
+COMPILE_SPECS: list[CompileSpec] = _compile_specs()

@@ -1,0 +1,294 @@
+"""masked_attention: the Triton kernels (under the interpreter on CPU) against the fp64 reference.
+
+Outputs and dq/dk/dv, fp32 and fp16 (bf16 is wrong under the interpreter: GPU only), every mask kind and the
+combinations, odd lengths (1, 7, 77, 197, 325), D in {32, 64, 128}, cross-attention, rows with no visible key.
+The interpreter costs ~0.1 s per program launch, so the cases are a chosen subset of the cross product in which
+every length, head dim, mask kind and dtype appears; every buffer the launchers allocate is poisoned with NaN.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import zlib
+
+import pytest
+import torch
+
+import scl_kernels
+from scl_kernels import _dispatch
+from scl_kernels import attention as attn_mod
+from scl_kernels.reference import attention_mask_ref, frame_block_mask, masked_attention_ref
+from tests.utils import ATOL, REL_TOL, assert_close, poison_
+
+GRAD_SLACK = 3.0  # ARCHITECTURE.md: gradients may be 3x looser
+
+
+@pytest.fixture
+def poisoned(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every buffer the launchers allocate (outputs, lse, delta, dq/dk/dv) starts as NaN."""
+    new_output = attn_mod._new_output
+    monkeypatch.setattr(attn_mod, "_new_output", lambda *a, **k: poison_(new_output(*a, **k)))
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    b: int
+    h: int
+    lq: int
+    lk: int
+    d: int
+    dtype: torch.dtype
+    key_mask: bool = False
+    frames: int | None = None
+    attn_mask: str | None = None  # shape pattern of the bool mask: "full", "2d", "keys", "rows-empty"
+    empty_batch: bool = False  # key_mask of the last batch element all False: every row of it sees nothing
+    strided: bool = False  # q, k, v as (B, L, H, D) tensors permuted to (B, H, L, D), as the model passes them
+
+    def __str__(self) -> str:
+        dt = str(self.dtype).removeprefix("torch.")
+        masks = [m for m, on in (("key", self.key_mask), (f"frames{self.frames}", self.frames),
+                                 (f"attn-{self.attn_mask}", self.attn_mask)) if on]  # fmt: skip
+        return f"B{self.b}H{self.h}-{self.lq}x{self.lk}-d{self.d}-{dt}-{'+'.join(masks) or 'nomask'}"
+
+
+F32, F16 = torch.float32, torch.float16
+CASES = [
+    Case(1, 1, 1, 1, 32, F32),
+    Case(1, 2, 7, 7, 64, F16),
+    Case(2, 1, 7, 7, 32, F32, key_mask=True, empty_batch=True),
+    Case(1, 1, 77, 77, 128, F32, attn_mask="full"),
+    Case(1, 2, 197, 197, 64, F16, key_mask=True, strided=True),
+    Case(1, 1, 325, 325, 32, F32, frames=5),  # 5 frames x (1 CLS + 64 patches)
+    Case(1, 1, 100, 100, 64, F16, frames=4),  # 4 x (1 + 24): frames that straddle the 64-row blocks
+    Case(2, 1, 100, 100, 32, F32, key_mask=True, frames=4),
+    Case(1, 2, 197, 77, 32, F32, key_mask=True),  # cross-attention, Lq > Lk
+    Case(1, 1, 7, 325, 128, F16, attn_mask="keys"),  # cross, broadcast over query rows
+    Case(2, 1, 77, 197, 64, F32, key_mask=True, attn_mask="2d"),
+    Case(1, 1, 77, 77, 32, F16, attn_mask="rows-empty"),
+]
+
+
+def _masks(case: Case, gen: torch.Generator) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    key_mask = attn_mask = None
+    if case.key_mask:
+        key_mask = torch.rand(case.b, case.lk, generator=gen) > 0.3
+        key_mask[:, 0] = True
+        if case.empty_batch:
+            key_mask[-1] = False
+    if case.attn_mask == "full":
+        attn_mask = torch.rand(case.b, case.h, case.lq, case.lk, generator=gen) > 0.4
+    elif case.attn_mask == "2d":
+        attn_mask = torch.rand(case.lq, case.lk, generator=gen) > 0.5
+    elif case.attn_mask == "keys":
+        attn_mask = torch.rand(case.b, 1, 1, case.lk, generator=gen) > 0.5
+    elif case.attn_mask == "rows-empty":
+        attn_mask = torch.rand(case.b, 1, case.lq, case.lk, generator=gen) > 0.5
+        attn_mask[:, :, ::5] = False  # every fifth query row sees no key
+    return key_mask, attn_mask
+
+
+def _inputs(case: Case, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def one(length: int) -> torch.Tensor:
+        if case.strided:
+            return torch.randn(case.b, length, case.h, case.d, generator=gen).to(case.dtype).transpose(1, 2)
+        return torch.randn(case.b, case.h, length, case.d, generator=gen).to(case.dtype)
+
+    return one(case.lq), one(case.lk), one(case.lk)
+
+
+def _run(fn, q, k, v, g, **kw) -> tuple[torch.Tensor, list[torch.Tensor]]:  # noqa: ANN001
+    q, k, v = (t.detach().clone().requires_grad_(True) for t in (q, k, v))
+    out = fn(q, k, v, **kw)
+    out.backward(g)
+    return out.detach(), [q.grad, k.grad, v.grad]
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_triton_matches_fp64_reference(case: Case, poisoned: None) -> None:
+    gen = torch.Generator().manual_seed(zlib.crc32(str(case).encode()))
+    q, k, v = _inputs(case, gen)
+    key_mask, attn_mask = _masks(case, gen)
+    masks = {"key_mask": key_mask, "frames": case.frames, "attn_mask": attn_mask}
+    g = torch.randn(case.b, case.h, case.lq, case.d, generator=gen).to(case.dtype)
+
+    before = _dispatch.calls[("masked_attention", "triton")]
+    out, grads = _run(scl_kernels.masked_attention, q, k, v, g, backend="triton", **masks)
+    assert _dispatch.calls[("masked_attention", "triton")] == before + 1, "the triton backend did not serve the call"
+    ref, ref_grads = _run(masked_attention_ref, q.double(), k.double(), v.double(), g.double(), **masks)
+    base, base_grads = _run(masked_attention_ref, q, k, v, g, **masks)  # same-dtype PyTorch: the baseline
+
+    assert out.dtype == case.dtype and out.shape == (case.b, case.h, case.lq, case.d)
+    rtol, atol = REL_TOL[case.dtype], ATOL[case.dtype]
+    assert_close(out, ref, rtol=rtol, atol=atol, baseline=base, name="out")
+    for name, got, want, bl in zip(("dq", "dk", "dv"), grads, ref_grads, base_grads, strict=True):
+        assert_close(got, want, rtol=GRAD_SLACK * rtol, atol=GRAD_SLACK * atol, baseline=bl, name=name)
+
+    # rows with no visible key: exactly zero output and zero dq (never NaN, never the mean of the values)
+    mask = attention_mask_ref(case.b, case.lq, case.lk, key_mask=key_mask, frames=case.frames, attn_mask=attn_mask)
+    if mask is not None:
+        empty = ~mask.expand(case.b, case.h, case.lq, case.lk).any(-1)  # (B, H, Lq)
+        if case.empty_batch or case.attn_mask == "rows-empty":
+            assert empty.any(), "the case was meant to have rows with no visible key"
+        assert (out[empty] == 0).all() and (grads[0][empty] == 0).all()
+
+
+def test_fully_masked_input_gives_zero_grads_everywhere(poisoned: None) -> None:
+    """Every key masked: zeros out, zero dq/dk/dv, no NaN anywhere (the lse = +inf path)."""
+    q, k, v = (torch.randn(1, 1, 33, 32) for _ in range(3))
+    km = torch.zeros(1, 33, dtype=torch.bool)
+    out, grads = _run(scl_kernels.masked_attention, q, k, v, torch.randn(1, 1, 33, 32), key_mask=km, backend="triton")
+    assert (out == 0).all()
+    for g in grads:
+        assert (g == 0).all()
+
+
+def _visited_blocks(start: int, length: int, f: int, p: int, rows: int, it: int, rows_are_keys: bool) -> set[int]:
+    """Host copy of the kernel's ``_frame_ranges``: starts of the blocks of the other axis that the block of rows
+    [start, start + rows) visits under ``frames=f`` with p patches per frame, in steps of ``it``."""
+    end = min(start + rows, length)
+    cls_end = -(-f // it) * it
+    if rows_are_keys:
+        f_lo = (0 if end > f else start) if start < f else (start - f) // p
+        f_hi = (end - 1 - f) // p if end > f else end - 1
+        if start < f:
+            f_hi = max(f_hi, min(end, f) - 1)
+        a_end, b_end = cls_end, min(f + (f_hi + 1) * p, length)
+    else:
+        full = start < f
+        f_lo, f_hi = (start - f) // p, (end - 1 - f) // p
+        a_end = length if full else cls_end
+        b_end = 0 if full else min(f + (f_hi + 1) * p, length)
+    b_start = max((f + f_lo * p) // it * it, a_end)
+    return set(range(0, a_end, it)) | set(range(b_start, b_end, it))
+
+
+def test_frames_skip_key_blocks_and_equal_dense_mask(poisoned: None) -> None:
+    """frames=4 visits fewer key blocks than dense attention (the kernel's own counter) and gives exactly what
+    the same pattern passed as a dense boolean attn_mask gives (which visits every block)."""
+    frames, patches, d = 4, 127, 32
+    length = frames * (1 + patches)  # 512 = 8 blocks of 64
+    q, k, v = (torch.randn(1, 1, length, d) for _ in range(3))
+    scale = d**-0.5
+    dense = frame_block_mask(length, frames)
+    out_f, _, count_f = attn_mod._attention_forward(q, k, v, None, None, frames, scale, count_blocks=True)
+    out_d, _, count_d = attn_mod._attention_forward(q, k, v, None, dense, None, scale, count_blocks=True)
+    n_blocks = -(-length // 64)  # the interpreter's single config has BLOCK_M = BLOCK_N = 64
+    visited_f, visited_d = int(count_f[:n_blocks].sum()), int(count_d[:n_blocks].sum())
+    assert visited_d == n_blocks * n_blocks
+    # exactly the blocks the bounds promise: block 0 holds the CLS rows (sees all 8), every other block the CLS
+    # block plus the blocks of the one or two frames its rows belong to
+    expected = sum(len(_visited_blocks(s, length, frames, patches, 64, 64, False)) for s in range(0, length, 64))
+    assert visited_f == expected < visited_d, (visited_f, expected, visited_d)
+    print(f"\nkey blocks visited, frames={frames} L={length}: {visited_f} vs dense {visited_d}")
+    assert_close(out_f, out_d, rtol=1e-6, name="frames vs dense mask")
+    ref = masked_attention_ref(q.double(), k.double(), v.double(), attn_mask=dense)
+    assert_close(out_f, ref, rtol=REL_TOL[torch.float32], name="frames vs fp64")
+
+
+def test_frame_ranges_cover_every_visible_pair() -> None:
+    """Host re-derivation of the kernel's block bounds over many (F, P, block) shapes: every (query, key) pair
+    the pattern allows lies in a visited block, in both orientations (fwd/dQ rows = queries, dK/dV rows = keys)."""
+
+    for f, p, bm, bn in [(1, 8, 16, 16), (4, 24, 64, 64), (5, 64, 64, 32), (3, 5, 16, 32), (8, 196, 128, 64),
+                         (2, 1, 16, 16), (4, 0, 16, 16)]:  # fmt: skip
+        length = f * (1 + p)
+        allowed = frame_block_mask(length, f)
+        for start in range(0, length, bm):  # query-row blocks
+            seen = _visited_blocks(start, length, f, max(p, 1), bm, bn, False)
+            need = {kk // bn * bn for kk in allowed[start : start + bm].any(0).nonzero().flatten().tolist()}
+            assert need <= seen, (f, p, start, sorted(need - seen))
+        for start in range(0, length, bn):  # key-row blocks
+            seen = _visited_blocks(start, length, f, max(p, 1), bn, bm, True)
+            need = {qq // bm * bm for qq in allowed[:, start : start + bn].any(1).nonzero().flatten().tolist()}
+            assert need <= seen, (f, p, start, sorted(need - seen))
+
+
+def test_torch_compile_fullgraph() -> None:
+    """One opaque op for dynamo: fullgraph=True compiles (no graph break), forward and backward match eager."""
+    torch._dynamo.reset()
+
+    def f(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, km: torch.Tensor) -> torch.Tensor:
+        return scl_kernels.masked_attention(q, k, v, key_mask=km, frames=None).sum(dim=-1) * 2.0
+
+    q, k, v = (torch.randn(2, 2, 9, 32, requires_grad=True) for _ in range(3))
+    km = torch.rand(2, 9) > 0.3
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    out = compiled(q, k, v, km)
+    out.sum().backward()
+    grads = [t.grad.clone() for t in (q, k, v)]
+    for t in (q, k, v):
+        t.grad = None
+    want = f(q, k, v, km)
+    want.sum().backward()
+    assert_close(out, want, rtol=1e-6, name="compiled out")
+    for got, t in zip(grads, (q, k, v), strict=True):
+        assert_close(got, t.grad, rtol=1e-6, name="compiled grad")
+
+
+def test_torch_compile_triton_backend() -> None:
+    """The triton backend inside a compiled graph (interpreter on CPU): the op and its backward op stay opaque."""
+    torch._dynamo.reset()
+
+    def f(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return scl_kernels.masked_attention(q, k, v, backend="triton") * 3.0
+
+    q, k, v = (torch.randn(1, 1, 7, 32, requires_grad=True) for _ in range(3))
+    out = torch.compile(f, fullgraph=True, backend="aot_eager")(q, k, v)
+    (dq,) = torch.autograd.grad(out.sum(), q)
+    ref = masked_attention_ref(q.double(), k.double(), v.double()) * 3.0
+    (ref_dq,) = torch.autograd.grad(ref.sum(), q)
+    assert_close(out, ref, rtol=REL_TOL[torch.float32], name="out")
+    assert_close(dq, ref_dq, rtol=GRAD_SLACK * REL_TOL[torch.float32], name="dq")
+
+
+def test_backend_choice() -> None:
+    q, k, v = (torch.randn(1, 1, 5, 32) for _ in range(3))
+    before = dict(_dispatch.calls)
+    scl_kernels.masked_attention(q, k, v)  # CPU default: the reference
+    with scl_kernels.use_backend("triton"):
+        scl_kernels.masked_attention(q, k, v)
+    assert _dispatch.calls[("masked_attention", "reference")] == before.get(("masked_attention", "reference"), 0) + 1
+    assert _dispatch.calls[("masked_attention", "triton")] == before.get(("masked_attention", "triton"), 0) + 1
+    with pytest.raises(ValueError, match="no native"):
+        scl_kernels.masked_attention(q, k, v, backend="native")
+
+
+def test_dropout_on_reference_backend() -> None:
+    """dropout_p > 0 runs through the reference (the model's dispatch uses it when attention dropout is on)."""
+    q, k, v = (torch.randn(1, 2, 16, 32) for _ in range(3))
+    torch.manual_seed(1)
+    a = scl_kernels.masked_attention(q, k, v, dropout_p=0.5, backend="reference")
+    torch.manual_seed(1)
+    b = masked_attention_ref(q, k, v, dropout_p=0.5)
+    assert_close(a, b, rtol=1e-6)
+    assert not torch.allclose(a, masked_attention_ref(q, k, v))
+    with pytest.raises(NotImplementedError, match="dropout"):
+        scl_kernels.masked_attention(q, k, v, dropout_p=0.1, backend="triton")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"d": 256}, "head dims up to 128"),
+        ({"dtype": torch.float64}, "supports"),
+        ({"lk": 9, "frames": 2}, "frames is for self-attention"),
+        ({"frames": 4}, "multiple of frames"),
+        ({"key_mask": torch.ones(1, 3, dtype=torch.bool)}, "key_mask must be bool"),
+        ({"key_mask": torch.ones(1, 10)}, "key_mask must be bool"),
+        ({"attn_mask": torch.ones(10, 10)}, "attn_mask must be bool"),
+        ({"attn_mask": torch.ones(3, 10, 10, dtype=torch.bool)}, "must broadcast"),
+    ],
+)
+def test_bad_inputs_raise(kwargs: dict, match: str) -> None:
+    d, dtype, lk = kwargs.pop("d", 32), kwargs.pop("dtype", torch.float32), kwargs.pop("lk", 10)
+    q = torch.randn(1, 2, 10, d, dtype=dtype)
+    k = v = torch.randn(1, 2, lk, d, dtype=dtype)
+    with pytest.raises(ValueError, match=match):
+        scl_kernels.masked_attention(q, k, v, backend="triton", **kwargs)
+
+
+def test_mismatched_shapes_raise() -> None:
+    with pytest.raises(ValueError, match="must be"):
+        scl_kernels.masked_attention(torch.randn(1, 2, 5, 32), torch.randn(1, 2, 5, 16), torch.randn(1, 2, 5, 16))
+    with pytest.raises(ValueError, match=r"\(B, H, L, D\)"):
+        scl_kernels.masked_attention(torch.randn(2, 5, 32), torch.randn(2, 5, 32), torch.randn(2, 5, 32))
