@@ -110,6 +110,8 @@ class StepShape:
     batch: int
     frames: int = 1
     text_len: int = 50
+    overrides: tuple[tuple[str, object], ...] = ()
+    """Model-config fields to change from the preset, as ("vision.layers", 1) pairs (tiny smoke-test models)."""
 
 
 ATTN_CPU: list[AttnShape] = [

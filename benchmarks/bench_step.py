@@ -1,0 +1,321 @@
+"""One training step (forward + backward) end to end: the fused schedule against the naive five-pass reference.
+
+- fused: ``schedule="fused"`` (every shared encoder pass once, batched fusion calls), SDPA attention on CPU and
+  the Triton kernel on CUDA, the fused ops of ``scl_kernels`` (C++ on CPU, Triton on CUDA).
+- naive: ``schedule="naive"`` (the public release's five passes), eager attention
+  (``masked_attention_ref``) and every op through its PyTorch reference (``ops.reference_ops``).
+
+Both get the very same step (same weights, same batch, same masks and negatives from one
+``draw_step_inputs``) with dropout off, so their losses must agree: each case asserts it, so a fast wrong
+schedule fails. Recorded per case: samples/s (batch / median step time), peak memory (CPU: the peak RSS a first
+step adds, measured in a fresh subprocess; CUDA: ``torch.cuda.max_memory_allocated``), the loss, and on the
+naive case the fused/naive speedup. ``python -m benchmarks.bench_step`` runs the comparison without pytest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import torch
+
+from benchmarks import shapes as S
+from benchmarks import synchronized
+
+ROOT = Path(__file__).resolve().parents[1]
+# fp32 on CPU: the two schedules differ only by summation order (attention, batched matmuls, fused losses);
+# bf16 autocast on GPU rounds every matmul, so the two paths may differ by bf16 rounding of the losses.
+LOSS_RTOL = {"cpu": 1e-4, "cuda": 3e-2}
+
+
+def _build_config(preset: str, overrides: tuple[tuple[str, object], ...] = ()) -> Any:
+    from scl_fast.config import preset as make_preset
+
+    cfg = make_preset(preset)
+    for dotted, value in overrides:
+        *path, name = dotted.split(".")
+        section = cfg.model
+        for part in path:
+            section = getattr(section, part)
+        if not hasattr(section, name):
+            raise ValueError(f"unknown model config field {dotted!r}")
+        setattr(section, name, value)
+    cfg.model.text.dropout = 0.0  # dropout draws differ between schedules: off, so the losses can be compared
+    cfg.model.fusion.dropout = 0.0
+    return cfg
+
+
+def make_batch(cfg: Any, shape: S.StepShape, device: torch.device, seed: int = 0) -> SimpleNamespace:
+    """A random but realistic batch: images (B, F, 3, H, W), BERT-style captions with [CLS] ... [SEP] and
+    padding of random lengths (so key masks matter)."""
+    gen = torch.Generator().manual_seed(seed)
+    mc = cfg.model
+    size = mc.vision.image_size
+    pixels = torch.randn(shape.batch, shape.frames, 3, size, size, generator=gen)
+    length = shape.text_len
+    lengths = torch.randint(max(4, length // 3), length + 1, (shape.batch,), generator=gen)
+    col = torch.arange(length)[None, :]
+    attention_mask = col < lengths[:, None]
+    ids = torch.randint(1000, mc.text.vocab_size, (shape.batch, length), generator=gen)
+    ids[:, 0] = 101  # [CLS]
+    ids = torch.where(col == lengths[:, None] - 1, torch.full_like(ids, 102), ids)  # [SEP]
+    ids = torch.where(attention_mask, ids, torch.full_like(ids, mc.text.pad_token_id))
+    special_mask = (col == 0) | (col == lengths[:, None] - 1) | ~attention_mask
+    return SimpleNamespace(pixels=pixels.to(device), input_ids=ids.to(device),
+                           attention_mask=attention_mask.to(device), special_mask=special_mask.to(device))
+
+
+class StepRunner:
+    """One model, one batch, one fixed set of step inputs, run through one schedule (used by gpu_report too)."""
+
+    def __init__(self, shape: S.StepShape, *, schedule: str, device: torch.device | str = "cpu",
+                 autocast: bool | None = None, seed: int = 0) -> None:
+        from scl_fast.model import ops
+        from scl_fast.model.attention import set_attn_backend
+        from scl_fast.model.scl import SCLModel
+
+        if schedule not in ("fused", "naive"):
+            raise ValueError(f"schedule must be 'fused' or 'naive', got {schedule!r}")
+        self.shape, self.schedule = shape, schedule
+        self.device = torch.device(device)
+        self.cfg = _build_config(shape.preset, shape.overrides)
+        torch.manual_seed(seed)
+        self.model = SCLModel(self.cfg.model).to(self.device).train()
+        if schedule == "fused":
+            set_attn_backend(self.model, "triton" if self.device.type == "cuda" else "sdpa")
+            self._ops = contextlib.nullcontext
+        else:
+            set_attn_backend(self.model, "eager")
+            self._ops = ops.reference_ops
+        self.autocast = self.device.type == "cuda" if autocast is None else autocast
+        self.batch = make_batch(self.cfg, shape, self.device, seed)
+        b = self.batch
+        gen = torch.Generator(device=self.device).manual_seed(seed + 1)
+        with ops.reference_ops():  # the same step for both schedules: drawn once, by the same code
+            self.step_inputs = self.model.draw_step_inputs(b.pixels, b.input_ids, b.attention_mask, b.special_mask,
+                                                           generator=gen)
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if not self.autocast:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+
+    def forward(self) -> Any:
+        b = self.batch
+        with self._ops(), self._autocast():
+            return self.model(b.pixels, b.input_ids, b.attention_mask, b.special_mask, schedule=self.schedule,
+                              step_inputs=self.step_inputs)
+
+    def step(self) -> None:
+        """Forward + backward (what a training step costs before the optimizer)."""
+        self.model.zero_grad(set_to_none=True)
+        out = self.forward()
+        with self._ops():
+            out.loss.backward()
+
+    def losses(self) -> dict[str, float]:
+        """The step's total and unweighted losses (one forward, no backward)."""
+        with torch.no_grad():
+            out = self.forward()
+        return {"total": out.loss.item(), **{k: v.item() for k, v in out.losses.items()}}
+
+    def loss_once(self) -> float:
+        return self.losses()["total"]
+
+    def useful_flops(self) -> float | None:
+        """FLOPs of one forward+backward of the fused schedule: the model's useful work (MFU's numerator for both
+        schedules: the naive one repeats work, which is not useful). ``scl_fast.flops.count_step_flops`` when it
+        exists, else ``FlopCounterMode`` over one fused step with SDPA attention (which it knows how to count)."""
+        try:
+            from scl_fast.flops import count_step_flops
+
+            cfg = replace(self.cfg, model=replace(self.cfg.model, schedule="fused"))
+            counted = count_step_flops(cfg, self.batch, self.shape.frames)
+            total = counted.get("total") if isinstance(counted, dict) else counted
+            if total:
+                return float(total)
+        except Exception:  # noqa: BLE001 - fall back to counting here
+            pass
+        try:
+            from torch.utils.flop_counter import FlopCounterMode
+
+            from scl_fast.model.attention import set_attn_backend
+
+            counter_model = self.model
+            old = {m: m.attn_backend for m in counter_model.modules() if hasattr(m, "attn_backend")}
+            set_attn_backend(counter_model, "sdpa")
+            try:
+                b = self.batch
+                counter = FlopCounterMode(display=False)
+                with counter, self._autocast():
+                    out = counter_model(b.pixels, b.input_ids, b.attention_mask, b.special_mask, schedule="fused",
+                                        step_inputs=self.step_inputs)
+                    out.loss.backward()
+                counter_model.zero_grad(set_to_none=True)
+                return float(counter.get_total_flops())
+            finally:
+                for m, backend in old.items():
+                    m.attn_backend = backend
+        except Exception:  # noqa: BLE001 - MFU is informative only
+            return None
+
+
+def peak_rss_mb(shape: S.StepShape, schedule: str) -> float | None:
+    """Peak resident memory (MiB) one fused/naive CPU step adds, measured in a fresh process so that neither
+    the other schedule nor pytest's own allocations are in it (Linux: VmHWM reset through clear_refs)."""
+    cmd = [sys.executable, "-m", "benchmarks.bench_step", "--peak-rss", "--preset", shape.preset,
+           "--batch", str(shape.batch), "--frames", str(shape.frames), "--schedule", schedule]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
+    if proc.returncode != 0:
+        raise RuntimeError(f"peak-RSS subprocess failed: {proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])["peak_rss_mb"]
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def _measure_peak_rss(shape: S.StepShape, schedule: str) -> dict[str, float]:
+    runner = StepRunner(shape, schedule=schedule, device="cpu")
+    base = _status_kib("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset the high-water mark to the current RSS
+    runner.step()
+    peak = _status_kib("VmHWM")
+    return {"peak_rss_mb": (peak - base) / 1024}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# pytest-benchmark cases
+# ----------------------------------------------------------------------------------------------------------------
+
+_LOSSES: dict[tuple[str, str], dict[str, float]] = {}
+_MEDIANS: dict[tuple[str, str], float] = {}
+
+CASES = [pytest.param(s, d, id=f"{s.name}-{d}") for s in S.STEP_CPU for d in ("fused", "naive")] + [
+    pytest.param(s, d, id=f"{s.name}-{d}", marks=pytest.mark.cuda) for s in S.STEP_GPU for d in ("fused", "naive")
+]
+
+
+def _losses(shape: S.StepShape, schedule: str, device: torch.device, runner: StepRunner | None = None
+            ) -> dict[str, float]:
+    key = (shape.name, schedule)
+    if key not in _LOSSES:
+        _LOSSES[key] = (runner or StepRunner(shape, schedule=schedule, device=device)).losses()
+    return _LOSSES[key]
+
+
+def _assert_losses_equal(a: dict[str, float], b: dict[str, float], rtol: float) -> float:
+    """Worst relative difference over the total and each loss; NaN/inf never passes."""
+    worst = 0.0
+    for name in a:
+        x, y = a[name], b[name]
+        assert math.isfinite(x) and math.isfinite(y), f"loss {name} not finite: fused {x}, naive {y}"
+        diff = abs(x - y) / max(abs(y), 1e-6)
+        assert diff <= rtol, f"loss {name}: fused {x} vs naive {y} (rel diff {diff:.2e} > {rtol:.0e})"
+        worst = max(worst, diff)
+    return worst
+
+
+@pytest.mark.parametrize(("shape", "schedule"), CASES)
+def test_train_step(benchmark: Any, shape: S.StepShape, schedule: str) -> None:
+    device = torch.device("cuda" if shape in S.STEP_GPU else "cpu")
+    benchmark.group = f"train step {shape.name} (fwd+bwd)"
+    runner = StepRunner(shape, schedule=schedule, device=device)
+    mine = _losses(shape, schedule, device, runner)
+    other = "naive" if schedule == "fused" else "fused"
+    theirs = _losses(shape, other, device)
+    fused, naive = (mine, theirs) if schedule == "fused" else (theirs, mine)
+    worst = _assert_losses_equal(fused, naive, LOSS_RTOL[device.type])
+
+    step = synchronized(runner.step, device)
+    rounds = 3 if device.type == "cpu" else 10
+    benchmark.pedantic(step, rounds=rounds, warmup_rounds=1, iterations=1)
+    median = benchmark.stats.stats.median
+    _MEDIANS[(shape.name, schedule)] = median
+    info = benchmark.extra_info
+    info["samples_per_s"] = shape.batch / median
+    info["loss"] = mine["total"]
+    info["loss_rel_diff"] = worst
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        step()
+        info["peak_mem_mb"] = (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    else:
+        del runner  # free this model before the subprocess measures its own
+        info["peak_rss_mb"] = peak_rss_mb(shape, schedule)
+    if schedule == "naive" and (shape.name, "fused") in _MEDIANS:
+        speedup = median / _MEDIANS[(shape.name, "fused")]
+        info["fused_speedup"] = speedup
+        print(f"\n{shape.name}: fused {shape.batch / _MEDIANS[(shape.name, 'fused')]:.2f} samples/s, naive "
+              f"{shape.batch / median:.2f} samples/s: fused/naive = {speedup:.2f}x (goal >= 1.5x)")
+        # the fused schedule does strictly less work; slower than the reference means something broke
+        assert speedup > 1.0, f"fused step slower than the naive reference: {speedup:.2f}x"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# command line: python -m benchmarks.bench_step [--preset demo --batch 16]
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def compare(shape: S.StepShape, device: torch.device, reps: int) -> dict[str, Any]:
+    """Time both schedules on one step shape; median seconds, samples/s, speedup, loss agreement."""
+    out: dict[str, Any] = {"shape": shape.name, "preset": shape.preset, "batch": shape.batch,
+                           "device": str(device)}
+    losses = {}
+    for schedule in ("fused", "naive"):
+        runner = StepRunner(shape, schedule=schedule, device=device)
+        losses[schedule] = runner.losses()
+        step = synchronized(runner.step, device)
+        step()
+        times = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - t0)
+        med = statistics.median(times)
+        out[schedule] = {"median_s": med, "samples_per_s": shape.batch / med, "loss": losses[schedule]["total"]}
+        del runner
+    out["speedup"] = out["fused"]["samples_per_s"] / out["naive"]["samples_per_s"]
+    out["loss_rel_diff"] = _assert_losses_equal(losses["fused"], losses["naive"], LOSS_RTOL[device.type])
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_step", description=__doc__.split("\n")[0])
+    parser.add_argument("--preset", default="demo", choices=("demo", "compact", "paper"))
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--frames", type=int, default=1)
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--schedule", default="fused", choices=("fused", "naive"), help="with --peak-rss")
+    parser.add_argument("--peak-rss", action="store_true", help="print the peak RSS of one CPU step as JSON")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args(argv)
+    shape = S.StepShape(f"{args.preset}_b{args.batch}", preset=args.preset, batch=args.batch, frames=args.frames)
+    if args.peak_rss:
+        print(json.dumps(_measure_peak_rss(shape, args.schedule)))
+        return 0
+    print(json.dumps(compare(shape, torch.device(args.device), args.reps), indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

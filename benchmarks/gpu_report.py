@@ -1,0 +1,877 @@
+"""One GPU, one command, under 8 minutes: ceilings, every fused kernel, and the training step.
+
+    python -m benchmarks.gpu_report --out benchmarks/results/gpu-h200
+
+Measures, in this order (each section checks the time left and is skipped, with a note, when it would not fit):
+
+1. ceilings: device-to-device copy bandwidth (bytes read + written) and a bf16 8192^3 matmul rate, on random data.
+   Every later number is also shown as a fraction of these measured ceilings (not of datasheet values).
+2. ``masked_attention`` forward and forward+backward over ``shapes.ATTN_GPU`` (text padding, 288 px images,
+   4-frame video with the frame-block mask, co-attention, one long D=128 case) in bf16, against PyTorch SDPA
+   (dense bool mask), FlexAttention (compiled, block mask), xformers (dense bias) where importable, and the
+   eager reference. TFLOP/s over *visible* (query, key) pairs; error vs an fp64 reference (output and the
+   three input gradients) in bf16, plus the fused kernel's error in fp16.
+3. ``info_nce`` forward+backward (fused vs the eager N x N reference): TFLOP/s, peak memory, error vs fp64.
+4. ``random_masking`` / ``mlm_mask`` / ``scl_text_mask``: GB/s over the fewest bytes, exact agreement with the
+   reference on the same random keys.
+5. One training step (forward + backward, bf16 autocast) of the ``compact`` and ``paper`` presets, fused
+   schedule (triton attention, fused ops) vs the naive five-pass reference (eager attention, reference ops):
+   samples/s, MFU (the fused schedule's FLOPs, which are the model's useful FLOPs, over the step time and the
+   measured bf16 matmul ceiling), peak memory, and the loss difference between the two.
+
+Timing: ``triton.testing.do_bench`` (CUDA events, L2 flushed between calls, median) for kernels; CUDA events
+around whole steps after warm-up steps, median of repeats. Writes ``report.json``, ``report.md`` and
+``report.png`` into ``--out``. Without a CUDA GPU it says so and exits 0. ``--cpu-smoke`` runs the same code
+on tiny CPU shapes (host timer, default backends) so the script itself is tested where no GPU exists.
+Every kernel is looked up defensively: a missing op is reported as ``missing``, an op that raises as
+``error: ...``, and the report goes on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import importlib
+import importlib.util
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from benchmarks import shapes as S
+
+ROOT = Path(__file__).resolve().parents[1]
+NO_GPU_MESSAGE = "gpu_report: no CUDA GPU is present on this machine; nothing to measure (exit 0)."
+
+
+def import_kernels() -> Any:
+    """``scl_kernels``, installed or straight from the checkout's ``kernels/`` (the GPU machine runs the report on
+    a bare copy of the repository, where the package may not be installed)."""
+    try:
+        return importlib.import_module("scl_kernels")
+    except ImportError:
+        spec = importlib.util.spec_from_file_location(
+            "scl_kernels", ROOT / "kernels" / "__init__.py", submodule_search_locations=[str(ROOT / "kernels")]
+        )
+        if spec is None or spec.loader is None:
+            raise
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["scl_kernels"] = module
+        spec.loader.exec_module(module)
+        return module
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Context, timing, rows
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Ctx:
+    """Where and how long the report runs, and what it has found so far."""
+
+    device: torch.device
+    smoke: bool
+    deadline: float
+    step_reserve_s: float
+    ceilings: dict[str, float] = field(default_factory=dict)
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def left(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def add(self, **row: Any) -> dict[str, Any]:
+        self.rows.append(row)
+        shown = {k: v for k, v in row.items() if k not in ("section",) and v is not None}
+        print(f"  [{row['section']}] " + ", ".join(f"{k}={_short(v)}" for k, v in shown.items()), flush=True)
+        return row
+
+
+def _short(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def time_ms(ctx: Ctx, fn: Callable[[], Any], *, grad_to_none: list[torch.Tensor] | None = None) -> float:
+    """Median milliseconds of one call of ``fn``."""
+    if ctx.device.type == "cuda":
+        try:
+            from triton.testing import do_bench
+
+            return float(do_bench(fn, warmup=25, rep=100, grad_to_none=grad_to_none, return_mode="median"))
+        except (ImportError, TypeError):
+            return _events_ms(fn, reps=20, warmup=3, grad_to_none=grad_to_none)
+    fn()  # warm-up: first-call allocations and lazy initialisation stay out of the number
+    times = []
+    for _ in range(3):
+        if grad_to_none:
+            for t in grad_to_none:
+                t.grad = None
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def _events_ms(fn: Callable[[], Any], *, reps: int, warmup: int,
+               grad_to_none: list[torch.Tensor] | None = None) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        if grad_to_none:
+            for t in grad_to_none:
+                t.grad = None
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def rel_err(actual: torch.Tensor | None, expected: torch.Tensor | None) -> float:
+    """||a - e|| / ||e|| in fp64; NaN if anything is non-finite or missing (NaN never looks good)."""
+    if actual is None or expected is None:
+        return float("nan")
+    a, e = actual.detach().double(), expected.detach().double()
+    if a.shape != e.shape or not (torch.isfinite(a).all() and torch.isfinite(e).all()):
+        return float("nan")
+    denom = e.norm().item()
+    return (a - e).norm().item() / denom if denom > 0 else (a - e).norm().item()
+
+
+def max_abs(actual: torch.Tensor | None, expected: torch.Tensor | None) -> float:
+    if actual is None or expected is None or actual.shape != expected.shape:
+        return float("nan")
+    return (actual.detach().double() - expected.detach().double()).abs().max().item()
+
+
+def peak_mb(ctx: Ctx, fn: Callable[[], Any]) -> float | None:
+    """Peak memory one call of ``fn`` adds on top of what was allocated before it (CUDA only)."""
+    if ctx.device.type != "cuda":
+        return None
+    ctx.sync()
+    torch.cuda.reset_peak_memory_stats(ctx.device)
+    base = torch.cuda.memory_allocated(ctx.device)
+    fn()
+    ctx.sync()
+    return (torch.cuda.max_memory_allocated(ctx.device) - base) / 2**20
+
+
+def _error_text(err: BaseException) -> str:
+    text = f"{type(err).__name__}: {err}".replace("\n", " ")
+    return text[:200]
+
+
+def _free(ctx: Ctx) -> None:
+    if ctx.device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 1. ceilings
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _copy_ceiling(ctx: Ctx) -> None:
+    n_copy = (32 if ctx.smoke else 1024) * 2**20 // 2  # bf16 elements: 1 GiB on the GPU, far over the 60 MB L2
+    x = torch.randn(n_copy, device=ctx.device, dtype=torch.bfloat16)
+    y = torch.empty_like(x)
+    ms = time_ms(ctx, lambda: y.copy_(x))
+    gbps = 2 * x.numel() * x.element_size() / ms / 1e6
+    ctx.ceilings["copy_gbps"] = gbps
+    ctx.add(section="ceilings", case=f"copy {x.numel() * 2 / 2**20:.0f} MiB", impl="torch", dtype="bf16",
+            ms=ms, gbps=gbps)
+
+
+def _matmul_ceiling(ctx: Ctx) -> None:
+    n = 256 if ctx.smoke else 8192
+    dtype = torch.float32 if ctx.smoke else torch.bfloat16  # bf16 matmul on CPU is an emulation, not a ceiling
+    a = torch.randn(n, n, device=ctx.device, dtype=dtype)
+    b = torch.randn(n, n, device=ctx.device, dtype=dtype)
+    ms = time_ms(ctx, lambda: a @ b)
+    tflops = 2 * n**3 / ms / 1e9
+    ctx.ceilings["matmul_tflops"] = tflops
+    ctx.add(section="ceilings", case=f"matmul {n}^3", impl="torch", dtype=str(dtype).removeprefix("torch."),
+            ms=ms, tflops=tflops)
+
+
+def run_ceilings(ctx: Ctx) -> None:
+    print("== ceilings", flush=True)
+    _copy_ceiling(ctx)
+    _free(ctx)
+    _matmul_ceiling(ctx)
+    _free(ctx)
+
+
+def _frac(ctx: Ctx, tflops: float | None = None, gbps: float | None = None) -> float | None:
+    if tflops is not None and ctx.ceilings.get("matmul_tflops"):
+        return tflops / ctx.ceilings["matmul_tflops"]
+    if gbps is not None and ctx.ceilings.get("copy_gbps"):
+        return gbps / ctx.ceilings["copy_gbps"]
+    return None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 2. attention
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _attn_inputs(shape: S.AttnShape, device: torch.device, dtype: torch.dtype, gen: torch.Generator):
+    b, h, d = shape.batch, shape.heads, shape.head_dim
+    q = torch.randn(b, h, shape.lq, d, device=device, dtype=dtype, generator=gen)
+    k = torch.randn(b, h, shape.lk, d, device=device, dtype=dtype, generator=gen)
+    v = torch.randn(b, h, shape.lk, d, device=device, dtype=dtype, generator=gen)
+    key_mask = None
+    if shape.key_mask:
+        # each row keeps a random prefix of 50-100% of its keys (text padding sits at the end); never empty
+        lengths = torch.randint(max(1, shape.lk // 2), shape.lk + 1, (b,), device=device, generator=gen)
+        key_mask = torch.arange(shape.lk, device=device)[None, :] < lengths[:, None]
+    return q, k, v, key_mask
+
+
+def _attn_impls(ctx: Ctx, kernels: Any, shape: S.AttnShape) -> dict[str, Callable | str]:
+    """name -> factory(q, k, v, key_mask) -> call() -> out, or a string saying why it is absent."""
+    from scl_kernels.reference import attention_mask_ref, masked_attention_ref
+
+    impls: dict[str, Callable | str] = {}
+    fused = getattr(kernels, "masked_attention", None)
+    if fused is None:
+        impls["scl_triton"] = "missing: scl_kernels.masked_attention"
+    else:
+        backend = "triton" if ctx.device.type == "cuda" else None
+
+        def make_fused(q, k, v, km):  # noqa: ANN001, ANN202
+            return lambda: fused(q, k, v, key_mask=km, frames=shape.frames, backend=backend)
+
+        impls["scl_triton" if backend else "scl_auto"] = make_fused
+
+    def dense_mask(q, km):  # noqa: ANN001, ANN202
+        return attention_mask_ref(q.shape[0], shape.lq, shape.lk, key_mask=km, frames=shape.frames, device=q.device)
+
+    def make_sdpa(q, k, v, km):  # noqa: ANN001, ANN202
+        mask = dense_mask(q, km)  # built once, outside the timed call
+        return lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+    impls["sdpa"] = make_sdpa
+
+    try:
+        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+        compiled = torch.compile(flex_attention, dynamic=False) if ctx.device.type == "cuda" else flex_attention
+
+        def make_flex(q, k, v, km):  # noqa: ANN001, ANN202
+            dev = q.device
+            f = shape.frames or 1
+            per = shape.lk // f
+            idx = torch.arange(shape.lk, device=dev)
+            frame_of = torch.where(idx < f, idx, (idx - f) // max(per - 1, 1))
+            is_cls = idx < f
+            kmask = km
+
+            def mask_mod(b, h, q_idx, kv_idx):  # noqa: ANN001, ANN202
+                ok = q_idx >= 0  # all True, of the right type
+                if shape.frames and shape.frames > 1:
+                    ok = ok & (is_cls[q_idx] | (frame_of[q_idx] == frame_of[kv_idx]))
+                if kmask is not None:
+                    ok = ok & kmask[b, kv_idx]
+                return ok
+
+            block = create_block_mask(mask_mod, q.shape[0], None, shape.lq, shape.lk, device=dev)
+            return lambda: compiled(q, k, v, block_mask=block)
+
+        impls["flex"] = make_flex
+    except ImportError as err:
+        impls["flex"] = f"missing: {err}"
+
+    if importlib.util.find_spec("xformers") is not None and ctx.device.type == "cuda":
+        def make_xformers(q, k, v, km):  # noqa: ANN001, ANN202
+            import xformers.ops as xops
+
+            mask = dense_mask(q, km)
+            bias = None
+            if mask is not None:
+                b, h = q.shape[:2]
+                pad = -(-shape.lk // 8) * 8  # xformers wants the bias' last dim 8-aligned in memory
+                storage = torch.zeros(b, h, shape.lq, pad, device=q.device, dtype=q.dtype)
+                bias = storage[..., : shape.lk]
+                bias.masked_fill_(~mask.expand(b, h, shape.lq, shape.lk), float("-inf"))
+            qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))
+            return lambda: xops.memory_efficient_attention(qt, kt, vt, attn_bias=bias).transpose(1, 2)
+
+        impls["xformers"] = make_xformers
+    else:
+        impls["xformers"] = "missing: xformers not installed"
+
+    def make_eager(q, k, v, km):  # noqa: ANN001, ANN202
+        return lambda: masked_attention_ref(q, k, v, key_mask=km, frames=shape.frames)
+
+    impls["eager"] = make_eager
+    return impls
+
+
+def _attn_reference(q, k, v, km, shape: S.AttnShape, g: torch.Tensor):  # noqa: ANN001, ANN202
+    """fp64 output and gradients (q, k, v) for upstream gradient g."""
+    from scl_kernels.reference import masked_attention_ref
+
+    q64, k64, v64 = (t.detach().double().requires_grad_(True) for t in (q, k, v))
+    out = masked_attention_ref(q64, k64, v64, key_mask=km, frames=shape.frames, upcast=True)
+    out.backward(g.double())
+    return out.detach(), [t.grad for t in (q64, k64, v64)]
+
+
+def _impl_errors(make: Callable, q, k, v, km, ref_out, ref_grads, g) -> tuple[float, float, float]:  # noqa: ANN001
+    """(output rel err, worst gradient rel err, output max abs err) of one implementation."""
+    qg, kg, vg = (t.detach().clone().requires_grad_(True) for t in (q, k, v))
+    out = make(qg, kg, vg, km)()
+    out.backward(g)
+    grad_err = max(rel_err(t.grad, r) for t, r in zip((qg, kg, vg), ref_grads, strict=True))
+    return rel_err(out, ref_out), grad_err, max_abs(out, ref_out)
+
+
+def _attn_case(ctx: Ctx, shape: S.AttnShape, name: str, make: Callable, inputs: tuple, refs: tuple,
+               dname: str) -> None:
+    """Errors, forward and forward+backward times, peak memory of one implementation on one shape."""
+    q, k, v, km, g = inputs
+    ref_out, ref_grads = refs
+    out_err, grad_err, abs_err = _impl_errors(make, q, k, v, km, ref_out, ref_grads, g)
+    ms_f = time_ms(ctx, make(q, k, v, km))
+    qg, kg, vg = (t.detach().clone().requires_grad_(True) for t in (q, k, v))
+    fb_call = make(qg, kg, vg, km)
+    ms_fb = time_ms(ctx, lambda: fb_call().backward(g), grad_to_none=[qg, kg, vg])
+    mem = peak_mb(ctx, lambda: fb_call().backward(g))
+    extra: dict[str, Any] = {}
+    if name.startswith("scl") and ctx.device.type == "cuda":
+        # fp16 errors of the fused kernel too (bf16 is the timed dtype)
+        h = [t.half() for t in (q, k, v)]
+        ref_h, grads_h = _attn_reference(*h, km, shape, g.half())
+        e_out, e_grad, _ = _impl_errors(make, *h, km, ref_h, grads_h, g.half())
+        extra = {"rel_err_fp16": e_out, "grad_rel_err_fp16": e_grad}
+    tf_f = shape.flops() / ms_f / 1e9
+    tf_fb = shape.flops(backward=True) / ms_fb / 1e9
+    ctx.add(section="attention", case=shape.name, impl=name, pass_="fwd", dtype=dname, ms=ms_f, tflops=tf_f,
+            frac_ceiling=_frac(ctx, tflops=tf_f), rel_err=out_err, max_abs_err=abs_err, status="ok", **extra)
+    ctx.add(section="attention", case=shape.name, impl=name, pass_="fwd+bwd", dtype=dname, ms=ms_fb, tflops=tf_fb,
+            frac_ceiling=_frac(ctx, tflops=tf_fb), rel_err=grad_err, peak_mb=mem, status="ok")
+
+
+def run_attention(ctx: Ctx, kernels: Any, attn_shapes: list[S.AttnShape]) -> None:
+    print("== masked_attention", flush=True)
+    dtype = torch.float32 if ctx.smoke else torch.bfloat16
+    dname = str(dtype).removeprefix("torch.")
+    gen = torch.Generator(device=ctx.device).manual_seed(0)
+    for shape in attn_shapes:
+        if ctx.left() < ctx.step_reserve_s:
+            ctx.notes.append(f"attention {shape.name} and later skipped: time budget")
+            break
+        try:
+            q, k, v, km = _attn_inputs(shape, ctx.device, dtype, gen)
+            g = torch.randn_like(q)
+            ref_out, ref_grads = _attn_reference(q, k, v, km, shape, g)
+        except Exception as err:  # noqa: BLE001 - report and go on
+            ctx.add(section="attention", case=shape.name, impl="inputs", status=f"error: {_error_text(err)}")
+            continue
+        impls = _attn_impls(ctx, kernels, shape)
+        for name, make in impls.items():
+            if isinstance(make, str):
+                ctx.add(section="attention", case=shape.name, impl=name, dtype=dname, status=make)
+                continue
+            if name == "flex" and ctx.device.type != "cuda":
+                ctx.add(section="attention", case=shape.name, impl=name, status="skipped: FlexAttention has no "
+                        "CPU backward")
+                continue
+            if name == "flex" and ctx.left() < ctx.step_reserve_s + 60:
+                ctx.add(section="attention", case=shape.name, impl=name, status="skipped: time budget (compile)")
+                continue
+            try:
+                _attn_case(ctx, shape, name, make, (q, k, v, km, g), (ref_out, ref_grads), dname)
+            except Exception as err:  # noqa: BLE001 - one failing backend must not end the report
+                ctx.add(section="attention", case=shape.name, impl=name, dtype=dname,
+                        status=f"error: {_error_text(err)}")
+            finally:
+                _free(ctx)
+        _free(ctx)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 3. info_nce
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _nce_case(ctx: Ctx, shape: S.InfoNCEShape, name: str, fn: Callable, a: torch.Tensor, b: torch.Tensor,
+              refs: tuple, dname: str) -> None:
+    ref, a64, b64, t64 = refs
+    ag, bg = (x.detach().clone().requires_grad_(True) for x in (a, b))
+    temp = torch.tensor(0.07, device=ctx.device, requires_grad=True)
+    loss = fn(ag, bg, temp)
+    loss.backward()
+    grad_err = max(rel_err(ag.grad, a64.grad), rel_err(bg.grad, b64.grad), rel_err(temp.grad, t64.grad))
+    loss_err = rel_err(loss, ref)
+    ms_f = time_ms(ctx, lambda: fn(a, b, 0.07))
+    ms_fb = time_ms(ctx, lambda: fn(ag, bg, temp).backward(), grad_to_none=[ag, bg, temp])
+    mem = peak_mb(ctx, lambda: fn(ag, bg, temp).backward())
+    tf_f = shape.flops() / ms_f / 1e9
+    tf_fb = shape.flops(backward=True) / ms_fb / 1e9
+    ctx.add(section="info_nce", case=shape.name, impl=name, pass_="fwd", dtype=dname, ms=ms_f, tflops=tf_f,
+            frac_ceiling=_frac(ctx, tflops=tf_f), rel_err=loss_err, status="ok")
+    ctx.add(section="info_nce", case=shape.name, impl=name, pass_="fwd+bwd", dtype=dname, ms=ms_fb, tflops=tf_fb,
+            frac_ceiling=_frac(ctx, tflops=tf_fb), rel_err=grad_err, peak_mb=mem, status="ok")
+
+
+def run_info_nce(ctx: Ctx, kernels: Any, nce_shapes: list[S.InfoNCEShape]) -> None:
+    print("== info_nce", flush=True)
+    from scl_kernels.reference import info_nce_ref
+
+    fused = getattr(kernels, "info_nce", None)
+    dtype = torch.float32 if ctx.smoke else torch.bfloat16
+    dname = str(dtype).removeprefix("torch.")
+    backend = "triton" if ctx.device.type == "cuda" else None
+    impls: dict[str, Callable | str] = {
+        ("scl_triton" if backend else "scl_auto"): (
+            (lambda a, b, t: fused(a, b, t, backend=backend)) if fused is not None else "missing: scl_kernels.info_nce"
+        ),
+        "eager": lambda a, b, t: info_nce_ref(a, b, t),
+    }
+    gen = torch.Generator(device=ctx.device).manual_seed(1)
+    for shape in nce_shapes:
+        if ctx.left() < ctx.step_reserve_s:
+            ctx.notes.append(f"info_nce {shape.name} and later skipped: time budget")
+            break
+        a = torch.randn(shape.n, shape.dim, device=ctx.device, dtype=dtype, generator=gen)
+        b = torch.randn(shape.n, shape.dim, device=ctx.device, dtype=dtype, generator=gen)
+        a64, b64 = (x.detach().double().requires_grad_(True) for x in (a, b))
+        t64 = torch.tensor(0.07, dtype=torch.float64, device=ctx.device, requires_grad=True)
+        ref = info_nce_ref(a64, b64, t64, upcast=True)
+        ref.backward()
+        for name, fn in impls.items():
+            if isinstance(fn, str):
+                ctx.add(section="info_nce", case=shape.name, impl=name, dtype=dname, status=fn)
+                continue
+            try:
+                _nce_case(ctx, shape, name, fn, a, b, (ref, a64, b64, t64), dname)
+            except Exception as err:  # noqa: BLE001
+                ctx.add(section="info_nce", case=shape.name, impl=name, dtype=dname,
+                        status=f"error: {_error_text(err)}")
+            finally:
+                _free(ctx)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 4. masking ops (memory-bound: GB/s)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _random_masking_case(ctx: Ctx, rm: Any, shape: S.MaskingShape, dtype: torch.dtype, backend: str | None,
+                         fused_name: str, gen: torch.Generator) -> None:
+    from scl_kernels import reference as ref
+
+    dname = str(dtype).removeprefix("torch.")
+    x = torch.randn(shape.batch, shape.frames * shape.patches, shape.dim, device=ctx.device, dtype=dtype,
+                    generator=gen)
+    pos = torch.randn(shape.patches, shape.dim, device=ctx.device, dtype=dtype, generator=gen)
+    nbytes = shape.bytes_moved(x.element_size(), with_pos=True)
+    if rm is None:
+        ctx.add(section="random_masking", case=shape.name, impl=fused_name, status="missing: random_masking")
+    else:
+        try:
+            noise = torch.rand(shape.batch, shape.patches, device=ctx.device, generator=gen)
+            kept, ids = rm(x, shape.keep_ratio, frames=shape.frames, pos=pos, noise=noise, backend=backend)
+            kept_ref, ids_ref = ref.random_masking_ref(x, noise, shape.keep, frames=shape.frames, pos=pos)
+            exact = bool(torch.equal(ids, ids_ref)) and bool(torch.equal(kept, kept_ref))
+            err = rel_err(kept, kept_ref)
+            ms = time_ms(ctx, lambda: rm(x, shape.keep_ratio, frames=shape.frames, pos=pos, generator=gen,
+                                         backend=backend))
+            gbps = nbytes / ms / 1e6
+            ctx.add(section="random_masking", case=shape.name, impl=fused_name, pass_="fwd", dtype=dname, ms=ms,
+                    gbps=gbps, frac_ceiling=_frac(ctx, gbps=gbps), rel_err=err, exact=exact,
+                    status="ok" if exact else "MISMATCH vs reference")
+        except Exception as err:  # noqa: BLE001
+            ctx.add(section="random_masking", case=shape.name, impl=fused_name, status=f"error: {_error_text(err)}")
+
+    def eager() -> Any:
+        noise = torch.rand(shape.batch, shape.patches, device=ctx.device, generator=gen)
+        return ref.random_masking_ref(x, noise, shape.keep, frames=shape.frames, pos=pos)
+
+    ms = time_ms(ctx, eager)
+    ctx.add(section="random_masking", case=shape.name, impl="eager", pass_="fwd", dtype=dname, ms=ms,
+            gbps=nbytes / ms / 1e6, frac_ceiling=_frac(ctx, gbps=nbytes / ms / 1e6), status="ok")
+
+
+def _text_mask_cases(ctx: Ctx, kernels: Any, shape: S.TextMaskShape, backend: str | None, fused_name: str,
+                     gen: torch.Generator) -> None:
+    from scl_kernels import reference as ref
+
+    mlm = getattr(kernels, "mlm_mask", None)
+    sclm = getattr(kernels, "scl_text_mask", None)
+    ids = torch.randint(1000, shape.vocab_size, (shape.batch, shape.length), device=ctx.device, generator=gen)
+    lengths = torch.randint(3, shape.length + 1, (shape.batch,), device=ctx.device, generator=gen)
+    col = torch.arange(shape.length, device=ctx.device)[None, :]
+    special = (col == 0) | (col >= lengths[:, None] - 1)  # [CLS] ... [SEP] then padding
+    nbytes = shape.bytes_moved()
+    keys_mlm = ref.mlm_mask_keys(ids.shape, shape.vocab_size, generator=gen, device=ctx.device)
+    keys_scl = torch.rand(ids.shape, device=ctx.device, generator=gen)
+    vocab, mask_id = shape.vocab_size, 103
+    # (name, op, fused call on given keys, reference on the same keys, timed fused call, timed eager call)
+    cases: list[tuple[str, Any, Callable, Callable, Callable, Callable]] = [
+        ("mlm_mask", mlm,
+         lambda: mlm(ids, special, vocab_size=vocab, mask_id=mask_id, keys=keys_mlm, backend=backend),
+         lambda: ref.mlm_mask_ref(ids, special, vocab_size=vocab, mask_id=mask_id, keys=keys_mlm),
+         lambda: mlm(ids, special, vocab_size=vocab, mask_id=mask_id, generator=gen, backend=backend),
+         lambda: ref.mlm_mask_ref(ids, special, vocab_size=vocab, mask_id=mask_id, generator=gen)),
+        ("scl_text_mask", sclm,
+         lambda: sclm(ids, special, mask_id=mask_id, keys=keys_scl, backend=backend),
+         lambda: ref.scl_text_mask_ref(ids, special, mask_id=mask_id, keys=keys_scl),
+         lambda: sclm(ids, special, mask_id=mask_id, generator=gen, backend=backend),
+         lambda: ref.scl_text_mask_ref(ids, special, mask_id=mask_id, generator=gen)),
+    ]
+    for op_name, op, with_keys, reference, timed, eager in cases:
+        if op is None:
+            ctx.add(section=op_name, case=shape.name, impl=fused_name, status=f"missing: {op_name}")
+        else:
+            try:
+                got, want = with_keys(), reference()
+                got = got if isinstance(got, tuple) else (got,)
+                want = want if isinstance(want, tuple) else (want,)
+                exact = all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
+                ms = time_ms(ctx, timed)
+                gbps = nbytes / ms / 1e6
+                ctx.add(section=op_name, case=shape.name, impl=fused_name, pass_="fwd", dtype="int64", ms=ms,
+                        gbps=gbps, frac_ceiling=_frac(ctx, gbps=gbps), exact=exact,
+                        status="ok" if exact else "MISMATCH vs reference")
+            except Exception as err:  # noqa: BLE001
+                ctx.add(section=op_name, case=shape.name, impl=fused_name, status=f"error: {_error_text(err)}")
+        ms = time_ms(ctx, eager)
+        ctx.add(section=op_name, case=shape.name, impl="eager", pass_="fwd", dtype="int64", ms=ms,
+                gbps=nbytes / ms / 1e6, frac_ceiling=_frac(ctx, gbps=nbytes / ms / 1e6), status="ok")
+
+
+def run_masking(ctx: Ctx, kernels: Any, mask_shapes: list[S.MaskingShape], text_shapes: list[S.TextMaskShape]
+                ) -> None:
+    print("== random_masking / mlm_mask / scl_text_mask", flush=True)
+    dtype = torch.float32 if ctx.smoke else torch.bfloat16
+    backend = "triton" if ctx.device.type == "cuda" else None
+    fused_name = "scl_triton" if backend else "scl_auto"
+    gen = torch.Generator(device=ctx.device).manual_seed(2)
+    rm = getattr(kernels, "random_masking", None)
+    for shape in mask_shapes:
+        if ctx.left() < ctx.step_reserve_s:
+            ctx.notes.append("random_masking skipped: time budget")
+            break
+        _random_masking_case(ctx, rm, shape, dtype, backend, fused_name, gen)
+        _free(ctx)
+    for shape in text_shapes:
+        if ctx.left() < ctx.step_reserve_s:
+            ctx.notes.append("text masks skipped: time budget")
+            break
+        _text_mask_cases(ctx, kernels, shape, backend, fused_name, gen)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 5. training step
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def run_step(ctx: Ctx, step_shapes: list[S.StepShape], *, reps: int) -> None:
+    print("== training step (fused vs naive)", flush=True)
+    try:
+        from benchmarks.bench_step import StepRunner
+    except Exception as err:  # noqa: BLE001 - the model may be missing in a partial checkout
+        ctx.add(section="step", case="-", impl="-", status=f"missing: {_error_text(err)}")
+        return
+    for shape in step_shapes:
+        losses: dict[str, float] = {}
+        for schedule in ("fused", "naive"):
+            if ctx.left() < 10:
+                ctx.notes.append(f"step {shape.name} {schedule} skipped: time budget")
+                continue
+            try:
+                runner = StepRunner(shape, schedule=schedule, device=ctx.device, autocast=not ctx.smoke)
+                loss = runner.loss_once()
+                losses[schedule] = loss
+                for _ in range(1 if ctx.smoke else 2):  # warm-up: autotuning, cuBLAS handles, allocator growth
+                    runner.step()
+                ctx.sync()
+                if ctx.device.type == "cuda":
+                    ms = _events_ms(runner.step, reps=reps, warmup=0)
+                    torch.cuda.reset_peak_memory_stats(ctx.device)
+                    runner.step()
+                    ctx.sync()
+                    mem = torch.cuda.max_memory_allocated(ctx.device) / 2**20
+                else:
+                    times = []
+                    for _ in range(reps):
+                        t0 = time.perf_counter()
+                        runner.step()
+                        times.append((time.perf_counter() - t0) * 1e3)
+                    ms, mem = statistics.median(times), None
+                flops = runner.useful_flops()
+                achieved = flops / ms / 1e9 if flops else None
+                ctx.add(section="step", case=shape.name, impl=schedule, pass_="fwd+bwd",
+                        dtype="bf16-autocast" if not ctx.smoke else "fp32", ms=ms,
+                        samples_per_s=shape.batch / ms * 1e3, tflops=achieved,
+                        mfu=_frac(ctx, tflops=achieved) if achieved else None, peak_mb=mem, loss=loss, status="ok")
+                del runner
+            except Exception as err:  # noqa: BLE001
+                traceback.print_exc()
+                ctx.add(section="step", case=shape.name, impl=schedule, status=f"error: {_error_text(err)}")
+            finally:
+                _free(ctx)
+        fused_rows = [r for r in ctx.rows if r.get("section") == "step" and r.get("case") == shape.name
+                      and r.get("status") == "ok"]
+        by = {r["impl"]: r for r in fused_rows}
+        if "fused" in by and "naive" in by:
+            ctx.add(section="step", case=shape.name, impl="fused/naive", speedup=by["fused"]["samples_per_s"]
+                    / by["naive"]["samples_per_s"], loss_diff=abs(losses["fused"] - losses["naive"]),
+                    mem_ratio=(by["fused"]["peak_mb"] / by["naive"]["peak_mb"]) if by["fused"].get("peak_mb")
+                    and by["naive"].get("peak_mb") else None, status="ok")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Output
+# ----------------------------------------------------------------------------------------------------------------
+
+COLUMNS = ["case", "impl", "pass_", "dtype", "ms", "tflops", "gbps", "frac_ceiling", "samples_per_s", "mfu",
+           "speedup", "peak_mb", "rel_err", "max_abs_err", "rel_err_fp16", "grad_rel_err_fp16", "exact", "loss",
+           "loss_diff", "status"]
+
+
+def _cell(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "nan"
+        mag = abs(v)
+        if mag != 0 and (mag < 1e-3 or mag >= 1e5):
+            return f"{v:.2e}"
+        return f"{v:.3g}" if mag < 100 else f"{v:.0f}"
+    return str(v).replace("|", "\\|")
+
+
+def environment(argv: list[str]) -> dict[str, Any]:
+    env: dict[str, Any] = {
+        "date_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "command": "python -m benchmarks.gpu_report " + " ".join(argv),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "host": platform.node(),
+        "cpu": platform.processor() or platform.machine(),
+    }
+    try:
+        import triton
+
+        env["triton"] = triton.__version__
+    except ImportError:
+        env["triton"] = "missing"
+    if torch.cuda.is_available():
+        prop = torch.cuda.get_device_properties(0)
+        env["gpu"] = prop.name
+        env["gpu_memory_gib"] = round(prop.total_memory / 2**30, 1)
+        env["sms"] = prop.multi_processor_count
+    try:
+        env["commit"] = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT, capture_output=True,
+                                       text=True, timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        env["commit"] = None
+    return env
+
+
+def to_markdown(result: dict[str, Any]) -> str:
+    env = result["environment"]
+    lines = ["# GPU report", ""]
+    lines.append(f"- device: {env.get('gpu', 'CPU (smoke run)')}; torch {env['torch']}, triton {env['triton']}, "
+                 f"CUDA {env['cuda']}; commit {env.get('commit')}")
+    lines.append(f"- date: {env['date_utc']}; command: `{env['command']}`; wall time {result['wall_s']:.0f} s")
+    ceil = result["ceilings"]
+    if ceil:
+        lines.append(f"- ceilings (measured): copy {ceil.get('copy_gbps', float('nan')):.0f} GB/s (read + write), "
+                     f"matmul {ceil.get('matmul_tflops', float('nan')):.1f} TFLOP/s; `frac_ceiling` and `mfu` "
+                     "are fractions of these")
+    for note in result["notes"]:
+        lines.append(f"- note: {note}")
+    lines.append("")
+    sections: dict[str, list[dict[str, Any]]] = {}
+    for row in result["rows"]:
+        sections.setdefault(row["section"], []).append(row)
+    for section, rows in sections.items():
+        cols = [c for c in COLUMNS if any(r.get(c) is not None for r in rows)]
+        lines += [f"## {section}", "", "| " + " | ".join(c.rstrip("_") for c in cols) + " |",
+                  "|" + "---|" * len(cols)]
+        for r in rows:
+            lines.append("| " + " | ".join(_cell(r.get(c)) for c in cols) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot(result: dict[str, Any], path: Path) -> bool:
+    """One panel per (section, pass): grouped bars of the headline metric per case, one colour per impl."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    panels: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for r in result["rows"]:
+        if r.get("status") != "ok" or r["section"] == "ceilings":
+            continue
+        metric = next((m for m in ("samples_per_s", "tflops", "gbps") if r.get(m) is not None), None)
+        if metric is None or (r["section"] == "step" and metric != "samples_per_s"):
+            continue
+        panels.setdefault((r["section"], r.get("pass_", ""), metric), []).append(r)
+    if not panels:
+        return False
+    fig, axes = plt.subplots(len(panels), 1, figsize=(10, 3.2 * len(panels)), squeeze=False)
+    for ax, ((section, pass_, metric), rows) in zip(axes[:, 0], panels.items(), strict=True):
+        cases = list(dict.fromkeys(r["case"] for r in rows))
+        impls = list(dict.fromkeys(r["impl"] for r in rows))
+        width = 0.8 / len(impls)
+        for i, impl in enumerate(impls):
+            vals = [next((r[metric] for r in rows if r["case"] == c and r["impl"] == impl), 0.0) for c in cases]
+            ax.bar([j + i * width for j in range(len(cases))], vals, width, label=impl)
+        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(cases))], cases, fontsize=7, rotation=15)
+        ax.set_ylabel(metric.replace("_", " "), fontsize=8)
+        ax.set_title(f"{section} {pass_}".strip(), fontsize=9)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def write(result: dict[str, Any], out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(result, indent=1, default=str) + "\n")
+    md = to_markdown(result)
+    (out / "report.md").write_text(md + "\n")
+    made = plot(result, out / "report.png")
+    print(md, flush=True)
+    print(f"wrote {out / 'report.json'}, {out / 'report.md'}" + (f", {out / 'report.png'}" if made else ""),
+          flush=True)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# main
+# ----------------------------------------------------------------------------------------------------------------
+
+SECTIONS = ("ceilings", "attention", "info_nce", "masking", "step")
+
+
+def smoke_shapes() -> dict[str, list]:
+    """Tiny versions of every case, for --cpu-smoke (seconds on 2 cores)."""
+    return {
+        "attn": [replace(S.ATTN_CPU[0], batch=2), replace(S.ATTN_CPU[2], batch=1)],
+        "nce": [S.InfoNCEShape("smoke_64x32", n=64, dim=32)],
+        "mask": [replace(S.MASKING_CPU[1], batch=2, dim=32)],
+        "text": [replace(S.TEXTMASK_CPU[0], batch=8)],
+        "step": [S.StepShape("tiny_b2", preset="demo", batch=2, text_len=16, overrides=(
+            ("vision.image_size", 48), ("vision.layers", 1), ("text.layers", 1), ("fusion.layers", 1)))],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.gpu_report", description=__doc__.split("\n")[0])
+    parser.add_argument("--out", default="benchmarks/results/gpu", help="folder for report.json/.md/.png")
+    parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {SECTIONS}")
+    parser.add_argument("--budget-s", type=float, default=450.0,
+                        help="stop starting new cases after this many seconds (the report must fit in 8 minutes)")
+    parser.add_argument("--step-reserve-s", type=float, default=150.0,
+                        help="seconds kept for the training-step section at the end")
+    parser.add_argument("--step-reps", type=int, default=5, help="timed steps per schedule (median)")
+    parser.add_argument("--quick", action="store_true", help="first three attention shapes only")
+    parser.add_argument("--cpu-smoke", action="store_true",
+                        help="run every section on tiny CPU shapes (tests the script where no GPU exists)")
+    args = parser.parse_args(argv)
+    sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    unknown = sorted(set(sections) - set(SECTIONS))
+    if unknown:
+        parser.error(f"unknown sections {unknown}; choose from {SECTIONS}")
+    if not torch.cuda.is_available() and not args.cpu_smoke:
+        print(NO_GPU_MESSAGE, flush=True)
+        return 0
+    if torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") == "1" and not args.cpu_smoke:
+        print("gpu_report: TRITON_INTERPRET=1 is set; unset it to time compiled kernels", file=sys.stderr)
+        return 2
+    smoke = args.cpu_smoke
+    threads = torch.get_num_threads()
+    if smoke:
+        # the smoke run checks the script, not the machine: one thread keeps it fast on a busy 2-core box, where
+        # two OpenMP threads competing with other processes were measured 15x slower
+        torch.set_num_threads(1)
+    try:
+        return _run(args, sections, smoke, argv)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(args: argparse.Namespace, sections: list[str], smoke: bool, argv: list[str]) -> int:
+    device = torch.device("cpu") if smoke else torch.device("cuda", torch.cuda.current_device())
+    start = time.monotonic()
+    ctx = Ctx(device=device, smoke=smoke, deadline=start + args.budget_s,
+              step_reserve_s=0.0 if smoke or "step" not in sections else args.step_reserve_s)
+    if smoke:
+        sh = smoke_shapes()
+    else:
+        sh = {"attn": S.ATTN_GPU[:3] if args.quick else S.ATTN_GPU, "nce": S.INFONCE_GPU, "mask": S.MASKING_GPU,
+              "text": S.TEXTMASK_GPU, "step": S.STEP_GPU}
+    torch.backends.cuda.matmul.allow_tf32 = True
+    env = environment(argv)
+    print(f"gpu_report on {env.get('gpu', 'CPU (smoke)')}: torch {env['torch']}, triton {env['triton']}", flush=True)
+    try:
+        kernels = import_kernels()
+    except Exception as err:  # noqa: BLE001
+        kernels = None
+        ctx.notes.append(f"scl_kernels could not be imported: {_error_text(err)}")
+    runners: dict[str, Callable[[], None]] = {
+        "ceilings": lambda: run_ceilings(ctx),
+        "attention": lambda: run_attention(ctx, kernels, sh["attn"]),
+        "info_nce": lambda: run_info_nce(ctx, kernels, sh["nce"]),
+        "masking": lambda: run_masking(ctx, kernels, sh["mask"], sh["text"]),
+        "step": lambda: run_step(ctx, sh["step"], reps=1 if smoke else args.step_reps),
+    }
+    section_s: dict[str, float] = {}
+    for name in SECTIONS:
+        if name not in sections:
+            continue
+        if kernels is None and name in ("attention", "info_nce", "masking"):
+            ctx.add(section=name, case="-", impl="-", status="missing: scl_kernels")
+            continue
+        t0 = time.monotonic()
+        try:
+            runners[name]()
+        except Exception as err:  # noqa: BLE001 - keep what was measured, say what broke
+            traceback.print_exc()
+            ctx.add(section=name, case="-", impl="-", status=f"error: {_error_text(err)}")
+        section_s[name] = time.monotonic() - t0
+        print(f"-- {name}: {section_s[name]:.1f} s", flush=True)
+    result = {"environment": env, "ceilings": ctx.ceilings, "notes": ctx.notes, "rows": ctx.rows,
+              "section_s": section_s, "wall_s": time.monotonic() - start}
+    write(result, Path(args.out))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

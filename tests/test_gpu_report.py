@@ -1,0 +1,96 @@
+"""``python -m benchmarks.gpu_report``: exits cleanly without a GPU, and every section's code runs (``--cpu-smoke``)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import scl_kernels
+from benchmarks import gpu_report
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_no_gpu_says_so_and_exits_0(tmp_path: Path) -> None:
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}  # the no-GPU path, even on a machine that has one
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.gpu_report", "--out", str(tmp_path / "r")], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert gpu_report.NO_GPU_MESSAGE in proc.stdout
+    assert not (tmp_path / "r").exists()  # nothing measured, nothing written
+
+
+def test_unknown_section_is_an_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        gpu_report.main(["--cpu-smoke", "--sections", "ceilings,attenshun"])
+    assert exc.value.code == 2
+    assert "attenshun" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
+    """One full smoke run (every section, tiny CPU shapes), shared by the checks below."""
+    out = tmp_path_factory.mktemp("smoke")
+    assert gpu_report.main(["--cpu-smoke", "--out", str(out)]) == 0
+    return json.loads((out / "report.json").read_text()), out
+
+
+def test_smoke_writes_json_markdown_png(smoke: tuple[dict, Path]) -> None:
+    result, out = smoke
+    sections = {r["section"] for r in result["rows"]}
+    assert {"ceilings", "attention", "info_nce", "random_masking", "mlm_mask", "scl_text_mask", "step"} <= sections
+    md = (out / "report.md").read_text()
+    for section in sections:
+        assert f"## {section}" in md
+    assert "command: `python -m benchmarks.gpu_report --cpu-smoke" in md
+    png = (out / "report.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    assert result["ceilings"]["copy_gbps"] > 0 and result["ceilings"]["matmul_tflops"] > 0
+
+
+def test_smoke_rows_are_measured_and_correct(smoke: tuple[dict, Path]) -> None:
+    result, _ = smoke
+    broken = [r for r in result["rows"] if str(r.get("status", "")).startswith(("error", "MISMATCH"))]
+    assert not broken, broken
+    attn = [r for r in result["rows"] if r["section"] == "attention" and r.get("status") == "ok"]
+    impls = {r["impl"] for r in attn}
+    assert {"scl_auto", "sdpa", "eager"} <= impls
+    for r in attn:
+        assert r["ms"] > 0 and r["tflops"] > 0 and r["frac_ceiling"] > 0
+        # fp32 everywhere in the smoke run: every backend within fp32 rounding of the fp64 reference
+        assert math.isfinite(r["rel_err"]) and r["rel_err"] < 1e-4, r
+    nce = [r for r in result["rows"] if r["section"] == "info_nce" and r.get("status") == "ok"]
+    assert len(nce) == 4 and all(r["rel_err"] < 1e-4 for r in nce), nce
+    for section in ("random_masking", "mlm_mask", "scl_text_mask"):
+        fused = [r for r in result["rows"] if r["section"] == section and r["impl"].startswith("scl")]
+        assert fused and all(r["exact"] is True and r["gbps"] > 0 for r in fused), fused
+    steps = {r["impl"]: r for r in result["rows"] if r["section"] == "step"}
+    assert {"fused", "naive", "fused/naive"} <= set(steps), steps
+    assert steps["fused"]["samples_per_s"] > 0 and steps["naive"]["samples_per_s"] > 0
+    # same step inputs, dropout off, fp32: the two schedules give the same loss
+    assert steps["fused/naive"]["loss_diff"] <= 1e-4 * abs(steps["naive"]["loss"])
+
+
+def test_missing_and_failing_kernels_are_reported_not_fatal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delattr(scl_kernels, "masked_attention", raising=False)
+
+    def broken(*args: object, **kwargs: object) -> torch.Tensor:
+        raise RuntimeError("kernel exploded")
+
+    monkeypatch.setattr(scl_kernels, "info_nce", broken)
+    rc = gpu_report.main(["--cpu-smoke", "--out", str(tmp_path), "--sections", "attention,info_nce"])
+    assert rc == 0
+    rows = json.loads((tmp_path / "report.json").read_text())["rows"]
+    attn_fused = [r for r in rows if r["section"] == "attention" and r["impl"].startswith("scl")]
+    assert attn_fused and all(r["status"].startswith("missing") for r in attn_fused)
+    assert any(r["section"] == "attention" and r["impl"] == "sdpa" and r["status"] == "ok" for r in rows)
+    nce_fused = [r for r in rows if r["section"] == "info_nce" and r["impl"].startswith("scl")]
+    assert nce_fused and all("kernel exploded" in r["status"] for r in nce_fused)
+    assert any(r["section"] == "info_nce" and r["impl"] == "eager" and r["status"] == "ok" for r in rows)
