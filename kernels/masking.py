@@ -39,6 +39,7 @@ from ._compile import specs_from_configs
 from ._dispatch import interpreting, record, resolve
 
 _TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+_FWD_WARPS = 8  # the row-wide rank tables of the selecting kernels: 8 warps keep them in registers without spills
 _MAX_BLOCK = 1024  # one row's keys live in registers: P and L up to 1024 (ViT-B/16 at 512 px)
 
 
@@ -327,8 +328,9 @@ def _block_d(d: int) -> int:
 
 
 def _block_j(block_p: int) -> int:
-    """Column chunk of the rank count: the (BLOCK_P, BLOCK_J) compare table stays at <= 8K entries on a GPU."""
-    return min(block_p, 128) if interpreting() else max(4, min(32, 8192 // block_p))
+    """Column chunk of the rank count: the (BLOCK_P, BLOCK_J) compare table stays at <= 4K entries on a GPU
+    (8K spilled registers on sm_80 at P = 324)."""
+    return min(block_p, 128) if interpreting() else max(2, min(32, 4096 // block_p))
 
 
 def _block_rows(n: int) -> int:
@@ -362,6 +364,7 @@ def _random_masking_fwd_triton(
         kept.stride(0), kept.stride(1), kept.stride(2),
         FRAMES=frames, HAS_NOISE=noise is not None, HAS_POS=pos is not None,
         BLOCK_P=_pow2(p), BLOCK_J=_block_j(_pow2(p)), BLOCK_K=block_k, BLOCK_D=_block_d(d),
+        num_warps=_FWD_WARPS,
     )  # fmt: skip
     return kept, ids, slot
 
@@ -421,6 +424,7 @@ def _scl_text_mask_triton(
     _scl_text_mask_kernel[(b,)](
         ids_c, special_c, keys.contiguous() if keys is not None else ids_c, seed if seed is not None else ids_c, out,
         length, ratio, mask_id, HAS_KEYS=keys is not None, BLOCK_L=_pow2(length), BLOCK_J=_block_j(_pow2(length)),
+        num_warps=_FWD_WARPS,
     )  # fmt: skip
     return out
 
@@ -805,8 +809,8 @@ def _compile_specs() -> list:
             {"X_ptr": f"*{dt}", "NOISE_ptr": "*fp32", "SEED_ptr": "*i64", "POS_ptr": f"*{dt}",
              "KEPT_ptr": f"*{dt}", "IDS_ptr": "*i64", "SLOT_ptr": "*i32"},
             {"FRAMES": frames, "HAS_NOISE": has_noise, "HAS_POS": has_pos, "BLOCK_P": _pow2(p),
-             "BLOCK_J": max(4, min(32, 8192 // _pow2(p))), "BLOCK_K": 16, "BLOCK_D": 128},
-            default=i == 0,
+             "BLOCK_J": max(2, min(32, 4096 // _pow2(p))), "BLOCK_K": 16, "BLOCK_D": 128},
+            num_warps=_FWD_WARPS, default=i == 0,
         )  # fmt: skip
     for dt, frames in (("fp16", 1), ("bf16", 1), ("fp32", 1), ("bf16", 4)):
         specs += specs_from_configs(
@@ -835,8 +839,8 @@ def _compile_specs() -> list:
             _scl_text_mask_kernel, f"masking.scl_text_mask/{tag}",
             {"IDS_ptr": f"*{it}", "SPECIAL_ptr": "*i1", "KEYS_ptr": "*fp32", "SEED_ptr": "*i64",
              "OUT_ptr": f"*{it}", "ratio": "fp32"},
-            {"HAS_KEYS": has_keys, "BLOCK_L": length, "BLOCK_J": max(4, min(32, 8192 // length))},
-            default=length == 64,
+            {"HAS_KEYS": has_keys, "BLOCK_L": length, "BLOCK_J": max(2, min(32, 4096 // length))},
+            num_warps=_FWD_WARPS, default=length == 64,
         )  # fmt: skip
     return specs
 
