@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from scl_fast.data import DataConfig, build_loader, load_tokenizer
+from scl_fast.data import DataConfig, Loader, build_loader, load_tokenizer
 from scl_fast.data.dali import CLIP_MEAN, CLIP_STD
 
 from .media import caption_json, image_bytes, video_bytes, write_tar
@@ -141,3 +141,33 @@ def test_demo_captions_describe_pixels(demo_corpus: dict[str, str]) -> None:
             assert int((dist < 40).sum()) >= 12, f"no {colour} pixels in {batch.keys[i]}: {caption!r}"
             checked += 1
     assert checked == 28
+
+
+def test_flip_swaps_left_and_right_in_captions(demo_corpus: dict[str, str]) -> None:
+    """Training flips half the samples; a flipped "top left" shape is on the right, and its caption says so."""
+    from scl_fast.data.demo import COLOURS
+
+    cfg = DataConfig(train=demo_corpus["train"], val=demo_corpus["val"], batch_size=16, num_workers=0,
+                     device="cpu", shuffle_buffer=8)
+    loader = build_loader(cfg, "train", epochs=1, drop_last=False, seed=4)
+    flipped = checked = 0
+    originals = {}
+    for batch in Loader(cfg, demo_corpus["train"], train=False, epochs=1, drop_last=False):  # unflipped
+        originals.update(zip(batch.keys, batch.captions, strict=True))
+    for batch in loader:
+        if batch.pixels.shape[1] != 1:
+            continue
+        rgb = (batch.pixels[:, 0] * STD + MEAN) * 255  # (B, 3, H, W)
+        for i, caption in enumerate(batch.captions):
+            side = "left" if " left" in caption else "right" if " right" in caption else None
+            if side is None:
+                continue
+            flipped += caption != originals[batch.keys[i]]
+            colour = next(c for c in COLOURS if f" {c} " in caption)
+            target = torch.tensor(COLOURS[colour], dtype=torch.float32).view(3, 1, 1)
+            ys, xs = torch.nonzero((rgb[i] - target).abs().amax(0) < 40, as_tuple=True)
+            assert len(xs) >= 12, f"no {colour} pixels: {caption!r}"
+            centre = xs.float().mean().item() / (rgb.shape[-1] - 1)
+            assert (centre < 0.5) == (side == "left"), f"{batch.keys[i]}: {caption!r} but shape at x={centre:.2f}"
+            checked += 1
+    assert checked >= 20 and 0 < flipped < checked, (checked, flipped)
