@@ -126,3 +126,18 @@ def test_prefetch_thread_same_batches_and_global_rng(corpus: dict) -> None:
     assert [k for k, _ in a] == [k for k, _ in b]
     assert all(torch.equal(x, y) for (_, x), (_, y) in zip(a, b, strict=True))
     assert torch.equal(rng_a, rng_b) and stats_a == stats_b
+
+
+def test_resume_endless_stream_as_the_trainer_uses_it(corpus: dict) -> None:
+    """epochs=None, drop_last=True (the trainer's loader): resuming a few epochs into the stream."""
+    spec = corpus["all"]
+    kw = dict(train=True, rank=0, world_size=2, seed=9, epochs=None, drop_last=True)
+    full = _run(Loader(_cfg(spec), spec, **kw), 16)
+    first = Loader(_cfg(spec), spec, **kw)
+    head = _run(first, 11)
+    resumed = Loader(_cfg(spec), spec, **kw)
+    resumed.load_state_dict(json.loads(json.dumps(first.state_dict())))
+    tail = _run(resumed, 5)
+    assert [k for k, _ in head + tail] == [k for k, _ in full]
+    assert all(torch.equal(a, b) for (_, a), (_, b) in zip(head + tail, full, strict=True))
+    assert all(len(k) == 3 for k, _ in full), "drop_last: only full batches"
