@@ -9,8 +9,12 @@ Backends:
     ``eager``: ``scl_kernels.reference.masked_attention_ref`` (dense, the numerics oracle).
     ``sdpa``: ``torch.nn.functional.scaled_dot_product_attention`` (no mask at all for unmasked images, so
         PyTorch can pick its flash kernel).
-    ``triton``: ``scl_kernels.masked_attention`` (FlashAttention-2 style with in-kernel masks).
-    ``flash_attn`` / ``xformers``: the packages of those names, detected at run time.
+    ``triton``: ``scl_kernels.masked_attention`` (FlashAttention-2 style with in-kernel masks). Attention
+        dropout is not fused in that kernel: with ``dropout_p > 0`` (training with attention dropout on) the
+        call goes to sdpa, which draws the dropout mask inside its own kernel.
+    ``flash_attn``: flash-attn's kernels; key padding through ``flash_attn_varlen_func`` (keys packed, every
+        query kept). It has no structured masks: ``frames`` raises.
+    ``xformers``: ``xformers.ops.memory_efficient_attention`` with the mask as an additive bias.
     ``auto``: triton on CUDA, sdpa elsewhere.
 
 Modules that attend hold an ``attn_backend`` attribute; ``set_attn_backend`` flips it on a whole model, so
@@ -82,9 +86,8 @@ def attention(
     name = resolve_backend(backend, q.device)
     if name == "eager":
         return masked_attention_ref(q, k, v, key_mask=key_mask, frames=frames, dropout_p=dropout_p, scale=scale)
-    if name == "triton":
-        return scl_kernels.masked_attention(q, k, v, key_mask=key_mask, frames=frames, dropout_p=dropout_p,
-                                            scale=scale)
+    if name == "triton" and dropout_p == 0.0:
+        return scl_kernels.masked_attention(q, k, v, key_mask=key_mask, frames=frames, scale=scale, backend="triton")
     if name == "flash_attn":
         return _flash_attn(q, k, v, key_mask=key_mask, frames=frames, dropout_p=dropout_p, scale=scale)
     # sdpa and xformers take a dense mask. A row with no visible key would give NaN (or backend-dependent
@@ -99,7 +102,7 @@ def attention(
         key_mask = key_mask | ~has_key[:, None]
         visible = has_key[:, None, None, None]  # (B, 1, 1, 1)
     mask = attention_mask_ref(b, lq, lk, key_mask=key_mask, frames=frames, device=q.device)
-    if name == "sdpa":
+    if name in ("sdpa", "triton"):  # triton here only with dropout on (see the module docstring)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale)
     else:
         out = _xformers(q, k, v, mask=mask, dropout_p=dropout_p, scale=scale)
@@ -116,15 +119,35 @@ def _flash_attn(
     dropout_p: float,
     scale: float | None,
 ) -> torch.Tensor:
-    """flash-attn's dense kernel: it has no structured masks, so masked calls are refused, not approximated."""
-    if key_mask is not None or frames is not None:
-        raise ValueError("attention backend 'flash_attn' supports unmasked attention only here; use 'triton' "
-                         "(in-kernel key masks and frame blocks) or 'sdpa'")
-    from flash_attn import flash_attn_func
+    """flash-attn: the dense kernel without a mask, the varlen kernel for key padding.
 
-    out = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), dropout_p=dropout_p,
-                          softmax_scale=scale)  # (B, Lq, H, D)
-    return out.transpose(1, 2)
+    Key padding: the real keys of every sample are packed into one (total_k, H, D) tensor with cumulative
+    lengths ``cu_seqlens_k`` (keys need not be a prefix: attention does not depend on key order), queries stay
+    (B * Lq, H, D). A sample with no real key gets zeros, as on every backend.
+    """
+    if frames is not None:
+        raise ValueError("attention backend 'flash_attn' has no frame-block mask; use 'triton' (generated in the "
+                         "kernel, blocks skipped) or 'sdpa'")
+    from flash_attn import flash_attn_func, flash_attn_varlen_func
+
+    b, h, lq, d = q.shape
+    lk = k.shape[-2]
+    if key_mask is None:
+        out = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), dropout_p=dropout_p,
+                              softmax_scale=scale)  # (B, Lq, H, D)
+        return out.transpose(1, 2)
+    if key_mask.shape != (b, lk):
+        raise ValueError(f"key_mask must be (B, Lk)=({b}, {lk}), got {tuple(key_mask.shape)}")
+    lengths = key_mask.sum(dim=1, dtype=torch.int32)  # (B,)
+    cu_k = F.pad(lengths.cumsum(0, dtype=torch.int32), (1, 0))
+    cu_q = torch.arange(0, (b + 1) * lq, lq, dtype=torch.int32, device=q.device)
+    k_packed = k.transpose(1, 2)[key_mask]  # (total_k, H, D)
+    v_packed = v.transpose(1, 2)[key_mask]
+    max_k = int(lengths.max())  # host sync: the varlen API takes the longest segment as an int
+    out = flash_attn_varlen_func(q.transpose(1, 2).reshape(b * lq, h, d), k_packed, v_packed, cu_q, cu_k, lq,
+                                 max(max_k, 1), dropout_p=dropout_p, softmax_scale=scale)  # (B * Lq, H, D)
+    out = out.view(b, lq, h, d).transpose(1, 2)
+    return torch.where((lengths > 0)[:, None, None, None], out, 0.0)  # not a product: 0 * NaN is NaN
 
 
 def _xformers(
@@ -140,10 +163,13 @@ def _xformers(
     import xformers.ops as xops
 
     b, h, lq, _ = q.shape
+    lk = k.shape[-2]
     bias = None
     if mask is not None:
-        bias = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill(~mask, float("-inf"))
-        bias = bias.expand(b, h, lq, k.shape[-2])
+        # xformers wants the bias's last dim 16-byte aligned: allocate it padded to a multiple of 8, then slice
+        lk_pad = -(-lk // 8) * 8
+        bias = torch.zeros(b, h, lq, lk_pad, dtype=q.dtype, device=q.device)[..., :lk]
+        bias.masked_fill_(~mask.expand(b, h, lq, lk), float("-inf"))
     out = xops.memory_efficient_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
                                           attn_bias=bias, p=dropout_p, scale=scale)  # (B, Lq, H, D)
     return out.transpose(1, 2)
