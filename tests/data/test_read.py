@@ -154,8 +154,10 @@ def test_flip_swaps_left_and_right_in_captions(demo_corpus: dict[str, str]) -> N
     originals = {}
     for batch in Loader(cfg, demo_corpus["train"], train=False, epochs=1, drop_last=False):  # unflipped
         originals.update(zip(batch.keys, batch.captions, strict=True))
+    moving = 0
     for batch in loader:
         if batch.pixels.shape[1] != 1:
+            moving += _check_motion(batch, COLOURS)
             continue
         rgb = (batch.pixels[:, 0] * STD + MEAN) * 255  # (B, 3, H, W)
         for i, caption in enumerate(batch.captions):
@@ -171,3 +173,24 @@ def test_flip_swaps_left_and_right_in_captions(demo_corpus: dict[str, str]) -> N
             assert (centre < 0.5) == (side == "left"), f"{batch.keys[i]}: {caption!r} but shape at x={centre:.2f}"
             checked += 1
     assert checked >= 20 and 0 < flipped < checked, (checked, flipped)
+    assert moving >= 3, moving
+
+
+def _check_motion(batch, colours: dict) -> int:
+    """Clips whose caption says "moving left/right": the shape's centre moves that way from first to last frame."""
+    rgb = (batch.pixels * STD + MEAN) * 255  # (B, F, 3, H, W)
+    checked = 0
+    for i, caption in enumerate(batch.captions):
+        direction = next((d for d in ("left", "right") if f"moving {d}" in caption), None)
+        if direction is None:
+            continue
+        colour = next(c for c in colours if f" {c} " in caption)
+        target = torch.tensor(colours[colour], dtype=torch.float32).view(3, 1, 1)
+        centres = []
+        for f in (0, rgb.shape[1] - 1):
+            xs = torch.nonzero((rgb[i, f] - target).abs().amax(0) < 40, as_tuple=True)[1]
+            assert len(xs) >= 12, f"no {colour} pixels in frame {f}: {caption!r}"
+            centres.append(xs.float().mean().item())
+        assert (centres[1] > centres[0]) == (direction == "right"), f"{caption!r} but x went {centres}"
+        checked += 1
+    return checked
