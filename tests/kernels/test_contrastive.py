@@ -105,6 +105,21 @@ def test_info_nce_native(n: int, d: int, temp: float, symmetric: bool) -> None:
 
 
 @pytest.mark.skipif(not _dispatch.HAS_NATIVE, reason="scl_kernels._C is not built")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_info_nce_native_half_inputs(dtype: torch.dtype) -> None:
+    """fp16/bf16 inputs: the C++ kernel upcasts to fp32 once, so it must be at least as good as the same-dtype
+    reference (and, unlike the interpreter, bf16 arithmetic is real here)."""
+    _check_info_nce("native", 97, 64, dtype, 0.03, symmetric=True)
+
+
+@pytest.mark.skipif(not _dispatch.HAS_NATIVE, reason="scl_kernels._C is not built")
+def test_info_nce_native_tiles_and_wavefront() -> None:
+    """N = 601 spans three 256-row tiles with a ragged last one: every (row block, column block) pair of the
+    wavefront schedule, off-diagonal and diagonal, must be visited exactly once."""
+    _check_info_nce("native", 601, 40, torch.float32, 0.05, symmetric=True)
+
+
+@pytest.mark.skipif(not _dispatch.HAS_NATIVE, reason="scl_kernels._C is not built")
 def test_info_nce_native_is_the_cpu_default() -> None:
     """On CPU, with no backend named, the C++ kernel (not the reference) serves the call."""
     a, b = _pair(20, 32, torch.float32)
@@ -120,11 +135,15 @@ def test_info_nce_reference_backend(symmetric: bool) -> None:
 
 
 @pytest.mark.usefixtures("poisoned")
-def test_info_nce_identical_pairs_fp16_low_temperature() -> None:
-    """a == b at T = 0.01: diagonal logits of 100, far beyond fp16's exp range: the LSE must stay finite."""
+@pytest.mark.parametrize("backend", ["triton", "native"])
+def test_info_nce_identical_pairs_fp16_low_temperature(backend: str) -> None:
+    """a == b at T = 0.01: diagonal logits of 100, far beyond fp16's exp range: the LSE must stay finite, and
+    the gradients (~1e-22 here) must not pick up the LSE's rounding (~100 * 2^-24) through G_ii = p_ii - 1."""
+    if backend == "native" and not _dispatch.HAS_NATIVE:
+        pytest.skip("scl_kernels._C is not built")
     a, _ = _pair(40, 64, torch.float16)
     t = torch.tensor(0.01)
-    out, grads = _info_nce_grads(scl_kernels.info_nce, a, a, t, torch.tensor(1.0), backend="triton")
+    out, grads = _info_nce_grads(scl_kernels.info_nce, a, a, t, torch.tensor(1.0), backend=backend)
     ref, ref_grads = _info_nce_grads(info_nce_ref, a.double(), a.double(), t.double(), torch.tensor(1.0), upcast=True)
     assert_close(out, ref, rtol=REL_TOL[torch.float16], name="loss")
     # the loss is tiny here (~exp(-large)), so the gradient's relative error is checked against its own scale
