@@ -32,10 +32,12 @@ class CoAttentionLayer(nn.Module):
         self.output = BertOutput(cfg.width, cfg.intermediate, eps=cfg.layer_norm_eps, dropout=cfg.dropout, **kw)
 
     def forward(self, x: torch.Tensor, other: torch.Tensor, *, self_mask: torch.Tensor | None,
-                other_mask: torch.Tensor | None) -> torch.Tensor:
+                other_mask: torch.Tensor | None, rows: slice | None = None) -> torch.Tensor:
         """x (B, Lx, W) attends to itself (keys masked by ``self_mask``) and to ``other`` (B, Lo, W) (keys masked
-        by ``other_mask``); masks are (B, L) bool, True = real token, None = all real."""
-        h = self.attention(x, key_mask=self_mask)
+        by ``other_mask``); masks are (B, L) bool, True = real token, None = all real. ``rows`` computes only
+        those query rows (keys and values stay complete): (B, len(rows), W)."""
+        q = x if rows is None else x[:, rows]
+        h = self.attention(q, key_mask=self_mask, context=x)
         h = self.crossattention(h, key_mask=other_mask, context=other)
         return self.output(self.intermediate(h), h)
 
@@ -67,7 +69,8 @@ class FusionEncoder(nn.Module):
         """Vision encoder output (B, N, vision_width) -> (B, N, width)."""
         return self.image_proj(image)
 
-    def forward(self, text: torch.Tensor, text_mask: torch.Tensor, image: torch.Tensor
+    def forward(self, text: torch.Tensor, text_mask: torch.Tensor, image: torch.Tensor, *,
+                text_rows: slice | None = None, image_rows: slice | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         """Fuse projected tokens.
 
@@ -75,9 +78,13 @@ class FusionEncoder(nn.Module):
             text: (B, L, width) projected text tokens (``project_text``).
             text_mask: (B, L) bool, True = real token.
             image: (B, N, width) projected vision tokens (``project_image``), all real.
+            text_rows, image_rows: the rows of the LAST layer's output the caller reads (``slice(0, 1)``: the text
+                CLS; ``slice(0, F)``: the frame CLS tokens), None = all. Every other row of the last layer only
+                feeds outputs nobody reads, so it is not computed: the last image layer of an ITM/SCL fusion
+                call then costs F query rows instead of F * (1 + P). The rows computed are exact.
 
         Returns:
-            (text (B, L, width), image (B, N, width)) after the last layer.
+            (text (B, L', width), image (B, N', width)) after the last layer, L' / N' the selected rows.
         """
         if text.shape[0] != image.shape[0] or text_mask.shape != text.shape[:2]:
             raise ValueError(f"text (B, L, W), text_mask (B, L) and image (B, N, W) must agree, got "
@@ -85,8 +92,10 @@ class FusionEncoder(nn.Module):
         text_mask = text_mask.bool()
         x = text + self.token_type_embeddings.weight[0]
         y = image + self.token_type_embeddings.weight[1]
-        for text_layer, image_layer in zip(self.text_layers, self.image_layers, strict=True):
+        last = len(self.text_layers) - 1
+        for i, (text_layer, image_layer) in enumerate(zip(self.text_layers, self.image_layers, strict=True)):
+            tr, ir = (text_rows, image_rows) if i == last else (None, None)
             # both read the previous layer's outputs: the streams update in parallel (METER)
-            x, y = (text_layer(x, y, self_mask=text_mask, other_mask=None),
-                    image_layer(y, x, self_mask=None, other_mask=text_mask))
+            x, y = (text_layer(x, y, self_mask=text_mask, other_mask=None, rows=tr),
+                    image_layer(y, x, self_mask=None, other_mask=text_mask, rows=ir))
         return x, y

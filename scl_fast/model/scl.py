@@ -239,8 +239,11 @@ class SCLModel(nn.Module):
             segments["scl_text"] = (text["scl"], image)
         if segments:
             k = len(segments)
+            # the heads read the image stream's frame CLS rows only (ITM pooler, SCL targets), and the text
+            # stream's CLS only unless MLM is in the call
             xt, xv = self.fusion(torch.cat([t for t, _ in segments.values()]), mask.repeat(k, 1),
-                                 torch.cat([v for _, v in segments.values()]))
+                                 torch.cat([v for _, v in segments.values()]),
+                                 text_rows=None if do_mlm else slice(0, 1), image_rows=slice(0, nf))
             fused = dict(zip(segments, zip(xt.split(b), xv.split(b), strict=True), strict=True))
         if do_itm:
             losses["itm"], metrics["itm_acc"] = self._itm_loss(*fused["itm"], nf, s.itm_labels)
@@ -248,7 +251,8 @@ class SCLModel(nn.Module):
             losses["mlm"], metrics["mlm_acc"] = self._mlm_loss(fused["mlm"][0], s)
         if do_scl:
             masked = self.fusion.project_image(self.vision(pixels, mask_noise=s.patch_noise, keep=s.keep))
-            mt, mv = self.fusion(text["intact"], mask, masked)  # SCL-vision: (B, L, W), (B, F*(1+K), W)
+            mt, mv = self.fusion(text["intact"], mask, masked, text_rows=slice(0, 1),
+                                 image_rows=slice(0, nf))  # SCL-vision: (B, 1, W), (B, F, W)
             st, sv = fused["scl_text"]
             losses["scl"] = self._scl_loss(metrics, st[:, 0], mt[:, 0], mv[:, :nf], sv[:, :nf])
         return losses, metrics
@@ -377,9 +381,11 @@ class SCLModel(nn.Module):
         """(B,) matched logit of ITM for each (pixels[i], text[i]) pair (re-ranking: higher = better match)."""
         pixels = _as_video(pixels)
         mask = attention_mask.bool()
+        nf = pixels.shape[1]
         xt, xv = self.fusion(self.fusion.project_text(self.text(input_ids, mask)), mask,
-                             self.fusion.project_image(self.vision(pixels)))
-        return self.itm(xt, xv, pixels.shape[1])[:, 1]
+                             self.fusion.project_image(self.vision(pixels)), text_rows=slice(0, 1),
+                             image_rows=slice(0, nf))
+        return self.itm(xt, xv, nf)[:, 1]
 
     # ----------------------------------------------------------------------------------------------------------
     # optimisation

@@ -87,6 +87,18 @@ def test_backends_and_batch_independence() -> None:
     assert_close(out_v, ref_v[perm], rtol=1e-12, name="image")
 
 
+@pytest.mark.parametrize("layers", [1, 2])
+def test_last_layer_rows(layers: int) -> None:
+    """Computing only some rows of the last layer gives exactly those rows of the full output."""
+    fusion = _fusion(layers=layers)
+    text, mask, image = _inputs()
+    full_t, full_v = fusion(text, mask, image)
+    part_t, part_v = fusion(text, mask, image, text_rows=slice(0, 1), image_rows=slice(0, 3))
+    assert part_t.shape == (3, 1, 32) and part_v.shape == (3, 3, 32)
+    assert_close(part_t, full_t[:, :1], rtol=1e-12, name="text CLS")
+    assert_close(part_v, full_v[:, :3], rtol=1e-12, name="image CLS rows")
+
+
 def test_fusion_bad_shapes() -> None:
     fusion = _fusion()
     text, mask, image = _inputs()

@@ -7,6 +7,7 @@ summation orders, far below the tolerances of the issue (losses 1e-5, gradients 
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 
 import pytest
@@ -86,14 +87,31 @@ def test_fused_equals_naive(frames: int, loss_kw: dict) -> None:
 
 @pytest.mark.parametrize("frames", [1, 4])
 def test_fused_equals_naive_fp32_default_ops(frames: int) -> None:
-    """The production path: fp32, the installed fused ops (C++ / Triton where present), sdpa attention."""
+    """The production path: fp32, the installed fused ops (C++ / Triton where present), sdpa attention.
+
+    fp32 rounding alone moves some gradients of this tiny random model by ~5e-4 (InfoNCE at T = 0.03 amplifies
+    it, in both schedules alike), so gradients follow the house rule against a float64 reference: the fused
+    schedule's error at most 3x the naive schedule's (ARCHITECTURE.md: gradients 3x looser) + 1e-5."""
     cfg = tiny_config(attn_backend="sdpa")
     torch.manual_seed(1)
     model = SCLModel(cfg).train()
+    ref_model = copy.deepcopy(model).double()
     batch = tiny_batch(cfg, batch=6, frames=frames, seed=frames)
     steps = model.draw_step_inputs(*batch, generator=torch.Generator().manual_seed(7))
-    _assert_same_step(_step(model, batch, steps, "fused"), _step(model, batch, steps, "naive"),
-                      f"fp32 frames={frames}")
+    fused_losses, fused, _ = _step(model, batch, steps, "fused")
+    naive_losses, naive, _ = _step(model, batch, steps, "naive")
+    with reference_ops():
+        ref_losses, ref, _ = _step(ref_model, tuple(t.double() if t.is_floating_point() else t for t in batch),
+                                   steps, "naive")
+    for k in LOSS_NAMES:
+        assert rel_err(fused_losses[k], ref_losses[k]) < LOSS_TOL, k
+        assert rel_err(fused_losses[k], naive_losses[k]) < LOSS_TOL, k
+    assert fused.keys() == naive.keys() == ref.keys()
+    for name, g in ref.items():
+        if name.endswith("key.bias"):  # true gradient 0: nothing relative to compare
+            continue
+        err, base = rel_err(fused[name], g), rel_err(naive[name], g)
+        assert err <= 3 * base + 1e-5, f"frames={frames}: gradient of {name}: fused {err:.2e}, naive {base:.2e}"
 
 
 def test_same_generator_same_step() -> None:
