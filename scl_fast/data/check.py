@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import time
 
 from .config import DataConfig
@@ -16,10 +17,14 @@ from .shards import REPAIRED, SKIPPED, Stats
 
 
 def check(spec: str, *, frames: int = 4, image_size: int = 64, batch_size: int = 64, strict: bool = False,
-          tokenizer: str | None = None) -> Stats:
-    """Decode every sample of ``spec`` once (CPU, no augmentation, no sample dropped by batching)."""
+          tokenizer: str | None = None, workers: int = 0) -> Stats:
+    """Decode every sample of ``spec`` once (CPU, no augmentation, no sample dropped by batching).
+
+    ``workers`` loader processes read and validate shards in parallel (each sample still counted once).
+    """
     cfg = DataConfig(train=spec, val=spec, frames=frames, image_size=image_size, batch_size=batch_size,
-                     num_workers=0, device="cpu", strict=strict, tokenizer=tokenizer)
+                     num_workers=workers, device="cpu", strict=strict, tokenizer=tokenizer,
+                     dali_threads=max(1, min(8, os.cpu_count() or 1)))
     loader = build_loader(cfg, "val", epochs=1, drop_last=False)
     for _ in loader:
         pass
@@ -34,11 +39,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--strict", action="store_true", help="stop at the first bad sample")
     parser.add_argument("--tokenizer", default=None)
+    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
+                        help="loader processes reading and validating shards (default: min(4, CPUs))")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.ERROR if args.json else logging.WARNING, format="%(message)s")
     start = time.perf_counter()
     stats = check(args.spec, frames=args.frames, image_size=args.image_size, strict=args.strict,
-                  tokenizer=args.tokenizer)
+                  tokenizer=args.tokenizer, workers=args.workers)
     result = stats.as_dict()
     if args.json:
         print(json.dumps(result))
