@@ -1,0 +1,178 @@
+"""masked_attention forward and forward+backward against PyTorch SDPA, FlexAttention, xformers and flash-attn.
+
+Every case checks its numerics against the float64 reference before timing, so a fast wrong kernel fails.
+
+GPU cases (``shapes.ATTN_GPU``, bf16, skipped with the reason on a machine without CUDA):
+- ``triton``: ``scl_kernels.masked_attention`` with the mask generated in the kernel (key mask, frame blocks);
+- ``sdpa``: ``F.scaled_dot_product_attention`` given the equivalent dense boolean mask (no mask when the shape
+  has none, so PyTorch picks its FlashAttention-2 kernel: the ceiling a masked kernel should approach);
+- ``sdpa_flash``: SDPA forced onto its flash backend with no mask at all (only for unmasked shapes);
+- ``flex``: FlexAttention (compiled) with the equivalent ``BlockMask``;
+- ``xformers`` (attention bias) and ``flash_attn`` (varlen key padding): when installed, else skipped with the
+  reason.
+TFLOP/s go into each benchmark's ``extra_info`` (``shapes.AttnShape.flops``: visible pairs only, forward
+4 * B * H * pairs * D, forward+backward 3.5x that).
+
+CPU cases (``shapes.ATTN_CPU``, fp32): the reference (``backend="reference"``, what the CPU default runs) against
+SDPA on the same inputs. The Triton kernels are not timed on CPU: the interpreter would time NumPy.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import scl_kernels
+from benchmarks import shapes as S
+from benchmarks import synchronized
+from scl_kernels.reference import attention_mask_ref, masked_attention_ref
+
+RTOL = {torch.float32: 1e-4, torch.float16: 5e-3, torch.bfloat16: 2e-2}  # out vs fp64, relative norm
+GRAD_RTOL = {k: 3 * v for k, v in RTOL.items()}
+GPU_DTYPE = torch.bfloat16
+
+
+def _inputs(shape: S.AttnShape, dtype: torch.dtype, device: str):
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(shape.batch, shape.heads, shape.lq, shape.head_dim, generator=g)
+    k = torch.randn(shape.batch, shape.heads, shape.lk, shape.head_dim, generator=g)
+    v = torch.randn(shape.batch, shape.heads, shape.lk, shape.head_dim, generator=g)
+    km = None
+    if shape.key_mask:  # a random tail of each row is padding (about a quarter of the keys), at least one real key
+        lengths = torch.randint(max(1, shape.lk // 2), shape.lk + 1, (shape.batch,), generator=g)
+        km = torch.arange(shape.lk)[None, :] < lengths[:, None]
+    dev = torch.device(device)
+    q, k, v = (t.to(dev, dtype) for t in (q, k, v))
+    return q, k, v, (km.to(dev) if km is not None else None)
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.detach().double(), b.detach().double()
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+def _check(fn: Callable[..., torch.Tensor], q, k, v, km, shape: S.AttnShape, backward: bool) -> None:  # noqa: ANN001
+    """Output (and with ``backward`` dq/dk/dv) of ``fn`` against float64 autograd through the reference."""
+    q64, k64, v64 = (t.detach().double().requires_grad_(backward) for t in (q, k, v))
+    ref = masked_attention_ref(q64, k64, v64, key_mask=km, frames=shape.frames)
+    qq, kk, vv = (t.detach().requires_grad_(backward) for t in (q, k, v))
+    out = fn(qq, kk, vv)
+    err = _rel(out, ref)
+    assert err < RTOL[q.dtype], f"out rel err {err:.2e} (limit {RTOL[q.dtype]:.0e})"
+    if backward:
+        g = torch.randn_like(ref)
+        ref_grads = torch.autograd.grad(ref, (q64, k64, v64), g)
+        grads = torch.autograd.grad(out, (qq, kk, vv), g.to(out.dtype))
+        for name, got, want in zip(("dq", "dk", "dv"), grads, ref_grads, strict=True):
+            e = _rel(got, want)
+            assert e < GRAD_RTOL[q.dtype], f"{name} rel err {e:.2e} (limit {GRAD_RTOL[q.dtype]:.0e})"
+
+
+def _timed(fn: Callable[..., torch.Tensor], q, k, v, backward: bool, device: str) -> Callable[[], object]:  # noqa: ANN001
+    if not backward:
+        def call() -> object:
+            with torch.no_grad():
+                return fn(q, k, v)
+    else:
+        qq, kk, vv = (t.detach().requires_grad_(True) for t in (q, k, v))
+        grad = torch.randn(q.shape, device=q.device, dtype=q.dtype)
+
+        def call() -> object:
+            out = fn(qq, kk, vv)
+            return torch.autograd.grad(out, (qq, kk, vv), grad)
+    return synchronized(call, device)
+
+
+def _impl(name: str, shape: S.AttnShape, km: torch.Tensor | None, device: str) -> Callable[..., torch.Tensor]:
+    """The attention function ``name`` for ``shape``, or pytest.skip with the reason."""
+    mask = attention_mask_ref(shape.batch, shape.lq, shape.lk, key_mask=km, frames=shape.frames,
+                              device=torch.device(device))  # fmt: skip
+    if name == "triton":
+        return lambda q, k, v: scl_kernels.masked_attention(q, k, v, key_mask=km, frames=shape.frames,
+                                                            backend="triton")  # fmt: skip
+    if name == "reference":
+        return lambda q, k, v: scl_kernels.masked_attention(q, k, v, key_mask=km, frames=shape.frames,
+                                                            backend="reference")  # fmt: skip
+    if name == "sdpa":
+        return lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    if name == "sdpa_flash":
+        if mask is not None:
+            pytest.skip("SDPA's flash backend takes no mask: unmasked shapes only")
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        def flash(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+                return F.scaled_dot_product_attention(q, k, v)
+
+        return flash
+    if name == "flex":
+        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+        if mask is None:
+            block_mask = None
+        else:
+            dense = mask.expand(shape.batch, 1, shape.lq, shape.lk)
+
+            def mask_mod(b, h, q_idx, kv_idx):  # noqa: ANN001, ANN202
+                return dense[b, 0, q_idx, kv_idx]
+
+            block_mask = create_block_mask(mask_mod, shape.batch, None, shape.lq, shape.lk, device=device)
+        compiled = torch.compile(flex_attention, dynamic=False)
+        return lambda q, k, v: compiled(q, k, v, block_mask=block_mask)
+    if name == "xformers":
+        if importlib.util.find_spec("xformers") is None:
+            pytest.skip("xformers not installed (pip install xformers)")
+        from scl_fast.model.attention import attention
+
+        return lambda q, k, v: attention(q, k, v, backend="xformers", key_mask=km, frames=shape.frames)
+    if name == "flash_attn":
+        if importlib.util.find_spec("flash_attn") is None:
+            pytest.skip("flash-attn not installed (pip install flash-attn)")
+        if shape.frames is not None:
+            pytest.skip("flash-attn has no frame-block mask")
+        from scl_fast.model.attention import attention
+
+        return lambda q, k, v: attention(q, k, v, backend="flash_attn", key_mask=km)
+    raise ValueError(f"unknown implementation {name!r}")
+
+
+# ------------------------------------------------------------------------------------------------------------
+# GPU
+# ------------------------------------------------------------------------------------------------------------
+
+GPU_IMPLS = ["triton", "sdpa", "sdpa_flash", "flex", "xformers", "flash_attn"]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backward", [False, True], ids=["fwd", "fwd+bwd"])
+@pytest.mark.parametrize("impl", GPU_IMPLS)
+@pytest.mark.parametrize("shape", S.ATTN_GPU, ids=lambda s: s.name)
+def test_attention_gpu(benchmark, shape: S.AttnShape, impl: str, backward: bool) -> None:  # noqa: ANN001
+    q, k, v, km = _inputs(shape, GPU_DTYPE, "cuda")
+    fn = _impl(impl, shape, km, "cuda")
+    _check(fn, q, k, v, km, shape, backward)
+    benchmark.group = f"attention {shape.name} {'fwd+bwd' if backward else 'fwd'}"
+    benchmark.extra_info.update(device=torch.cuda.get_device_name(0), dtype=str(GPU_DTYPE),
+                                flops=shape.flops(backward=backward))  # fmt: skip
+    benchmark.pedantic(_timed(fn, q, k, v, backward, "cuda"), rounds=20, warmup_rounds=3)
+    benchmark.extra_info["tflops"] = shape.flops(backward=backward) / benchmark.stats.stats.median / 1e12
+
+
+# ------------------------------------------------------------------------------------------------------------
+# CPU
+# ------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backward", [False, True], ids=["fwd", "fwd+bwd"])
+@pytest.mark.parametrize("impl", ["reference", "sdpa"])
+@pytest.mark.parametrize("shape", S.ATTN_CPU[:2], ids=lambda s: s.name)
+def test_attention_cpu(benchmark, shape: S.AttnShape, impl: str, backward: bool) -> None:  # noqa: ANN001
+    q, k, v, km = _inputs(shape, torch.float32, "cpu")
+    fn = _impl(impl, shape, km, "cpu")
+    _check(fn, q, k, v, km, shape, backward)
+    benchmark.group = f"attention-cpu {shape.name} {'fwd+bwd' if backward else 'fwd'}"
+    benchmark(_timed(fn, q, k, v, backward, "cpu"))
