@@ -22,8 +22,9 @@ position in a fixed order (samples, then frames), so there are no atomics and th
 replacement, all [MASK]) run on the device with no host round-trip: the Triton kernels draw their own random
 numbers from a seed tensor (drawn from the caller's generator on the device, never read on the host) or take the
 very keys the reference takes (``keys=``), which is how the tests compare them element for element. On CPU the
-reference is the path: a C++ version was not faster than it on this machine's CPU (see
-``benchmarks/bench_masking.py``).
+keys are drawn as the reference draws them and the C++ kernels (``csrc/text_masks.cpp``: one pass for MLM, one
+nth_element per row for SCL) replace the reference's chain of full-size ops and its two argsorts
+(``benchmarks/bench_masking.py`` times both).
 """
 
 from __future__ import annotations
@@ -36,10 +37,12 @@ import triton.language as tl
 
 from . import reference
 from ._compile import specs_from_configs
-from ._dispatch import interpreting, record, resolve
+from ._dispatch import HAS_NATIVE, interpreting, record, resolve
 
 _TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _FWD_WARPS = 8  # the row-wide rank tables of the selecting kernels: 8 warps keep them in registers without spills
+# the text-mask C++ kernels arrived after random_masking's: an extension built before them lacks the ops
+_HAS_TEXT_NATIVE = HAS_NATIVE and hasattr(torch.ops.scl, "scl_text_mask_native")
 _MAX_BLOCK = 1024  # one row's keys live in registers: P and L up to 1024 (ViT-B/16 at 512 px)
 
 
@@ -537,6 +540,9 @@ def _mlm_mask_op(
         return _mlm_mask_triton(ids, special_mask, keys, seed, p, tuple(replace), vocab_size, mask_id)
     if keys is None:
         raise ValueError(f"mlm_mask: backend {backend!r} needs keys, got None")
+    if backend == "native":
+        return torch.ops.scl.mlm_mask_native(ids, special_mask, choose, how, rand_tok, p, replace[0],
+                                             replace[0] + replace[1], mask_id)
     return reference.mlm_mask_ref(
         ids, special_mask, p=p, replace=tuple(replace), vocab_size=vocab_size, mask_id=mask_id, keys=keys
     )
@@ -562,6 +568,8 @@ def _scl_text_mask_op(
         return _scl_text_mask_triton(ids, special_mask, keys, seed, ratio, mask_id)
     if keys is None:
         raise ValueError(f"scl_text_mask: backend {backend!r} needs keys, got None")
+    if backend == "native":
+        return torch.ops.scl.scl_text_mask_native(ids, special_mask, keys, ratio, mask_id)
     return reference.scl_text_mask_ref(ids, special_mask, ratio=ratio, mask_id=mask_id, keys=keys)
 
 
@@ -711,7 +719,7 @@ def mlm_mask(
             from a seed taken from it, so it never syncs with the host.
         keys: (choose, how, rand_tok) as ``reference.mlm_mask_keys`` draws them (choose and how fp32 in [0, 1),
             rand_tok int64 in [0, vocab_size)): every backend then gives the reference's exact output.
-        backend: ``"triton"``, ``"reference"`` or None/``"auto"`` (CPU runs the reference).
+        backend: ``"triton"``, ``"native"`` (C++ CPU), ``"reference"`` or None/``"auto"`` (see ``_dispatch``).
 
     Returns:
         masked_ids (ids' shape and dtype) and labels (the original id where chosen, -100 elsewhere).
@@ -728,7 +736,7 @@ def mlm_mask(
         if len(keys) != 3 or any(k.shape != ids.shape or k.device != ids.device for k in keys):
             raise ValueError(f"{op}: keys must be three tensors of ids' shape {tuple(ids.shape)} on {ids.device}")
         keys = (keys[0].float(), keys[1].float(), keys[2].long())
-    choice = _pick_backend(op, ids.device, None, backend, has_native=False)
+    choice = _pick_backend(op, ids.device, None, backend, has_native=_HAS_TEXT_NATIVE)
     seed = None
     if keys is None:
         if choice == "triton":
@@ -763,7 +771,7 @@ def scl_text_mask(
         generator: source of the draws (ignored when ``keys`` is given).
         keys: (B, L) keys in [0, 1) (compared as fp32): the real positions with the smallest keys are masked,
             equal keys going to the lower index; every backend then gives the reference's exact output.
-        backend: ``"triton"``, ``"reference"`` or None/``"auto"`` (CPU runs the reference).
+        backend: ``"triton"``, ``"native"`` (C++ CPU), ``"reference"`` or None/``"auto"`` (see ``_dispatch``).
 
     Returns:
         masked ids, (B, L), ids' dtype.
@@ -777,7 +785,7 @@ def scl_text_mask(
             raise ValueError(f"{op}: keys must be floating, of ids' shape {tuple(ids.shape)} on {ids.device}, got "
                              f"{keys.dtype} {tuple(keys.shape)} on {keys.device}")
         keys = keys.float()
-    choice = _pick_backend(op, ids.device, None, backend, has_native=False)
+    choice = _pick_backend(op, ids.device, None, backend, has_native=_HAS_TEXT_NATIVE)
     seed = None
     if keys is None:
         if choice == "triton":

@@ -272,42 +272,51 @@ def _text_batch(b: int, length: int, vocab: int = 1000) -> tuple[torch.Tensor, t
     return ids, special
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", (torch.int64, torch.int32), ids=str)
 @pytest.mark.parametrize("b, length", [(1, 1), (3, 7), (4, 77), (2, 50)])
-def test_mlm_mask_matches_reference(poisoned, dtype, b, length):
+def test_mlm_mask_matches_reference(poisoned, backend, dtype, b, length):
     ids, special = _text_batch(b, length)
     ids = ids.to(dtype)
     keys = mlm_mask_keys(ids.shape, 1000)
     for p, replace in ((0.15, (0.8, 0.1, 0.1)), (0.5, (0.3, 0.3, 0.4)), (1.0, (0.0, 1.0, 0.0))):
         out, labels = scl_kernels.mlm_mask(ids, special, p=p, replace=replace, vocab_size=1000, mask_id=3, keys=keys,
-                                           backend="triton")
+                                           backend=backend)
         ref, ref_labels = mlm_mask_ref(ids, special, p=p, replace=replace, vocab_size=1000, mask_id=3, keys=keys)
         assert out.dtype == dtype and labels.dtype == dtype
         assert torch.equal(out, ref) and torch.equal(labels, ref_labels)
 
 
-def test_mlm_mask_reference_backend_follows_generator():
+def test_text_masks_cpu_default_is_native_and_follows_generator():
+    """On CPU the C++ kernels serve the default call and draw exactly what the reference draws."""
     ids, special = _text_batch(4, 30)
+    before = dict(_dispatch.calls)
     out = scl_kernels.mlm_mask(ids, special, vocab_size=500, mask_id=3, generator=torch.Generator().manual_seed(3))
     ref = mlm_mask_ref(ids, special, vocab_size=500, mask_id=3, generator=torch.Generator().manual_seed(3))
     assert torch.equal(out[0], ref[0]) and torch.equal(out[1], ref[1])
-    assert _dispatch.calls[("mlm_mask", "reference")] > 0
+    out = scl_kernels.scl_text_mask(ids, special, mask_id=3, generator=torch.Generator().manual_seed(4))
+    ref = scl_text_mask_ref(ids, special, mask_id=3, generator=torch.Generator().manual_seed(4))
+    assert torch.equal(out, ref)
+    for op in ("mlm_mask", "scl_text_mask"):
+        assert _dispatch.calls[(op, "native")] == before.get((op, "native"), 0) + 1
+        assert _dispatch.calls[(op, "reference")] == before.get((op, "reference"), 0)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", (torch.int64, torch.int32), ids=str)
 @pytest.mark.parametrize("b, length", [(1, 1), (3, 7), (5, 77), (4, 50)])
-def test_scl_text_mask_matches_reference(poisoned, dtype, b, length):
+def test_scl_text_mask_matches_reference(poisoned, backend, dtype, b, length):
     ids, special = _text_batch(b, length)
     ids = ids.to(dtype)
     keys = (torch.rand(b, length) * 8).floor() / 8  # 8 distinct values: many ties, the lower index wins
     for ratio in (0.4, 0.5, 0.15, 1.0, 0.0):
-        out = scl_kernels.scl_text_mask(ids, special, ratio=ratio, mask_id=3, keys=keys, backend="triton")
+        out = scl_kernels.scl_text_mask(ids, special, ratio=ratio, mask_id=3, keys=keys, backend=backend)
         ref = scl_text_mask_ref(ids, special, ratio=ratio, mask_id=3, keys=keys)
         assert out.dtype == dtype
         assert torch.equal(out, ref), f"ratio {ratio}"
 
 
-@pytest.mark.parametrize("backend", ("reference", "triton"))
+@pytest.mark.parametrize("backend", ("reference", *BACKENDS))
 def test_text_masks_no_host_sync(monkeypatch: pytest.MonkeyPatch, backend):
     """The generator-driven path reads nothing back to the host: .item() / .tolist() are never called."""
     ids, special = _text_batch(3, 20)
@@ -344,5 +353,5 @@ def test_text_masks_bad_input():
         scl_kernels.scl_text_mask(ids.flatten(), special.flatten(), mask_id=3)
     with pytest.raises(ValueError, match="keys"):
         scl_kernels.scl_text_mask(ids, special, mask_id=3, keys=torch.rand(2, 9))
-    with pytest.raises(ValueError, match="no native"):
-        scl_kernels.scl_text_mask(ids, special, mask_id=3, backend="native")
+    with pytest.raises(ValueError, match="backend"):
+        scl_kernels.scl_text_mask(ids, special, mask_id=3, backend="gpu")

@@ -22,8 +22,9 @@ BACKENDS = ("reference", "native", "triton")
 
 
 def _rows(backend: str, n: int) -> int:
-    """The interpreter runs one program (one row) at ~0.05-0.1 s: Triton gets a tenth of the rows on CPU."""
-    return n // 10 if backend == "triton" and not torch.cuda.is_available() else n
+    """The interpreter runs one program (one row) at ~0.05-0.1 s: Triton gets 1/13 of the rows on CPU (each test
+    still expects >= 14 draws per chi-square cell)."""
+    return n // 13 if backend == "triton" and not torch.cuda.is_available() else n
 
 
 def _position_codes(b: int, frames: int, p: int) -> torch.Tensor:
@@ -81,7 +82,7 @@ def _text_batch(b: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
     return ids, special
 
 
-@pytest.mark.parametrize("backend", ("reference", "triton"))
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_mlm_mask_statistics(backend):
     b, length, p, vocab, mask_id = 256, 96, 0.15, 30000, 4
     ids, special = _text_batch(b, length)
@@ -111,7 +112,7 @@ def test_mlm_mask_statistics(backend):
     assert stats.chisquare(halves).pvalue > ALPHA, halves
 
 
-@pytest.mark.parametrize("backend", ("reference", "triton"))
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_scl_text_mask_statistics(backend):
     b, length, ratio, mask_id = _rows(backend, 1000), 40, 0.4, 4
     ids, special = _text_batch(b, length)
