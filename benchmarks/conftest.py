@@ -18,12 +18,23 @@ import torch
 NO_CUDA_REASON = "no CUDA device"
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--bench-threads", type=int, default=None,
+        help="torch intra-op threads for CPU benchmarks (default: torch's). On a shared, busy machine 1 is far "
+             "steadier: two OpenMP threads competing with other processes were measured 15x slower.",
+    )
+
+
 def pytest_configure(config: pytest.Config) -> None:
     # pyproject's addopts carry --benchmark-disable so that `pytest tests/` never times anything; pytest-benchmark
     # refuses --benchmark-only together with it. Its own pytest_configure is trylast, so flipping the enable
     # switch here (before it builds its session) lets an explicit --benchmark-only win.
     if config.getoption("benchmark_only", default=False):
         config.option.benchmark_enable = True
+    threads = config.getoption("bench_threads", default=None)
+    if threads:
+        torch.set_num_threads(threads)
     config.addinivalue_line("markers", "gpu: needs a CUDA GPU (skipped with the reason 'no CUDA device' without)")
     config.addinivalue_line("markers", "cuda: same as gpu")
 
