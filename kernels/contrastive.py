@@ -362,13 +362,14 @@ _BWD_GPU_CONFIGS = [
 ]
 
 _fwd_tuned = triton.autotune(
-    configs=_configs(_FWD_GPU_CONFIGS, triton.Config({"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 64})),
+    # interpreter: 64-wide tiles (N = 127 still spans two, the second ragged); each program costs NumPy overhead
+    configs=_configs(_FWD_GPU_CONFIGS, triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 128})),
     key=["D"],
     prune_configs_by={"early_config_prune": _prune_by_d},
 )(_info_nce_fwd_kernel)
 
 _bwd_tuned = triton.autotune(
-    configs=_configs(_BWD_GPU_CONFIGS, triton.Config({"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 64, "BLOCK_DO": 256})),
+    configs=_configs(_BWD_GPU_CONFIGS, triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 128, "BLOCK_DO": 256})),
     key=["D"],
     prune_configs_by={"early_config_prune": _prune_by_d},
 )(_info_nce_bwd_kernel)

@@ -92,7 +92,7 @@ def test_info_nce_detach_b(backend: str, symmetric: bool) -> None:
     """detach_b: b gets no gradient at all (None); a and T still match the stop-gradient reference."""
     if backend == "native" and not _dispatch.HAS_NATIVE:
         pytest.skip("scl_kernels._C is not built")
-    _check_info_nce(backend, 37, 48, torch.float32, 0.03, symmetric, detach_b=True)
+    _check_info_nce(backend, 37, 200, torch.float32, 0.03, symmetric, detach_b=True)  # D: 2 K-blocks, ragged
 
 
 @pytest.mark.skipif(not _dispatch.HAS_NATIVE, reason="scl_kernels._C is not built")
