@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import inspect
 from collections.abc import Callable, Iterator
-from contextvars import ContextVar
 from typing import Any
 
 import torch
@@ -19,23 +18,26 @@ import torch.distributed as dist
 import scl_kernels
 from scl_kernels import reference
 
-_force_reference: ContextVar[bool] = ContextVar("scl_fast_reference_ops", default=False)
+# A plain module flag, not a ContextVar: torch.compile cannot trace ContextVar.get (a graph break per op call)
+# but guards on a global it reads.
+_FORCE_REFERENCE = False
 
 
 @contextlib.contextmanager
 def reference_ops() -> Iterator[None]:
     """Run every op of the model through its plain PyTorch reference inside the block (pure autograd, any dtype):
     the oracle path of the schedule tests and the "reference losses" side of the step benchmark."""
-    token = _force_reference.set(True)
+    global _FORCE_REFERENCE
+    before, _FORCE_REFERENCE = _FORCE_REFERENCE, True
     try:
         yield
     finally:
-        _force_reference.reset(token)
+        _FORCE_REFERENCE = before
 
 
 def _op(name: str) -> Callable[..., Any]:
     """``scl_kernels.<name>`` if it exists, else ``scl_kernels.reference.<name>_ref`` (same arguments)."""
-    fn = None if _force_reference.get() else getattr(scl_kernels, name, None)
+    fn = None if _FORCE_REFERENCE else getattr(scl_kernels, name, None)
     return fn if fn is not None else getattr(reference, f"{name}_ref")
 
 
@@ -70,7 +72,7 @@ def random_masking(x: torch.Tensor, noise: torch.Tensor, keep: int, *, frames: i
     The caller owns the random keys (so two schedules can use the same subset); the fused kernel is used when
     it accepts caller-given keys, otherwise the reference (an argsort and a gather: cheap next to a ViT).
     """
-    fn = None if _force_reference.get() else getattr(scl_kernels, "random_masking", None)
+    fn = None if _FORCE_REFERENCE else getattr(scl_kernels, "random_masking", None)
     if fn is not None and "noise" in inspect.signature(fn).parameters:
         kept, _ = fn(x, keep / noise.shape[1], frames=frames, pos=pos, noise=noise)
     else:
@@ -98,7 +100,7 @@ class _AllGather(torch.autograd.Function):
 
 def all_gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     """Concatenate ``x`` (N, D) over ranks with a correct gradient; identity on one process."""
-    fn = None if _force_reference.get() else getattr(scl_kernels, "all_gather_with_grad", None)
+    fn = None if _FORCE_REFERENCE else getattr(scl_kernels, "all_gather_with_grad", None)
     if fn is not None:
         return fn(x)
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
