@@ -9,9 +9,8 @@ CPU cases
   SCL's masked-vision pass of the paper preset: B = 256, P = 324 (288 px, /16), D = 768, keep 0.2, F = 1; the
   goal is at most 0.7x the reference's time (``test_random_masking_cpu_goal`` measures both back to back and
   asserts it).
-- ``mlm_mask`` / ``scl_text_mask``: the CPU path is whatever ``backend=None`` picks (the C++ kernels when built,
-  see ``scl_kernels.masking``), against the reference, both given the same keys; the key draws are timed
-  separately (``keys``), since both paths pay them.
+- ``mlm_mask`` / ``scl_text_mask``: the C++ kernels (``backend="native"``, the CPU default) against the
+  reference, both given the same keys; the key draws are timed separately (``keys``), since both paths pay them.
 
 GPU cases (Triton against the reference, ``MASKING_GPU`` / ``TEXTMASK_GPU`` shapes) skip without CUDA.
 
@@ -155,7 +154,7 @@ TEXT_CPU = S.TEXTMASK_CPU
 
 
 @pytest.mark.benchmark(group="mlm_mask_cpu")
-@pytest.mark.parametrize("impl", ["default", "reference", "keys"])
+@pytest.mark.parametrize("impl", ["native", "reference", "keys"])
 @pytest.mark.parametrize("shape", TEXT_CPU, ids=S.ids(TEXT_CPU))
 def test_mlm_mask_cpu(benchmark, impl: str, shape: S.TextMaskShape) -> None:
     import scl_kernels
@@ -168,13 +167,13 @@ def test_mlm_mask_cpu(benchmark, impl: str, shape: S.TextMaskShape) -> None:
     if impl == "keys":  # what both paths pay first when driven by a generator
         benchmark(mlm_mask_keys, ids.shape, shape.vocab_size, generator=g)
         return
-    fn = scl_kernels.mlm_mask if impl == "default" else mlm_mask_ref
+    fn = (lambda *a, **k: scl_kernels.mlm_mask(*a, backend="native", **k)) if impl == "native" else mlm_mask_ref
     out = benchmark(fn, ids, special, **kw)
     assert torch.equal(out[0], ref[0]) and torch.equal(out[1], ref[1])
 
 
 @pytest.mark.benchmark(group="scl_text_mask_cpu")
-@pytest.mark.parametrize("impl", ["default", "reference"])
+@pytest.mark.parametrize("impl", ["native", "reference"])
 @pytest.mark.parametrize("shape", TEXT_CPU, ids=S.ids(TEXT_CPU))
 def test_scl_text_mask_cpu(benchmark, impl: str, shape: S.TextMaskShape) -> None:
     import scl_kernels
@@ -183,7 +182,8 @@ def test_scl_text_mask_cpu(benchmark, impl: str, shape: S.TextMaskShape) -> None
     ids, special, g = _text_inputs(shape)
     keys = torch.rand(ids.shape, generator=g)
     ref = scl_text_mask_ref(ids, special, mask_id=4, keys=keys)
-    fn = scl_kernels.scl_text_mask if impl == "default" else scl_text_mask_ref
+    fn = (lambda *a, **k: scl_kernels.scl_text_mask(*a, backend="native", **k)) if impl == "native" else (
+        scl_text_mask_ref)
     out = benchmark(fn, ids, special, mask_id=4, keys=keys)
     assert torch.equal(out, ref)
 
