@@ -28,6 +28,7 @@ import re
 import resource
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -101,9 +102,10 @@ def _status_kib(key: str) -> int:
     return int(re.search(rf"^{key}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M).group(1))
 
 
-def measure_peak(backend: str, n: int, dim: int) -> dict[str, float | str]:
+def measure_peak(backend: str, n: int, dim: int, threads: int | None = None) -> dict[str, float | str]:
     """Resident memory one fwd+bwd adds, in MiB, measured in *this* process (run it in a fresh one)."""
-    torch.set_num_threads(torch.get_num_threads())
+    if threads:
+        torch.set_num_threads(threads)
     fn = _impl(backend)
     _fwd_bwd(fn, *_inputs(256, dim))  # warm-up: thread pools, BLAS buffers, lazy imports
     a, b, t = _inputs(n, dim)
@@ -126,7 +128,7 @@ def measure_peak(backend: str, n: int, dim: int) -> dict[str, float | str]:
 def _peak_in_subprocess(backend: str, n: int, dim: int) -> dict[str, float | str]:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     cmd = [sys.executable, "-m", "benchmarks.bench_contrastive", "--peak-memory", "--backend", backend,
-           "--n", str(n), "--dim", str(dim)]  # fmt: skip
+           "--n", str(n), "--dim", str(dim), "--threads", str(torch.get_num_threads())]  # fmt: skip
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=900)
     if proc.returncode != 0:
         raise RuntimeError(f"peak-memory subprocess failed: {proc.stderr[-2000:]}")
@@ -155,10 +157,15 @@ def test_info_nce_cpu(benchmark, shape: S.InfoNCEShape, backend: str) -> None:
     rounds = 3 if shape.n >= 4096 else 10
     out = benchmark.pedantic(lambda: _fwd_bwd(fn, a, b, t), rounds=rounds, iterations=1, warmup_rounds=1)
     errs = _check(out, _fp64_reference(shape.n, shape.dim), RTOL[torch.float32])
+    # CPU seconds of one more fwd+bwd (all threads): steadier than wall time on a shared machine
+    start = time.process_time()
+    _fwd_bwd(fn, a, b, t)
+    cpu_s = time.process_time() - start
     benchmark.extra_info.update(
         shape=shape.name, n=shape.n, dim=shape.dim, backend=backend, threads=torch.get_num_threads(),
-        gflops=shape.flops(backward=True) / 1e9, **{f"rel_err_{k}": v for k, v in errs.items()},
+        gflops=shape.flops(backward=True) / 1e9, cpu_s=cpu_s, **{f"rel_err_{k}": v for k, v in errs.items()},
     )  # fmt: skip
+    print(f"\n{shape.name} {backend}: cpu {cpu_s:.3f} s per fwd+bwd, {torch.get_num_threads()} threads")
 
 
 @pytest.mark.parametrize("shape", CPU_SHAPES, ids=lambda s: s.name)
@@ -214,8 +221,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--backend", choices=["native", "reference"], required=True)
     parser.add_argument("--n", type=int, default=HEADLINE.n)
     parser.add_argument("--dim", type=int, default=HEADLINE.dim)
+    parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
-    print(json.dumps(measure_peak(args.backend, args.n, args.dim)))
+    print(json.dumps(measure_peak(args.backend, args.n, args.dim, args.threads)))
 
 
 if __name__ == "__main__":
