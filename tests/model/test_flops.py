@@ -8,7 +8,7 @@ import pytest
 
 from scl_fast import flops
 from scl_fast.model.config import model_preset
-from tests.model import one_thread  # noqa: F401 (autouse fixture)
+from tests.model import one_thread, tiny_config  # noqa: F401 (autouse fixture)
 
 
 def test_demo_ratio_and_parts() -> None:
@@ -29,9 +29,13 @@ def test_demo_ratio_and_parts() -> None:
     assert fused["forward"]["vision"] < 0.5 * naive["forward"]["vision"]
 
 
-def test_rejects_batch_one() -> None:
+def test_one_schedule_and_errors() -> None:
+    one = flops.count_step_flops(tiny_config(), batch=2, frames=1, length=8, schedules=["fused"])
+    assert set(one) == {"fused"} and one["fused"]["step"] > 0
     with pytest.raises(ValueError, match="batch must be >= 2"):
         flops.count_step_flops(model_preset("demo"), batch=1)
+    with pytest.raises(ValueError, match="schedules"):
+        flops.count_step_flops(model_preset("demo"), batch=2, schedules=["fast"])
 
 
 @pytest.mark.slow
