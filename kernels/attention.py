@@ -824,8 +824,10 @@ def _masked_attention_op(
 
 @_masked_attention_op.register_fake
 def _(q, k, v, key_mask, attn_mask, frames, scale, backend):  # noqa: ANN001, ANN202
-    lse_shape = q.shape[:3] if backend == "triton" else (0,)
-    return torch.empty_like(q), q.new_empty(lse_shape, dtype=torch.float32)
+    # layouts as the real backends give them: triton copies q's strides, the reference returns contiguous tensors
+    if backend == "triton":
+        return torch.empty_like(q), q.new_empty(q.shape[:3], dtype=torch.float32)
+    return q.new_empty(q.shape), q.new_empty(0, dtype=torch.float32)
 
 
 @torch.library.custom_op("scl::masked_attention_backward", mutates_args=())
@@ -850,7 +852,9 @@ def _masked_attention_backward_op(
 
 @_masked_attention_backward_op.register_fake
 def _(dout, q, k, v, out, lse, key_mask, attn_mask, frames, scale, backend):  # noqa: ANN001, ANN202
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    if backend == "triton":
+        return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 
 def _setup_context(ctx, inputs, output) -> None:  # noqa: ANN001

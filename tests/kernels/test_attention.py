@@ -65,6 +65,8 @@ CASES = [
     Case(1, 1, 7, 325, 128, F16, attn_mask="keys"),  # cross, broadcast over query rows
     Case(2, 1, 77, 197, 64, F32, key_mask=True, attn_mask="2d"),
     Case(1, 1, 77, 77, 32, F16, attn_mask="rows-empty"),
+    Case(1, 1, 33, 20, 48, F32, key_mask=True),  # D not a power of two: padded to 64 by masked loads
+    Case(1, 1, 9, 9, 8, F16),  # D below tl.dot's 16: padded to 16
 ]
 
 
@@ -378,3 +380,14 @@ def test_reference_backend_backward_matches_autograd() -> None:
     assert_close(out, ref, rtol=1e-12, name="out")
     for name, got, want in zip(("dq", "dk", "dv"), grads, ref_grads, strict=True):
         assert_close(got, want, rtol=1e-10, name=name)
+
+
+@pytest.mark.slow  # dynamo traces the op several times: ~15-25 s on a busy 2-core machine
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_opcheck(backend: str) -> None:
+    """torch.library's own checks of the op: schema, fake (meta) outputs matching real ones in shape and strides,
+    autograd registration, and AOT dispatch with dynamic shapes (what torch.compile relies on)."""
+    q = torch.randn(1, 7, 2, 32).transpose(1, 2).requires_grad_(True)  # (B, H, L, D) view of a (B, L, H, D) tensor
+    k, v = (torch.randn(1, 2, 5, 32, requires_grad=True) for _ in range(2))
+    km = torch.rand(1, 5) > 0.3
+    torch.library.opcheck(torch.ops.scl.masked_attention.default, (q, k, v, km, None, None, 0.17, backend))
