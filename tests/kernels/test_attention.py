@@ -391,3 +391,21 @@ def test_opcheck(backend: str) -> None:
     k, v = (torch.randn(1, 2, 5, 32, requires_grad=True) for _ in range(2))
     km = torch.rand(1, 5) > 0.3
     torch.library.opcheck(torch.ops.scl.masked_attention.default, (q, k, v, km, None, None, 0.17, backend))
+
+
+def test_gpu_config_pruning() -> None:
+    """The autotuner's pruning (GPU only, so exercised here directly): never empty, keeps tiles that fit shared
+    memory and registers, and drops 128-row tiles for 50-token text."""
+    for kind, configs in (("fwd", attn_mod.FWD_CONFIGS), ("dkdv", attn_mod.DKDV_CONFIGS), ("dq", attn_mod.DQ_CONFIGS)):
+        prune = attn_mod._make_prune(kind)
+        for dtype, d in ((torch.bfloat16, 64), (torch.float16, 128), (torch.float32, 128), (torch.float32, 32)):
+            q = torch.empty(0, dtype=dtype)
+            long_ = prune(configs, {"Q_ptr": q, "Lq": 4096, "Lk": 4096}, BLOCK_D=attn_mod._block_d(d))
+            assert long_, (kind, dtype, d)
+            for c in long_[:-1] if len(long_) > 1 else []:
+                assert attn_mod._smem_estimate(c, kind, attn_mod._block_d(d), q.element_size()) <= 160 * 1024
+            short = prune(configs, {"Q_ptr": q, "Lq": 50, "Lk": 50}, BLOCK_D=attn_mod._block_d(d))
+            assert short and all(c.kwargs["BLOCK_M"] <= 64 and c.kwargs["BLOCK_N"] <= 64 for c in short), short
+    # the production case keeps several candidates to tune over
+    bf16 = torch.empty(0, dtype=torch.bfloat16)
+    assert len(attn_mod._make_prune("fwd")(attn_mod.FWD_CONFIGS, {"Q_ptr": bf16, "Lq": 325, "Lk": 325}, BLOCK_D=64)) > 2
