@@ -355,3 +355,15 @@ def test_text_masks_bad_input():
         scl_kernels.scl_text_mask(ids, special, mask_id=3, keys=torch.rand(2, 9))
     with pytest.raises(ValueError, match="backend"):
         scl_kernels.scl_text_mask(ids, special, mask_id=3, backend="gpu")
+
+
+def test_compile_specs_cover_every_kernel():
+    """tests/kernels/test_compile.py compiles COMPILE_SPECS for sm_80/sm_90: every launched kernel must be there."""
+    from scl_kernels import masking
+    from scl_kernels._compile import collect_specs
+
+    specs = collect_specs(["scl_kernels.masking"])
+    covered = {s.kernel for s in specs}
+    kernels = [getattr(masking, n) for n in dir(masking) if n.startswith("_") and n.endswith("_kernel")]
+    assert kernels and all(k in covered for k in kernels)
+    assert sum(s.default for s in specs) >= len(kernels)
