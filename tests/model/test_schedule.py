@@ -8,14 +8,16 @@ summation orders, far below the tolerances of the issue (losses 1e-5, gradients 
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
 
 from scl_fast.model.attention import set_attn_backend
 from scl_fast.model.ops import reference_ops
-from scl_fast.model.scl import LOSS_NAMES, SCLModel
+from scl_fast.model.scl import LOSS_NAMES, SCLModel, StepInputs
 from tests.model import one_thread, tiny_batch, tiny_config  # noqa: F401 (autouse fixture)
 from tests.utils import rel_err
 
@@ -183,3 +185,64 @@ def test_scl_vision_gradient_reaches_the_vision_encoder() -> None:
     norms = [0.0 if g is None else g.norm().item() for g in grads]
     assert all(n > 1e-8 for n in norms), f"vision parameters without SCL-vision gradient: {norms}"
     assert torch.isfinite(out.loss)
+
+
+def _rank_step(rank: int, world: int, init: str, out_dir: str) -> None:
+    """One rank of ``test_two_ranks_equal_one_process``: half the batch, ITC + SCL, gradients averaged as DDP
+    does, written to ``out_dir``."""
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        model, batch, steps = _two_rank_setup()
+        n = batch[0].shape[0] // world
+        rows = slice(rank * n, (rank + 1) * n)
+        local = _slice_steps(steps, rows)
+        with reference_ops():
+            out = model(*(t[rows] for t in batch), step_inputs=local)
+            out.loss.backward()
+        grads = {k: p.grad for k, p in model.named_parameters() if p.grad is not None}
+        for g in grads.values():
+            dist.all_reduce(g)
+            g /= world  # DDP's average
+        torch.save({"grads": grads, "losses": out.losses}, f"{out_dir}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def _two_rank_setup() -> tuple[SCLModel, tuple[torch.Tensor, ...], StepInputs]:
+    cfg = tiny_config(itm_weight=0.0, mlm_weight=0.0)
+    torch.manual_seed(3)
+    model = SCLModel(cfg).double()
+    batch = tiny_batch(cfg, batch=6, frames=2, dtype=torch.float64, seed=5)
+    steps = model.draw_step_inputs(*batch, generator=torch.Generator().manual_seed(9))
+    return model, batch, steps
+
+
+def _slice_steps(steps: StepInputs, rows: slice) -> StepInputs:
+    """The per-row randomness of a step (text masks, patch keys) for a slice of the batch."""
+    return dataclasses.replace(steps, scl_ids=steps.scl_ids[rows], patch_noise=steps.patch_noise[rows],
+                               mlm_ids=steps.mlm_ids[rows])
+
+
+def test_two_ranks_equal_one_process(tmp_path: Path) -> None:
+    """Fix 2: ITC and SCL on 2 gloo ranks of B/2 pairs (features all-gathered, gradient summed over ranks, then
+    DDP-averaged) give the losses and gradients of one process on all B pairs."""
+    import torch.multiprocessing as mp
+
+    # fork: the children inherit the imported modules (spawn re-imports torch: ~30 s on a loaded 2-core box)
+    init = f"file://{tmp_path / 'rendezvous'}"
+    mp.start_processes(_rank_step, args=(2, init, str(tmp_path)), nprocs=2, join=True, start_method="fork")
+    model, batch, steps = _two_rank_setup()
+    with reference_ops():
+        ref = _step(model, batch, steps, "fused")
+    for rank in range(2):
+        got = torch.load(tmp_path / f"rank{rank}.pt")
+        for k in ("itc", "scl"):
+            assert rel_err(got["losses"][k], ref[0][k]) < 1e-10, (rank, k)
+        assert got["grads"].keys() == ref[1].keys()
+        for name, g in ref[1].items():
+            if name.endswith("key.bias"):
+                continue
+            assert rel_err(got["grads"][name], g) < 1e-8, f"rank {rank}: gradient of {name}"
