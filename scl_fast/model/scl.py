@@ -168,7 +168,8 @@ class SCLModel(nn.Module):
             input_ids: (B, L) int64.
             attention_mask: (B, L) bool, True = real token.
             special_mask: (B, L) bool, True = special or padding token (never masked).
-            generator: source of the step's randomness (``draw_step_inputs``), global RNG when None.
+            generator: source of the step's randomness (``draw_step_inputs``), global RNG when None; it must
+                live on the inputs' device (a CUDA generator for CUDA inputs).
             schedule: "fused" or "naive"; None = ``cfg.schedule``.
             step_inputs: the step's randomness, drawn beforehand (then ``generator`` is unused): how two schedules
                 are given the very same step.
