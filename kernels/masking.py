@@ -29,6 +29,7 @@ nth_element per row for SCL) replace the reference's chain of full-size ops and 
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -285,8 +286,8 @@ def _scl_text_mask_kernel(
     KEYS_ptr,  # (B, L) fp32 keys, read when HAS_KEYS
     SEED_ptr,  # (1,) int64 philox seed, read when not HAS_KEYS
     OUT_ptr,  # (B, L) out
+    RATIO_ptr,  # (1,) float64
     L,
-    ratio,
     mask_id,
     HAS_KEYS: tl.constexpr,
     BLOCK_L: tl.constexpr,
@@ -306,8 +307,8 @@ def _scl_text_mask_kernel(
                                 j_ok)
         rank += tl.sum((packed_j[None, :] < packed[:, None]).to(tl.int32), 1)
     n_real = tl.sum(real.to(tl.int32), 0)
-    # round half to even, as torch.round: only exact .5 products (e.g. ratio 0.5) take the even branch
-    x = n_real.to(tl.float32) * ratio
+    # in float64 as the reference (0.7 * 5 is 3.5 there but 3.4999998 in fp32), rounded half to even
+    x = n_real.to(tl.float64) * tl.load(RATIO_ptr)
     count = tl.floor(x + 0.5)
     count = tl.where((count - x == 0.5) & (count % 2.0 == 1.0), count - 1.0, count)
     count = tl.minimum(tl.maximum(count.to(tl.int32), 1), n_real)
@@ -338,6 +339,12 @@ def _block_j(block_p: int) -> int:
 
 def _block_rows(n: int) -> int:
     return min(32 if interpreting() else 16, _pow2(n))
+
+
+@functools.lru_cache(maxsize=16)
+def _ratio_tensor(ratio: float, device: torch.device) -> torch.Tensor:
+    """The SCL ratio as a (1,) float64 device tensor (Triton passes Python floats as fp32), made once per value."""
+    return torch.tensor([ratio], dtype=torch.float64, device=device)
 
 
 def _random_masking_fwd_triton(
@@ -426,8 +433,8 @@ def _scl_text_mask_triton(
         return out
     _scl_text_mask_kernel[(b,)](
         ids_c, special_c, keys.contiguous() if keys is not None else ids_c, seed if seed is not None else ids_c, out,
-        length, ratio, mask_id, HAS_KEYS=keys is not None, BLOCK_L=_pow2(length), BLOCK_J=_block_j(_pow2(length)),
-        num_warps=_FWD_WARPS,
+        _ratio_tensor(ratio, ids.device), length, mask_id,
+        HAS_KEYS=keys is not None, BLOCK_L=_pow2(length), BLOCK_J=_block_j(_pow2(length)), num_warps=_FWD_WARPS,
     )  # fmt: skip
     return out
 
@@ -846,7 +853,7 @@ def _compile_specs() -> list:
         specs += specs_from_configs(
             _scl_text_mask_kernel, f"masking.scl_text_mask/{tag}",
             {"IDS_ptr": f"*{it}", "SPECIAL_ptr": "*i1", "KEYS_ptr": "*fp32", "SEED_ptr": "*i64",
-             "OUT_ptr": f"*{it}", "ratio": "fp32"},
+             "OUT_ptr": f"*{it}", "RATIO_ptr": "*fp64"},
             {"HAS_KEYS": has_keys, "BLOCK_L": length, "BLOCK_J": max(2, min(32, 4096 // length))},
             num_warps=_FWD_WARPS, default=length == 64,
         )  # fmt: skip
