@@ -367,3 +367,16 @@ def test_compile_specs_cover_every_kernel():
     kernels = [getattr(masking, n) for n in dir(masking) if n.startswith("_") and n.endswith("_kernel")]
     assert kernels and all(k in covered for k in kernels)
     assert sum(s.default for s in specs) >= len(kernels)
+
+
+@pytest.mark.parametrize("backend", ("reference", *BACKENDS))
+def test_text_mask_opcheck(backend):
+    """Schema and fake-tensor registration of the two text-mask ops (no autograd: integer outputs)."""
+    ids, special = _text_batch(3, 9)
+    choose, how, rand_tok = mlm_mask_keys(ids.shape, 50)
+    utils = ("test_schema", "test_faketensor")
+    torch.library.opcheck(torch.ops.scl.mlm_mask.default,
+                          (ids, special, choose, how, rand_tok, None, 0.3, [0.8, 0.1, 0.1], 50, 3, backend),
+                          test_utils=utils)
+    torch.library.opcheck(torch.ops.scl.scl_text_mask.default,
+                          (ids, special, torch.rand(3, 9), None, 0.4, 3, backend), test_utils=utils)
