@@ -339,6 +339,7 @@ class Trainer:
         tc = self.cfg.train
         accum = tc.grad_accum
         batches: Iterator = iter(self.loader)
+        self._batches = batches
         window: dict[str, torch.Tensor] = {}
         win_steps = win_samples = win_tokens = 0
         win_wait = win_time = win_flops = 0.0
@@ -539,6 +540,10 @@ class Trainer:
         logger = getattr(self, "logger", None)
         if logger is not None:
             logger.close()
+        batches = getattr(self, "_batches", None)
+        if batches is not None:  # stop the loader's workers now: left to a destructor at exit it can hang (gloo)
+            batches.close()
+            self._batches = None
         dist_util.close_distributed()
 
 

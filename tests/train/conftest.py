@@ -26,3 +26,10 @@ def short_run_args(cache: Path, run_dir: Path, *, steps: int = 6, batch: int = 8
     return ["--train.steps", str(steps), "--train.run_dir", str(run_dir), "--train.log_every", "2",
             "--data.cache_dir", str(cache), "--data.batch_size", str(batch), "--data.num_workers", "1",
             "--data.shuffle_buffer", "16", *SMALL_CORPUS, *(extra or [])]
+
+
+# A much smaller SCLModel than the demo preset, for subprocess tests whose subject is the loop, not the model.
+TINY_MODEL = ["--model.vision.width", "32", "--model.vision.layers", "1", "--model.vision.heads", "2",
+              "--model.text.width", "32", "--model.text.layers", "1", "--model.text.heads", "2",
+              "--model.text.intermediate", "64", "--model.fusion.width", "32", "--model.fusion.layers", "1",
+              "--model.fusion.heads", "2", "--model.fusion.intermediate", "64", "--model.loss.itc_dim", "32"]

@@ -1,0 +1,67 @@
+"""A run SIGKILLed after a checkpoint and resumed with ``--train.resume auto`` ends with the same weights as a run
+that was never interrupted (CPU, deterministic mode, the real model at a tiny size)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from scl_fast import checkpoint as ckpt
+
+from .conftest import TINY_MODEL, short_run_args
+
+ROOT = Path(__file__).resolve().parents[2]
+STEPS = 10
+
+
+def _cmd(cache: Path, run: Path, *extra: str) -> list[str]:
+    args = short_run_args(cache, run, steps=STEPS, batch=4, extra=[
+        *TINY_MODEL, "--train.deterministic", "true", "--train.ckpt_every", "2", "--train.keep_ckpts", "20", *extra])
+    return [sys.executable, "-m", "scl_fast.train", *args]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_gives_the_same_weights(demo_cache: Path, tmp_path: Path) -> None:
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    subprocess.run(_cmd(demo_cache, full), check=True, env=_env(), cwd=tmp_path, timeout=300,
+                   stdout=subprocess.DEVNULL)
+
+    proc = subprocess.Popen(_cmd(demo_cache, cut), env=_env(), cwd=tmp_path, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 240
+        while not ckpt.list_checkpoints(cut) and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.02)
+        os.kill(proc.pid, signal.SIGKILL)
+        assert proc.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    steps_done = [s for s, _ in ckpt.list_checkpoints(cut)]
+    assert steps_done and steps_done[-1] < STEPS, steps_done  # killed mid-run, after at least one checkpoint
+    assert not (cut / "summary.json").exists()
+
+    resumed = subprocess.run(_cmd(demo_cache, cut, "--train.resume", "auto"), env=_env(), cwd=tmp_path,
+                             timeout=300, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resumed from {ckpt.checkpoint_path(cut, steps_done[-1])}" in resumed.stdout
+    a = ckpt.load_weights(ckpt.checkpoint_path(full, STEPS))
+    b = ckpt.load_weights(ckpt.checkpoint_path(cut, STEPS))
+    assert set(a) == set(b)
+    for name in a:
+        assert torch.equal(a[name], b[name]), f"{name}: max diff {(a[name] - b[name]).abs().max()}"
+    state_a = ckpt.load_train_state(ckpt.checkpoint_path(full, STEPS))
+    state_b = ckpt.load_train_state(ckpt.checkpoint_path(cut, STEPS))
+    assert state_a["counters"]["samples"] == state_b["counters"]["samples"] == STEPS * 4
+    assert state_a["ranks"][0]["data"]["positions"] == state_b["ranks"][0]["data"]["positions"]
