@@ -143,8 +143,12 @@ def plot(data: dict[str, Any], path: str | Path) -> bool:
         ax.barh(range(len(rows)), medians, color=colors)
         ax.set_yticks(range(len(rows)), names, fontsize=7)
         ax.invert_yaxis()
-        if min(medians) > 0:
+        lo, hi = min(medians), max(medians)
+        if lo > 0 and hi / lo > 30:  # wide range: log axis, starting below the shortest bar so it stays visible
             ax.set_xscale("log")
+            ax.set_xlim(lo / 3, hi * 1.5)
+        else:
+            ax.set_xlim(0, hi * 1.05)
         ax.set_title(group, fontsize=9)
         ax.set_xlabel("median ms per call (grey = baseline)", fontsize=8)
     fig.tight_layout()
