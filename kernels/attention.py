@@ -21,9 +21,9 @@ forward divides by a guarded ``l_i``, so they return zeros and zero gradients, n
 Head dims that are not a power of two (or below 16, ``tl.dot``'s minimum) are padded inside the kernel by
 masked loads up to ``BLOCK_D``; nothing is copied. D > 128 is refused: the per-program tiles would spill.
 
-Dropout on the attention probabilities is not fused: ``dropout_p > 0`` raises NotImplementedError on the
-triton backend (the model's dispatch point falls back to sdpa/eager when attention dropout is on) and runs the
-plain PyTorch reference on the reference backend.
+Dropout on the attention probabilities is fused (FA2's scheme): the keep mask comes from Philox on (seed, batch *
+heads + head) at counter q * Lk + k, regenerated tile by tile in both backward passes, never stored; the seed is
+drawn per call from torch's CPU generator. ``dropout_keep_mask`` writes the same mask out (tests compare with it).
 """
 
 from __future__ import annotations
@@ -112,6 +112,20 @@ def _visible(
 
 
 @triton.jit
+def _dropout_keep(seed, bh, offs_q, offs_k, Lk, dropout_p, KEY_MAJOR: tl.constexpr):
+    """Which probabilities of a tile survive dropout: Philox on (seed, (b, h)) at counter q * Lk + k, so the
+    forward and both backward passes (and ``dropout_keep_mask``) draw the very same mask without storing it."""
+    if KEY_MAJOR:
+        offset = offs_q[None, :] * Lk + offs_k[:, None]
+    else:
+        offset = offs_q[:, None] * Lk + offs_k[None, :]
+    offset = offset.to(tl.int32)
+    stream = offset * 0 + bh.to(tl.int32)  # one Philox stream per (batch, head)
+    r, _, _, _ = tl.random.philox(seed, offset, stream, offset * 0, offset * 0)
+    return tl.random.uint_to_uniform_float(r) >= dropout_p
+
+
+@triton.jit
 def _frame_ranges(
     start, L, n_frames, n_patches, BLOCK_ROWS: tl.constexpr, BLOCK_ITER: tl.constexpr, ROWS_ARE_KEYS: tl.constexpr
 ):
@@ -167,12 +181,16 @@ def _fwd_inner(
     n_frames,
     n_patches,
     qk_scale,
+    seed,
+    bh,
+    dropout_p,
     HEAD_DIM: tl.constexpr,
     BLOCK_D: tl.constexpr,
     BLOCK_N: tl.constexpr,
     HAS_KEY_MASK: tl.constexpr,
     HAS_FRAMES: tl.constexpr,
     HAS_ATTN_MASK: tl.constexpr,
+    HAS_DROPOUT: tl.constexpr,
 ):
     """Online-softmax update over the key blocks [lo, hi)."""
     offs_d = tl.arange(0, BLOCK_D)
@@ -193,6 +211,9 @@ def _fwd_inner(
         p = tl.exp2(s - m_safe[:, None])
         alpha = tl.exp2(m_i - m_safe)
         l_i = l_i * alpha + tl.sum(p, 1)
+        if HAS_DROPOUT:  # the normaliser l_i sums every probability; only the values see the dropped ones
+            keep = _dropout_keep(seed, bh, offs_m, offs_n, Lk, dropout_p, False)
+            p = tl.where(keep, p * (1.0 / (1.0 - dropout_p)), 0.0)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
         m_i = m_new
         n_visited += 1
@@ -215,7 +236,7 @@ def _attn_fwd_kernel(
     stride_ob, stride_oh, stride_om, stride_od,
     stride_km_b, stride_km_n,
     stride_am_b, stride_am_h, stride_am_m, stride_am_n,
-    H, Lq, Lk, n_frames, n_patches, qk_scale,
+    H, Lq, Lk, n_frames, n_patches, qk_scale, seed, dropout_p,
     LQ_BUCKET, LK_BUCKET,  # autotune key only: lengths rounded up to a power of two
     HEAD_DIM: tl.constexpr,
     BLOCK_D: tl.constexpr,
@@ -224,6 +245,7 @@ def _attn_fwd_kernel(
     HAS_KEY_MASK: tl.constexpr,
     HAS_FRAMES: tl.constexpr,
     HAS_ATTN_MASK: tl.constexpr,
+    HAS_DROPOUT: tl.constexpr,
     COUNT_BLOCKS: tl.constexpr,
 ):
     tl.static_assert(BLOCK_D >= 16, "tl.dot needs K >= 16: pad the head dim")
@@ -253,15 +275,15 @@ def _attn_fwd_kernel(
     acc, l_i, m_i, n_visited = _fwd_inner(
         acc, l_i, m_i, n_visited, q, k_base, v_base, km_row_ptr, am_ptr, offs_m, 0, a_end,
         stride_kn, stride_kd, stride_vn, stride_vd, stride_km_n, stride_am_m, stride_am_n,
-        Lq, Lk, n_frames, n_patches, qk_scale,
-        HEAD_DIM, BLOCK_D, BLOCK_N, HAS_KEY_MASK, HAS_FRAMES, HAS_ATTN_MASK,
+        Lq, Lk, n_frames, n_patches, qk_scale, seed, b * H + h, dropout_p,
+        HEAD_DIM, BLOCK_D, BLOCK_N, HAS_KEY_MASK, HAS_FRAMES, HAS_ATTN_MASK, HAS_DROPOUT,
     )
     if HAS_FRAMES:
         acc, l_i, m_i, n_visited = _fwd_inner(
             acc, l_i, m_i, n_visited, q, k_base, v_base, km_row_ptr, am_ptr, offs_m, b_start, b_end,
             stride_kn, stride_kd, stride_vn, stride_vd, stride_km_n, stride_am_m, stride_am_n,
-            Lq, Lk, n_frames, n_patches, qk_scale,
-            HEAD_DIM, BLOCK_D, BLOCK_N, HAS_KEY_MASK, HAS_FRAMES, HAS_ATTN_MASK,
+            Lq, Lk, n_frames, n_patches, qk_scale, seed, b * H + h, dropout_p,
+            HEAD_DIM, BLOCK_D, BLOCK_N, HAS_KEY_MASK, HAS_FRAMES, HAS_ATTN_MASK, HAS_DROPOUT,
         )
 
     empty = l_i == 0.0  # no visible key: zeros out, lse = +inf so the backward gives zero gradients
@@ -328,12 +350,16 @@ def _bwd_dkdv_inner(
     n_frames,
     n_patches,
     qk_scale,
+    seed,
+    bh,
+    dropout_p,
     HEAD_DIM: tl.constexpr,
     BLOCK_D: tl.constexpr,
     BLOCK_M: tl.constexpr,
     HAS_KEY_MASK: tl.constexpr,
     HAS_FRAMES: tl.constexpr,
     HAS_ATTN_MASK: tl.constexpr,
+    HAS_DROPOUT: tl.constexpr,
 ):
     """Accumulate dK, dV of one key block over the query blocks [lo, hi), in transposed (key-major) tiles."""
     offs_d = tl.arange(0, BLOCK_D)
@@ -350,8 +376,14 @@ def _bwd_dkdv_inner(
         ok = _visible(offs_m, offs_n, Lq, Lk, km_row_ptr, stride_km_n, am_ptr, stride_am_m, stride_am_n,
                       n_frames, n_patches, HAS_KEY_MASK, HAS_FRAMES, HAS_ATTN_MASK, True)
         p_t = tl.where(ok, tl.exp2(s_t - lse[None, :]), 0.0)
-        dv += tl.dot(p_t.to(do.dtype), do)
         dp_t = tl.dot(v, tl.trans(do))  # (BLOCK_N, BLOCK_M)
+        if HAS_DROPOUT:  # FA2: dV sees the dropped probabilities, dS = P * (Z * dP / (1 - p) - delta)
+            keep_t = _dropout_keep(seed, bh, offs_m, offs_n, Lk, dropout_p, True)
+            inv_keep = 1.0 / (1.0 - dropout_p)
+            dv += tl.dot(tl.where(keep_t, p_t * inv_keep, 0.0).to(do.dtype), do)
+            dp_t = tl.where(keep_t, dp_t * inv_keep, 0.0)
+        else:
+            dv += tl.dot(p_t.to(do.dtype), do)
         ds_t = p_t * (dp_t - delta[None, :])
         dk += tl.dot(ds_t.to(q.dtype), q)
     return dk, dv
@@ -377,7 +409,7 @@ def _attn_bwd_dkdv_kernel(
     stride_dvb, stride_dvh, stride_dvn, stride_dvd,
     stride_km_b, stride_km_n,
     stride_am_b, stride_am_h, stride_am_m, stride_am_n,
-    H, Lq, Lk, n_frames, n_patches, qk_scale, sm_scale,
+    H, Lq, Lk, n_frames, n_patches, qk_scale, sm_scale, seed, dropout_p,
     LQ_BUCKET, LK_BUCKET,
     HEAD_DIM: tl.constexpr,
     BLOCK_D: tl.constexpr,
@@ -386,6 +418,7 @@ def _attn_bwd_dkdv_kernel(
     HAS_KEY_MASK: tl.constexpr,
     HAS_FRAMES: tl.constexpr,
     HAS_ATTN_MASK: tl.constexpr,
+    HAS_DROPOUT: tl.constexpr,
 ):
     tl.static_assert(BLOCK_D >= 16, "tl.dot needs K >= 16: pad the head dim")
     pid_n = tl.program_id(0)
@@ -412,15 +445,15 @@ def _attn_bwd_dkdv_kernel(
     dk, dv = _bwd_dkdv_inner(
         dk, dv, k, v, q_base, do_base, lse_base, delta_base, km_row_ptr, am_ptr, offs_n, 0, a_end,
         stride_qm, stride_qd, stride_dom, stride_dod, stride_km_n, stride_am_m, stride_am_n,
-        Lq, Lk, n_frames, n_patches, qk_scale,
-        HEAD_DIM, BLOCK_D, BLOCK_M, HAS_KEY_MASK, HAS_FRAMES, HAS_ATTN_MASK,
+        Lq, Lk, n_frames, n_patches, qk_scale, seed, b * H + h, dropout_p,
+        HEAD_DIM, BLOCK_D, BLOCK_M, HAS_KEY_MASK, HAS_FRAMES, HAS_ATTN_MASK, HAS_DROPOUT,
     )
     if HAS_FRAMES:
         dk, dv = _bwd_dkdv_inner(
             dk, dv, k, v, q_base, do_base, lse_base, delta_base, km_row_ptr, am_ptr, offs_n, b_start, b_end,
             stride_qm, stride_qd, stride_dom, stride_dod, stride_km_n, stride_am_m, stride_am_n,
-            Lq, Lk, n_frames, n_patches, qk_scale,
-            HEAD_DIM, BLOCK_D, BLOCK_M, HAS_KEY_MASK, HAS_FRAMES, HAS_ATTN_MASK,
+            Lq, Lk, n_frames, n_patches, qk_scale, seed, b * H + h, dropout_p,
+            HEAD_DIM, BLOCK_D, BLOCK_M, HAS_KEY_MASK, HAS_FRAMES, HAS_ATTN_MASK, HAS_DROPOUT,
         )
     # ds above is the gradient of the natural-scale logits q.k * sm_scale; the chain rule adds sm_scale once
     _store_tile(DK_ptr + b * stride_dkb + h * stride_dkh + offs_n[:, None] * stride_dkn + offs_d[None, :] * stride_dkd,
@@ -455,12 +488,16 @@ def _bwd_dq_inner(
     n_frames,
     n_patches,
     qk_scale,
+    seed,
+    bh,
+    dropout_p,
     HEAD_DIM: tl.constexpr,
     BLOCK_D: tl.constexpr,
     BLOCK_N: tl.constexpr,
     HAS_KEY_MASK: tl.constexpr,
     HAS_FRAMES: tl.constexpr,
     HAS_ATTN_MASK: tl.constexpr,
+    HAS_DROPOUT: tl.constexpr,
 ):
     """Accumulate dQ of one query block over the key blocks [lo, hi)."""
     offs_d = tl.arange(0, BLOCK_D)
@@ -476,6 +513,9 @@ def _bwd_dq_inner(
                       n_frames, n_patches, HAS_KEY_MASK, HAS_FRAMES, HAS_ATTN_MASK, False)
         p = tl.where(ok, tl.exp2(s - lse[:, None]), 0.0)
         dp = tl.dot(do, tl.trans(v))  # (BLOCK_M, BLOCK_N)
+        if HAS_DROPOUT:
+            keep = _dropout_keep(seed, bh, offs_m, offs_n, Lk, dropout_p, False)
+            dp = tl.where(keep, dp * (1.0 / (1.0 - dropout_p)), 0.0)
         ds = p * (dp - delta[:, None])
         dq += tl.dot(ds.to(k.dtype), k)
     return dq
@@ -499,7 +539,7 @@ def _attn_bwd_dq_kernel(
     stride_dqb, stride_dqh, stride_dqm, stride_dqd,
     stride_km_b, stride_km_n,
     stride_am_b, stride_am_h, stride_am_m, stride_am_n,
-    H, Lq, Lk, n_frames, n_patches, qk_scale, sm_scale,
+    H, Lq, Lk, n_frames, n_patches, qk_scale, sm_scale, seed, dropout_p,
     LQ_BUCKET, LK_BUCKET,
     HEAD_DIM: tl.constexpr,
     BLOCK_D: tl.constexpr,
@@ -508,6 +548,7 @@ def _attn_bwd_dq_kernel(
     HAS_KEY_MASK: tl.constexpr,
     HAS_FRAMES: tl.constexpr,
     HAS_ATTN_MASK: tl.constexpr,
+    HAS_DROPOUT: tl.constexpr,
 ):
     tl.static_assert(BLOCK_D >= 16, "tl.dot needs K >= 16: pad the head dim")
     pid_m = tl.program_id(0)
@@ -533,18 +574,47 @@ def _attn_bwd_dq_kernel(
     dq = _bwd_dq_inner(
         dq, q, do, lse, delta, k_base, v_base, km_row_ptr, am_ptr, offs_m, 0, a_end,
         stride_kn, stride_kd, stride_vn, stride_vd, stride_km_n, stride_am_m, stride_am_n,
-        Lq, Lk, n_frames, n_patches, qk_scale,
-        HEAD_DIM, BLOCK_D, BLOCK_N, HAS_KEY_MASK, HAS_FRAMES, HAS_ATTN_MASK,
+        Lq, Lk, n_frames, n_patches, qk_scale, seed, b * H + h, dropout_p,
+        HEAD_DIM, BLOCK_D, BLOCK_N, HAS_KEY_MASK, HAS_FRAMES, HAS_ATTN_MASK, HAS_DROPOUT,
     )
     if HAS_FRAMES:
         dq = _bwd_dq_inner(
             dq, q, do, lse, delta, k_base, v_base, km_row_ptr, am_ptr, offs_m, b_start, b_end,
             stride_kn, stride_kd, stride_vn, stride_vd, stride_km_n, stride_am_m, stride_am_n,
-            Lq, Lk, n_frames, n_patches, qk_scale,
-            HEAD_DIM, BLOCK_D, BLOCK_N, HAS_KEY_MASK, HAS_FRAMES, HAS_ATTN_MASK,
+            Lq, Lk, n_frames, n_patches, qk_scale, seed, b * H + h, dropout_p,
+            HEAD_DIM, BLOCK_D, BLOCK_N, HAS_KEY_MASK, HAS_FRAMES, HAS_ATTN_MASK, HAS_DROPOUT,
         )
     _store_tile(DQ_ptr + b * stride_dqb + h * stride_dqh + offs_m[:, None] * stride_dqm + offs_d[None, :] * stride_dqd,
                 dq * sm_scale, offs_m < Lq, offs_d, HEAD_DIM, BLOCK_D)
+
+
+@triton.jit
+def _dropout_mask_kernel(
+    Z_ptr,  # (B, H, Lq, Lk) u8, contiguous
+    seed, dropout_p, H, Lq, Lk,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    """Write the keep mask the attention kernels draw for (seed, dropout_p): for tests and debugging."""
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    bh = tl.program_id(2).to(tl.int64)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    keep = _dropout_keep(seed, bh, offs_m, offs_n, Lk, dropout_p, False)
+    ok = (offs_m[:, None] < Lq) & (offs_n[None, :] < Lk)
+    tl.store(Z_ptr + bh * Lq * Lk + offs_m[:, None] * Lk + offs_n[None, :], keep.to(tl.uint8), mask=ok)
+
+
+def dropout_keep_mask(
+    seed: int, dropout_p: float, shape: tuple[int, int, int, int], device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """(B, H, Lq, Lk) bool: which attention probabilities the triton kernels keep for ``seed`` and ``dropout_p``
+    (CPU tensors need ``TRITON_INTERPRET=1``)."""
+    b, h, lq, lk = shape
+    z = torch.empty(shape, dtype=torch.uint8, device=device)
+    _dropout_mask_kernel[(triton.cdiv(lq, 64), triton.cdiv(lk, 64), b * h)](z, seed, dropout_p, h, lq, lk, 64, 64)
+    return z.bool()
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -618,7 +688,7 @@ def _make_prune(kind: str):  # noqa: ANN202 (triton's early_config_prune callbac
     return prune
 
 
-_KEY = ["LQ_BUCKET", "LK_BUCKET", "BLOCK_D", "HAS_KEY_MASK", "HAS_FRAMES", "HAS_ATTN_MASK"]
+_KEY = ["LQ_BUCKET", "LK_BUCKET", "BLOCK_D", "HAS_KEY_MASK", "HAS_FRAMES", "HAS_ATTN_MASK", "HAS_DROPOUT"]
 
 
 def _autotuned(kernel: triton.JITFunction, configs: list[triton.Config], kind: str) -> triton.runtime.Autotuner:
@@ -700,6 +770,8 @@ def _attention_forward(
     frames: int | None,
     scale: float,
     *,
+    dropout_p: float = 0.0,
+    seed: int = 0,
     count_blocks: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Launch the forward kernel. Returns (out, lse (B, H, Lq) base-2, per-program key-block counts or None)."""
@@ -714,11 +786,11 @@ def _attention_forward(
     _attn_fwd[_grid(lq, "BLOCK_M", b, h)](
         q, k, v, out, lse, km, am, counts,
         *q.stride(), *k.stride(), *v.stride(), *out.stride(), *km_strides, *am_strides,
-        h, lq, lk, n_frames, n_patches, scale * _LOG2E,
+        h, lq, lk, n_frames, n_patches, scale * _LOG2E, seed, dropout_p,
         triton.next_power_of_2(lq), triton.next_power_of_2(lk),
         HEAD_DIM=d, BLOCK_D=_block_d(d),
         HAS_KEY_MASK=key_mask is not None, HAS_FRAMES=frames is not None, HAS_ATTN_MASK=attn_mask is not None,
-        COUNT_BLOCKS=count_blocks,
+        HAS_DROPOUT=dropout_p > 0.0, COUNT_BLOCKS=count_blocks,
     )  # fmt: skip
     return out, lse, (counts if count_blocks else None)
 
@@ -734,6 +806,8 @@ def _attention_backward(
     attn_mask: torch.Tensor | None,
     frames: int | None,
     scale: float,
+    dropout_p: float = 0.0,
+    seed: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Launch preprocess, dK/dV and dQ passes. Returns (dq, dk, dv) in the layouts of q, k, v."""
     b, h, lq, d = q.shape
@@ -753,8 +827,9 @@ def _attention_backward(
         "HAS_KEY_MASK": key_mask is not None,
         "HAS_FRAMES": frames is not None,
         "HAS_ATTN_MASK": attn_mask is not None,
+        "HAS_DROPOUT": dropout_p > 0.0,
     }
-    sizes = (h, lq, lk, n_frames, n_patches, scale * _LOG2E, scale, triton.next_power_of_2(lq),
+    sizes = (h, lq, lk, n_frames, n_patches, scale * _LOG2E, scale, seed, dropout_p, triton.next_power_of_2(lq),
              triton.next_power_of_2(lk))  # fmt: skip
     _attn_bwd_dkdv[_grid(lk, "BLOCK_N", b, h)](
         q, k, v, dout, lse, delta, dk, dv, km, am,
@@ -802,6 +877,11 @@ def _reference_grads(
     return dq, dk, dv
 
 
+def _seed_int(seed: torch.Tensor | None) -> int:
+    # a CPU tensor (drawn outside the op so torch.compile draws a new one every call): no device sync
+    return int(seed.item()) if seed is not None else 0
+
+
 @torch.library.custom_op("scl::masked_attention", mutates_args=())
 def _masked_attention_op(
     q: torch.Tensor,
@@ -811,19 +891,27 @@ def _masked_attention_op(
     attn_mask: torch.Tensor | None,
     frames: int | None,
     scale: float,
+    dropout_p: float,
+    seed: torch.Tensor | None,
     backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """-> (out, lse). lse is (B, H, Lq) fp32 for the triton backend and empty for the reference."""
+    """-> (out, lse). lse is (B, H, Lq) fp32 for the triton backend and empty for the reference.
+
+    Dropout is fused on the triton backend only (the public function runs the reference's dropout outside the op,
+    where autograd keeps its mask)."""
     record(_OP, backend)
     if backend == "triton":
-        out, lse, _ = _attention_forward(q, k, v, key_mask, attn_mask, frames, scale)
+        out, lse, _ = _attention_forward(q, k, v, key_mask, attn_mask, frames, scale, dropout_p=dropout_p,
+                                         seed=_seed_int(seed))  # fmt: skip
         return out, lse
+    if dropout_p > 0.0:
+        raise ValueError(f"the reference op runs without dropout, got dropout_p={dropout_p}")
     out = masked_attention_ref(q, k, v, key_mask=key_mask, frames=frames, attn_mask=attn_mask, scale=scale)
     return out, q.new_empty(0, dtype=torch.float32)
 
 
 @_masked_attention_op.register_fake
-def _(q, k, v, key_mask, attn_mask, frames, scale, backend):  # noqa: ANN001, ANN202
+def _(q, k, v, key_mask, attn_mask, frames, scale, dropout_p, seed, backend):  # noqa: ANN001, ANN202
     # layouts as the real backends give them: triton copies q's strides, the reference returns contiguous tensors
     if backend == "triton":
         return torch.empty_like(q), q.new_empty(q.shape[:3], dtype=torch.float32)
@@ -842,35 +930,40 @@ def _masked_attention_backward_op(
     attn_mask: torch.Tensor | None,
     frames: int | None,
     scale: float,
+    dropout_p: float,
+    seed: torch.Tensor | None,
     backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """-> (dq, dk, dv). The reference recomputes the forward under autograd (it saved no lse)."""
+    """-> (dq, dk, dv). The triton passes recompute P (and the dropout mask, from the same seed) from lse; the
+    reference recomputes the dense forward."""
     if backend == "triton":
-        return _attention_backward(dout, q, k, v, out, lse, key_mask, attn_mask, frames, scale)
+        return _attention_backward(dout, q, k, v, out, lse, key_mask, attn_mask, frames, scale, dropout_p,
+                                   _seed_int(seed))  # fmt: skip
     return _reference_grads(dout, q, k, v, key_mask, attn_mask, frames, scale)
 
 
 @_masked_attention_backward_op.register_fake
-def _(dout, q, k, v, out, lse, key_mask, attn_mask, frames, scale, backend):  # noqa: ANN001, ANN202
+def _(dout, q, k, v, out, lse, key_mask, attn_mask, frames, scale, dropout_p, seed, backend):  # noqa: ANN001, ANN202
     if backend == "triton":
         return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 
 def _setup_context(ctx, inputs, output) -> None:  # noqa: ANN001
-    q, k, v, key_mask, attn_mask, frames, scale, backend = inputs
+    q, k, v, key_mask, attn_mask, frames, scale, dropout_p, seed, backend = inputs
     out, lse = output
-    ctx.save_for_backward(q, k, v, out, lse, key_mask, attn_mask)
-    ctx.frames, ctx.scale, ctx.backend = frames, scale, backend
+    ctx.save_for_backward(q, k, v, out, lse, key_mask, attn_mask, seed)
+    ctx.frames, ctx.scale, ctx.dropout_p, ctx.backend = frames, scale, dropout_p, backend
 
 
 def _backward(ctx, dout, dlse):  # noqa: ANN001, ANN202
-    q, k, v, out, lse, key_mask, attn_mask = ctx.saved_tensors
+    q, k, v, out, lse, key_mask, attn_mask, seed = ctx.saved_tensors
     dq, dk, dv = _masked_attention_backward_op(
-        dout, q, k, v, out, lse, key_mask, attn_mask, ctx.frames, ctx.scale, ctx.backend
+        dout, q, k, v, out, lse, key_mask, attn_mask, ctx.frames, ctx.scale, ctx.dropout_p, seed, ctx.backend
     )
-    # lse is an internal output with no gradient (dlse unused); masks, frames, scale, backend take none
-    return dq, dk, dv, None, None, None, None, None
+    # lse is an internal output with no gradient (dlse unused); masks, frames, scale, dropout_p, seed and
+    # backend take none
+    return dq, dk, dv, None, None, None, None, None, None, None
 
 
 torch.library.register_autograd("scl::masked_attention", _backward, setup_context=_setup_context)
@@ -921,12 +1014,7 @@ def _check_inputs(
             raise ValueError(f"L must be a positive multiple of frames, got L={lk}, frames={frames}")
 
 
-def _check_triton(q: torch.Tensor, dropout_p: float) -> None:
-    if dropout_p > 0.0:
-        raise NotImplementedError(
-            "masked_attention: dropout_p > 0 is not fused into the triton kernel; run attention dropout through "
-            "backend='reference' (or torch SDPA), or set the attention dropout to 0"
-        )
+def _check_triton(q: torch.Tensor) -> None:
     if q.dtype not in _DTYPES:
         raise ValueError(f"masked_attention (triton) supports {_DTYPES}, got {q.dtype}")
     if q.shape[-1] > _MAX_HEAD_DIM:
@@ -956,7 +1044,8 @@ def masked_attention(
             patches of frame F] (self-attention, L a multiple of F): CLS rows see every token, a patch row of
             frame f sees CLS_f and the patches of frame f. Combines with the other masks.
         attn_mask: bool, broadcastable to (B, H, Lq, Lk), True = may attend (SDPA convention).
-        dropout_p: dropout on the attention probabilities; not fused (triton raises NotImplementedError).
+        dropout_p: dropout on the attention probabilities (training). Fused in the triton kernels: the mask is
+            drawn by Philox from a seed and regenerated in the backward, never stored.
         scale: logit scale, default 1/sqrt(D).
         backend: "triton", "reference" or None/"auto" (triton on CUDA, reference on CPU; see ``use_backend``).
 
@@ -968,16 +1057,21 @@ def masked_attention(
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     if not math.isfinite(scale):
         raise ValueError(f"scale must be finite, got {scale}")
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
     choice = resolve(_OP, q.device, backend)  # "native" raises there: attention has no C++ kernel
     if choice == "triton":
-        _check_triton(q, dropout_p)
+        _check_triton(q)
     elif dropout_p > 0.0:
         # dropout draws from torch's generator: plain autograd keeps the one mask for forward and backward
         record(_OP, choice)
         return masked_attention_ref(
             q, k, v, key_mask=key_mask, frames=frames, attn_mask=attn_mask, dropout_p=dropout_p, scale=scale
         )
-    out, _ = _masked_attention_op(q, k, v, key_mask, attn_mask, frames, scale, choice)
+    # the seed is drawn from torch's CPU generator (seeded by torch.manual_seed), as a tensor so that a compiled
+    # graph draws a fresh one per call instead of baking one in
+    seed = torch.randint(0, 2**31 - 1, (), dtype=torch.int64) if dropout_p > 0.0 else None
+    out, _ = _masked_attention_op(q, k, v, key_mask, attn_mask, frames, scale, float(dropout_p), seed, choice)
     return out
 
 
@@ -1001,24 +1095,25 @@ def _compile_specs() -> list[CompileSpec]:
         ("dq", _attn_bwd_dq_kernel, DQ_CONFIGS),
     )
     masks = {
-        "none": (False, False, False),
-        "key": (True, False, False),
-        "frames": (False, True, False),
-        "key+frames": (True, True, False),
-        "attn": (False, False, True),
+        "none": (False, False, False, False),
+        "key": (True, False, False, False),
+        "key+frames": (True, True, False, False),
+        "attn": (False, False, True, False),
+        "key+dropout": (True, False, False, True),
     }
     variants = [("bf16", 64, "key", "all")]
     # each dtype and each head dim once (the compile check runs on 2 CPU cores: ~1 s per spec and arch)
     variants += [(dt, d, "key", "default") for dt, d in (("fp16", 32), ("bf16", 128), ("fp32", 128))]
-    variants += [("bf16", 64, m, "default") for m in ("none", "key+frames", "attn")]
+    variants += [("bf16", 64, m, "default") for m in ("none", "key+frames", "attn", "key+dropout")]
     for dt, d, mask, which in variants:
-        has_key, has_frames, has_attn = masks[mask]
-        types = {"qk_scale": "fp32", "sm_scale": "fp32", "KM_ptr": "*u8", "AM_ptr": "*u8", "CNT_ptr": "*i32",
-                 "LSE_ptr": "*fp32", "DELTA_ptr": "*fp32"}  # fmt: skip
+        has_key, has_frames, has_attn, has_dropout = masks[mask]
+        types = {"qk_scale": "fp32", "sm_scale": "fp32", "dropout_p": "fp32", "KM_ptr": "*u8", "AM_ptr": "*u8",
+                 "CNT_ptr": "*i32", "LSE_ptr": "*fp32", "DELTA_ptr": "*fp32"}  # fmt: skip
         for name in ("Q_ptr", "K_ptr", "V_ptr", "O_ptr", "DO_ptr", "DQ_ptr", "DK_ptr", "DV_ptr"):
             types[name] = f"*{dt}"
         consts: dict[str, int | bool | None] = {"HEAD_DIM": d, "BLOCK_D": _block_d(d), "HAS_KEY_MASK": has_key,
-                                                "HAS_FRAMES": has_frames, "HAS_ATTN_MASK": has_attn}  # fmt: skip
+                                                "HAS_FRAMES": has_frames, "HAS_ATTN_MASK": has_attn,
+                                                "HAS_DROPOUT": has_dropout}  # fmt: skip
         elt = {"fp16": 2, "bf16": 2, "fp32": 4}[dt]
         for kname, kernel, configs in kernels:
             kconsts = dict(consts)

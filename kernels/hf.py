@@ -11,8 +11,8 @@ encoder's padding mask stays (B, 1, 1, Lk) and reaches the kernel as ``key_mask`
 dense matrix); other masks are built as for SDPA (bool, True = may attend) and go in as ``attn_mask``. Nothing
 in the model's weights or modules changes, so ``unpatch_hf`` (or ``model.set_attn_implementation("sdpa")``) restores it.
 
-Calls the fused kernel cannot serve go to PyTorch SDPA with the same mask: attention dropout in training mode
-(not fused in the kernel) and causal attention (decoders; not a mask kind of this op).
+Attention dropout in training mode is fused in the kernel. Causal attention (decoders; not a mask kind of this op)
+goes to PyTorch SDPA with the same mask.
 
 transformers is imported lazily: ``scl_kernels`` depends on torch and triton only.
 """
@@ -72,15 +72,15 @@ def _make_attention_fn(backend: str | None):  # noqa: ANN202 (the AttentionInter
         key_mask, attn_mask = _split_mask(attention_mask, b, lk)
         causal = bool(kwargs.get("is_causal", getattr(module, "is_causal", False))) and lq > 1
         drop = dropout if module.training else 0.0
-        if causal or drop > 0.0:
+        if causal:
             mask = attention_mask
             if mask is not None and mask.dtype != torch.bool:
                 mask = mask.to(query.dtype)
             out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=drop, scale=scaling,
                                                  is_causal=causal and mask is None)  # fmt: skip
         else:
-            out = masked_attention(query, key, value, key_mask=key_mask, attn_mask=attn_mask, scale=scaling,
-                                   backend=backend)  # fmt: skip
+            out = masked_attention(query, key, value, key_mask=key_mask, attn_mask=attn_mask, dropout_p=drop,
+                                   scale=scaling, backend=backend)  # fmt: skip
         return out.transpose(1, 2).contiguous(), None
 
     return scl_attention_forward

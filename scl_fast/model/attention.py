@@ -9,9 +9,8 @@ Backends:
     ``eager``: ``scl_kernels.reference.masked_attention_ref`` (dense, the numerics oracle).
     ``sdpa``: ``torch.nn.functional.scaled_dot_product_attention`` (no mask at all for unmasked images, so
         PyTorch can pick its flash kernel).
-    ``triton``: ``scl_kernels.masked_attention`` (FlashAttention-2 style with in-kernel masks). Attention
-        dropout is not fused in that kernel: with ``dropout_p > 0`` (training with attention dropout on) the
-        call goes to sdpa, which draws the dropout mask inside its own kernel.
+    ``triton``: ``scl_kernels.masked_attention`` (FlashAttention-2 style with in-kernel masks and fused
+        attention dropout).
     ``flash_attn``: flash-attn's kernels; key padding through ``flash_attn_varlen_func`` (keys packed, every
         query kept). It has no structured masks: ``frames`` raises.
     ``xformers``: ``xformers.ops.memory_efficient_attention`` with the mask as an additive bias.
@@ -86,8 +85,9 @@ def attention(
     name = resolve_backend(backend, q.device)
     if name == "eager":
         return masked_attention_ref(q, k, v, key_mask=key_mask, frames=frames, dropout_p=dropout_p, scale=scale)
-    if name == "triton" and dropout_p == 0.0:
-        return scl_kernels.masked_attention(q, k, v, key_mask=key_mask, frames=frames, scale=scale, backend="triton")
+    if name == "triton":
+        return scl_kernels.masked_attention(q, k, v, key_mask=key_mask, frames=frames, dropout_p=dropout_p,
+                                            scale=scale, backend="triton")  # fmt: skip
     if name == "flash_attn":
         return _flash_attn(q, k, v, key_mask=key_mask, frames=frames, dropout_p=dropout_p, scale=scale)
     # sdpa and xformers take a dense mask. A row with no visible key would give NaN (or backend-dependent
@@ -102,7 +102,7 @@ def attention(
         key_mask = key_mask | ~has_key[:, None]
         visible = has_key[:, None, None, None]  # (B, 1, 1, 1)
     mask = attention_mask_ref(b, lq, lk, key_mask=key_mask, frames=frames, device=q.device)
-    if name in ("sdpa", "triton"):  # triton here only with dropout on (see the module docstring)
+    if name == "sdpa":
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale)
     else:
         out = _xformers(q, k, v, mask=mask, dropout_p=dropout_p, scale=scale)

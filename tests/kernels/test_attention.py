@@ -256,7 +256,7 @@ def test_backend_choice() -> None:
 
 
 def test_dropout_on_reference_backend() -> None:
-    """dropout_p > 0 runs through the reference (the model's dispatch uses it when attention dropout is on)."""
+    """dropout_p > 0 on the reference backend: F.dropout on the dense probabilities, torch's generator."""
     q, k, v = (torch.randn(1, 2, 16, 32) for _ in range(3))
     torch.manual_seed(1)
     a = scl_kernels.masked_attention(q, k, v, dropout_p=0.5, backend="reference")
@@ -264,8 +264,42 @@ def test_dropout_on_reference_backend() -> None:
     b = masked_attention_ref(q, k, v, dropout_p=0.5)
     assert_close(a, b, rtol=1e-6)
     assert not torch.allclose(a, masked_attention_ref(q, k, v))
-    with pytest.raises(NotImplementedError, match="dropout"):
-        scl_kernels.masked_attention(q, k, v, dropout_p=0.1, backend="triton")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_fused_dropout_matches_reference_with_the_same_mask(dtype: torch.dtype, poisoned: None) -> None:
+    """Fused dropout: out and dq/dk/dv equal the dense fp64 computation with the kernel's own keep mask
+    (``dropout_keep_mask``), with key padding and a frame pattern; the mask keeps ~1 - p; seeds come from torch's
+    generator (same torch seed, same result; next call, new mask)."""
+    b, h, frames, length, d, p = 2, 1, 3, 3 * 11, 32, 0.3
+    q, k, v = (torch.randn(b, h, length, d).to(dtype) for _ in range(3))
+    km = torch.rand(b, length) > 0.2
+    g = torch.randn(b, h, length, d).to(dtype)
+    torch.manual_seed(7)
+    seed = int(torch.randint(0, 2**31 - 1, (), dtype=torch.int64))  # what masked_attention draws after manual_seed
+    torch.manual_seed(7)
+    out, grads = _run(scl_kernels.masked_attention, q, k, v, g, key_mask=km, frames=frames, dropout_p=p,
+                      backend="triton")  # fmt: skip
+    keep = attn_mod.dropout_keep_mask(seed, p, (b, h, length, length))
+    many = attn_mod.dropout_keep_mask(seed, p, (1, 1, 256, 256)).float().mean().item()
+    assert abs(many - (1 - p)) < 0.01, many  # 65536 draws: 5 standard deviations
+
+    def dense(q, k, v):  # noqa: ANN001, ANN202
+        scores = q @ k.transpose(-1, -2) * d**-0.5
+        mask = attention_mask_ref(b, length, length, key_mask=km, frames=frames)
+        probs = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)
+        return (probs * keep / (1 - p)) @ v
+
+    ref, ref_grads = _run(dense, q.double(), k.double(), v.double(), g.double())
+    rtol, atol = REL_TOL[dtype], ATOL[dtype]
+    assert_close(out, ref, rtol=rtol, atol=atol, name="out")
+    for name, got, want in zip(("dq", "dk", "dv"), grads, ref_grads, strict=True):
+        assert_close(got, want, rtol=GRAD_SLACK * rtol, atol=GRAD_SLACK * atol, name=name)
+    torch.manual_seed(7)
+    again = scl_kernels.masked_attention(q, k, v, key_mask=km, frames=frames, dropout_p=p, backend="triton")
+    assert torch.equal(again, out), "the same torch seed must give the same dropout mask"
+    other = scl_kernels.masked_attention(q, k, v, key_mask=km, frames=frames, dropout_p=p, backend="triton")
+    assert not torch.equal(other, out), "the next call must draw a new mask"
 
 
 @pytest.mark.parametrize(
@@ -279,6 +313,7 @@ def test_dropout_on_reference_backend() -> None:
         ({"key_mask": torch.ones(1, 10)}, "key_mask must be bool"),
         ({"attn_mask": torch.ones(10, 10)}, "attn_mask must be bool"),
         ({"attn_mask": torch.ones(3, 10, 10, dtype=torch.bool)}, "must broadcast"),
+        ({"dropout_p": 1.0}, "dropout_p must be in"),
     ],
 )
 def test_bad_inputs_raise(kwargs: dict, match: str) -> None:
@@ -344,13 +379,14 @@ def test_model_encoders_triton_matches_eager() -> None:
             assert_close(got, want, rtol=3e-5, name=f"grad {i}")
 
 
-def test_model_triton_with_dropout_goes_to_sdpa() -> None:
+def test_model_triton_with_dropout_stays_on_triton() -> None:
+    """Attention dropout (text and fusion encoders in training) is fused: the triton backend serves it."""
     from scl_fast.model.attention import attention
 
     q, k, v = (torch.randn(1, 2, 9, 32) for _ in range(3))
     before = _dispatch.calls[("masked_attention", "triton")]
     out = attention(q, k, v, backend="triton", dropout_p=0.5, key_mask=torch.rand(1, 9) > 0.2)
-    assert _dispatch.calls[("masked_attention", "triton")] == before and torch.isfinite(out).all()
+    assert _dispatch.calls[("masked_attention", "triton")] == before + 1 and torch.isfinite(out).all()
 
 
 @pytest.mark.parametrize(("backend", "package"), [("flash_attn", "flash-attn"), ("xformers", "xformers")])
@@ -390,7 +426,11 @@ def test_opcheck(backend: str) -> None:
     q = torch.randn(1, 7, 2, 32).transpose(1, 2).requires_grad_(True)  # (B, H, L, D) view of a (B, L, H, D) tensor
     k, v = (torch.randn(1, 2, 5, 32, requires_grad=True) for _ in range(2))
     km = torch.rand(1, 5) > 0.3
-    torch.library.opcheck(torch.ops.scl.masked_attention.default, (q, k, v, km, None, None, 0.17, backend))
+    args = (q, k, v, km, None, None, 0.17, 0.0, None, backend)
+    torch.library.opcheck(torch.ops.scl.masked_attention.default, args)
+    if backend == "triton":  # fused dropout: the seed tensor goes through the op
+        seed = torch.tensor(5, dtype=torch.int64)
+        torch.library.opcheck(torch.ops.scl.masked_attention.default, (*args[:7], 0.2, seed, backend))
 
 
 def test_gpu_config_pruning() -> None:
