@@ -454,8 +454,7 @@ def _info_nce_bwd_triton(
     inv_a, inv_b, lse_a, lse_b, q_a, q_b = stats.unbind(0)
     grad = grad.float().contiguous()
     r = torch.empty(n, device=a.device, dtype=torch.float32)
-    empty = a.new_empty(0)
-    da = db = empty
+    da, db = _no_grad(a), _no_grad(b)
     # (x, y, inv_x, inv_y, lse over x's rows, lse over y's rows, row term, column term); the b side is the
     # transposed problem, in which the original column softmax is the row softmax
     sides = []
@@ -472,8 +471,8 @@ def _info_nce_bwd_triton(
             ROW_TERM=row_term, COL_TERM=col_term, PRECISION=_precision(a.dtype),
         )  # fmt: skip
     # every side leaves the same total in r: sum_i r_i = sum_ij G_ij s_ij
-    dt = (-r.sum() / temperature.float()).to(temperature.dtype) if need_t else empty
-    return (da if need_a else empty), db, dt
+    dt = (-r.sum() / temperature.float()).to(temperature.dtype) if need_t else _no_grad(temperature)
+    return (da if need_a else _no_grad(a)), db, dt
 
 
 def _cosine_fwd_triton(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -510,6 +509,12 @@ def _cosine_bwd_triton(
 # --------------------------------------------------------------------------------------------------------------
 # dense PyTorch backward of the reference backend (autograd does not reach inside a custom op)
 # --------------------------------------------------------------------------------------------------------------
+
+
+def _no_grad(like: torch.Tensor) -> torch.Tensor:
+    """The (0,) placeholder for a gradient nobody asked for: a fresh tensor each time, since a custom op's
+    outputs may not alias one another."""
+    return like.new_empty(0)
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -594,17 +599,15 @@ def _info_nce_backward_op(
     if backend == "native":
         return torch.ops.scl.info_nce_native_backward(grad, a, b, temperature, stats, symmetric, need_a, need_b, need_t)
     da, db, dt = _info_nce_bwd_dense(grad, a, b, temperature, symmetric)
-    empty = a.new_empty(0)
-    return (da if need_a else empty), (db if need_b else empty), (dt if need_t else empty)
+    return (da if need_a else _no_grad(a)), (db if need_b else _no_grad(b)), (dt if need_t else _no_grad(temperature))
 
 
 @_info_nce_backward_op.register_fake
 def _(grad, a, b, temperature, stats, symmetric, need_a, need_b, need_t, backend):
-    empty = a.new_empty(0)
     return (
-        torch.empty_like(a) if need_a else empty,
-        torch.empty_like(b) if need_b else empty,
-        torch.empty_like(temperature) if need_t else empty,
+        torch.empty_like(a) if need_a else _no_grad(a),
+        torch.empty_like(b) if need_b else _no_grad(b),
+        torch.empty_like(temperature) if need_t else _no_grad(temperature),
     )
 
 
@@ -656,14 +659,12 @@ def _cosine_backward_op(
     if backend == "triton":
         return _cosine_bwd_triton(grad, a, b, stats, need_a, need_b)
     da, db = _cosine_bwd_dense(grad, a, b)
-    empty = a.new_empty(0)
-    return (da if need_a else empty), (db if need_b else empty)
+    return (da if need_a else _no_grad(a)), (db if need_b else _no_grad(b))
 
 
 @_cosine_backward_op.register_fake
 def _(grad, a, b, stats, need_a, need_b, backend):
-    empty = a.new_empty(0)
-    return (torch.empty_like(a) if need_a else empty), (torch.empty_like(b) if need_b else empty)
+    return (torch.empty_like(a) if need_a else _no_grad(a)), (torch.empty_like(b) if need_b else _no_grad(b))
 
 
 def _cosine_setup_context(ctx, inputs, output) -> None:

@@ -159,8 +159,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> info_nce_native_backward(const at
   const int64_t n = blk.n;
   TORCH_CHECK(stats.dim() == 2 && stats.size(0) == 6 && stats.size(1) == n && stats.scalar_type() == at::kFloat,
               "stats must be (6, N) float32 from info_nce_native, got ", stats.sizes(), " ", stats.scalar_type());
-  at::Tensor empty = at::empty({0}, a.options());
-  if (!(need_a || need_b || need_t)) return {empty, empty, at::empty({0}, temperature.options())};
+  // placeholders for gradients nobody asked for: distinct tensors (a custom op's outputs may not alias)
+  at::Tensor da = at::empty({0}, a.options()), db = at::empty({0}, b.options());
+  at::Tensor dt = at::empty({0}, temperature.options());
+  if (!(need_a || need_b || need_t)) return {da, db, dt};
   const double t = temperature.item<double>();
   const double inv_t = 1.0 / t;
   const double coef = grad.item<double>() / static_cast<double>(n);
@@ -215,7 +217,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> info_nce_native_backward(const at
     });
   }
 
-  at::Tensor da = empty, db = empty, dt = at::empty({0}, temperature.options());
   // dL/dx = coef * inv_x * (acc / T - xn * r): written out of the normalised copy, rounded once to x's dtype
   // in place (addcmul_ needs no N x D temporary): the fp32 result is the accumulator itself
   if (want_a) {

@@ -242,3 +242,29 @@ def test_cosine_recovery_opcheck() -> None:
     a, b = _pair(5, 32, torch.float32)
     for backend in ("triton", "reference"):
         torch.library.opcheck(torch.ops.scl.cosine_recovery.default, (a.requires_grad_(), b, backend))
+
+
+@pytest.mark.usefixtures("poisoned")
+@pytest.mark.parametrize("backend", ["triton", "native"])
+@pytest.mark.parametrize("wants", ["t", "b+t", "a"], ids=lambda w: f"grad-{w}")
+def test_info_nce_gradient_subsets_and_strided_inputs(backend: str, wants: str) -> None:
+    """Only some inputs require a gradient (the kernels then skip or reroute halves of the backward), and a, b are
+    strided views (every other column of a wider tensor, the transpose of a column-major buffer)."""
+    if backend == "native" and not _dispatch.HAS_NATIVE:
+        pytest.skip("scl_kernels._C is not built")
+    a_full, b_full = _pair(23, 2 * 40, torch.float32, corr=0.1)
+    a = a_full[:, ::2]  # (23, 40), stride (80, 2)
+    b = b_full[:, ::2].t().contiguous().t()  # (23, 40), column-major
+    a.requires_grad_("a" in wants)
+    b.requires_grad_("b" in wants)
+    t = torch.tensor(0.04, requires_grad="t" in wants)
+    g = torch.rand(()) + 0.5
+    (scl_kernels.info_nce(a, b, t, backend=backend) * g).backward()
+    a64, b64 = a.detach().double().requires_grad_("a" in wants), b.detach().double().requires_grad_("b" in wants)
+    t64 = t.detach().double().requires_grad_("t" in wants)
+    (info_nce_ref(a64, b64, t64, upcast=True) * g.double()).backward()
+    for name, got, want in (("a", a, a64), ("b", b, b64), ("t", t, t64)):
+        if name in wants:
+            assert_close(got.grad, want.grad, rtol=GRAD_SLACK * REL_TOL[torch.float32], name=f"grad {name}")
+        else:
+            assert got.grad is None
