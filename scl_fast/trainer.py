@@ -326,7 +326,10 @@ class Trainer:
             try:
                 from scl_fast.flops import count_step_flops
 
-                counted = count_step_flops(self.cfg.model, b, f, length)
+                # The counter draws example masks from the global RNG: keep it out of the training stream, or a
+                # resumed run (which counts each shape again) would diverge from an uninterrupted one.
+                with torch.random.fork_rng(devices=[]):
+                    counted = count_step_flops(self.cfg.model, b, f, length)
                 self._flops_cache[key] = float(counted[self.cfg.model.schedule]["step"])
             except Exception as err:  # noqa: BLE001 - MFU is informative; a counting failure must not stop training
                 if not self._flops_cache:

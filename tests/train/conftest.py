@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
 
 SMALL_CORPUS = ["--data.demo_train_images", "96", "--data.demo_train_videos", "32", "--data.demo_val_images", "24",
                 "--data.demo_val_videos", "16"]
@@ -33,3 +39,19 @@ TINY_MODEL = ["--model.vision.width", "32", "--model.vision.layers", "1", "--mod
               "--model.text.width", "32", "--model.text.layers", "1", "--model.text.heads", "2",
               "--model.text.intermediate", "64", "--model.fusion.width", "32", "--model.fusion.layers", "1",
               "--model.fusion.heads", "2", "--model.fusion.intermediate", "64", "--model.loss.itc_dim", "32"]
+
+
+def run_program(args: list[str], *, cwd: Path, timeout: float, env: dict[str, str] | None = None
+                ) -> subprocess.CompletedProcess:
+    """Run ``python ARGS`` in its own process group; on timeout the whole group is killed (torchrun's ranks and
+    loader workers too, which a plain ``subprocess.run`` timeout would leave running) and the test fails."""
+    full_env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", **(env or {})}
+    proc = subprocess.Popen([sys.executable, *args], cwd=cwd, env=full_env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"{args[:3]} timed out after {timeout} s; stderr tail:\n{err[-3000:]}")
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,14 +13,11 @@ from PIL import Image
 from scl_fast.ablate import markdown_table
 from scl_fast.plot import plot_run
 
-from .conftest import TINY_MODEL, short_run_args
-
-ROOT = Path(__file__).resolve().parents[2]
+from .conftest import TINY_MODEL, run_program, short_run_args
 
 
 def _run(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    return subprocess.run([sys.executable, *args], cwd=cwd, env=env, timeout=timeout, capture_output=True, text=True)
+    return run_program(args, cwd=cwd, timeout=timeout)
 
 
 def test_help_lists_every_option_and_bad_options_fail(tmp_path: Path) -> None:

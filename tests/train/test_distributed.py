@@ -4,9 +4,6 @@ demo preset trains a few steps with 2 ranks."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,20 +11,17 @@ import torch
 
 from tests.utils import assert_close
 
-from .conftest import TINY_MODEL, short_run_args
+from .conftest import TINY_MODEL, run_program, short_run_args
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = f"{ROOT}{os.pathsep}{env.get('PYTHONPATH', '')}"
-    env.setdefault("OMP_NUM_THREADS", "1")  # two ranks on two cores
-    return env
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # two ranks on two cores
 
 
 def _torchrun(nproc: int, args: list[str]) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), *args]
+    return ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), *args]
+
+
+def _check(proc) -> None:
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
 
 
 @pytest.mark.slow
@@ -36,9 +30,9 @@ def test_first_step_gradients_match_one_process(demo_cache: Path, tmp_path: Path
             "--model.fusion.dropout", "0", "--model.loss.itm_weight", "0", "--model.loss.mlm_weight", "0"]
     helper = str(Path(__file__).with_name("ddp_grads.py"))
     single, multi = tmp_path / "single.pt", tmp_path / "multi.pt"
-    subprocess.run([sys.executable, helper, str(single), *args, "--data.batch_size", "8"], check=True, env=_env(),
-                   cwd=tmp_path, timeout=300)
-    subprocess.run(_torchrun(2, [helper, str(multi), *args]), check=True, env=_env(), cwd=tmp_path, timeout=300)
+    _check(run_program([helper, str(single), *args, "--data.batch_size", "8"], cwd=tmp_path, timeout=300,
+                       env=ONE_THREAD))
+    _check(run_program(_torchrun(2, [helper, str(multi), *args]), cwd=tmp_path, timeout=300, env=ONE_THREAD))
     one, two = torch.load(single), torch.load(multi)
     assert one["batch"] == two["batch"] == 8 and two["world_size"] == 2
     assert set(one["grads"]) == set(two["grads"]) and len(one["grads"]) > 10
@@ -62,9 +56,8 @@ def test_first_step_gradients_match_one_process(demo_cache: Path, tmp_path: Path
 def test_torchrun_trains_the_demo_preset(demo_cache: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     args = short_run_args(demo_cache, run, steps=3, batch=4)
-    proc = subprocess.run(_torchrun(2, ["-m", "scl_fast.train", *args]), env=_env(), cwd=tmp_path, timeout=400,
-                          capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    proc = run_program(_torchrun(2, ["-m", "scl_fast.train", *args]), cwd=tmp_path, timeout=400, env=ONE_THREAD)
+    _check(proc)
     summary = json.loads((run / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["steps"] == 3 and summary["samples"] == 3 * 4 * 2
     assert set(summary["final_losses"]) == {"total", "itm", "mlm", "itc", "scl"}

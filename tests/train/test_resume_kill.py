@@ -15,16 +15,15 @@ import torch
 
 from scl_fast import checkpoint as ckpt
 
-from .conftest import TINY_MODEL, short_run_args
+from .conftest import ROOT, TINY_MODEL, run_program, short_run_args
 
-ROOT = Path(__file__).resolve().parents[2]
 STEPS = 10
 
 
-def _cmd(cache: Path, run: Path, *extra: str) -> list[str]:
+def _args(cache: Path, run: Path, *extra: str) -> list[str]:
     args = short_run_args(cache, run, steps=STEPS, batch=4, extra=[
         *TINY_MODEL, "--train.deterministic", "true", "--train.ckpt_every", "2", "--train.keep_ckpts", "20", *extra])
-    return [sys.executable, "-m", "scl_fast.train", *args]
+    return ["-m", "scl_fast.train", *args]
 
 
 def _env() -> dict[str, str]:
@@ -34,11 +33,11 @@ def _env() -> dict[str, str]:
 @pytest.mark.slow
 def test_sigkill_then_resume_gives_the_same_weights(demo_cache: Path, tmp_path: Path) -> None:
     full, cut = tmp_path / "full", tmp_path / "cut"
-    subprocess.run(_cmd(demo_cache, full), check=True, env=_env(), cwd=tmp_path, timeout=300,
-                   stdout=subprocess.DEVNULL)
+    done = run_program(_args(demo_cache, full), cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
 
-    proc = subprocess.Popen(_cmd(demo_cache, cut), env=_env(), cwd=tmp_path, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([sys.executable, *_args(demo_cache, cut)], env=_env(), cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + 240
         while not ckpt.list_checkpoints(cut) and time.monotonic() < deadline and proc.poll() is None:
@@ -47,13 +46,12 @@ def test_sigkill_then_resume_gives_the_same_weights(demo_cache: Path, tmp_path: 
         assert proc.wait(timeout=30) == -signal.SIGKILL
     finally:
         if proc.poll() is None:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
     steps_done = [s for s, _ in ckpt.list_checkpoints(cut)]
     assert steps_done and steps_done[-1] < STEPS, steps_done  # killed mid-run, after at least one checkpoint
     assert not (cut / "summary.json").exists()
 
-    resumed = subprocess.run(_cmd(demo_cache, cut, "--train.resume", "auto"), env=_env(), cwd=tmp_path,
-                             timeout=300, capture_output=True, text=True)
+    resumed = run_program(_args(demo_cache, cut, "--train.resume", "auto"), cwd=tmp_path, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resumed from {ckpt.checkpoint_path(cut, steps_done[-1])}" in resumed.stdout
     a = ckpt.load_weights(ckpt.checkpoint_path(full, STEPS))
