@@ -185,16 +185,19 @@ def test_info_nce_opcheck() -> None:
     """Schema, fake tensors and autograd registration agree with the real kernels (torch.compile relies on them)."""
     a, b = _pair(5, 32, torch.float32)
     t = torch.tensor(0.07, requires_grad=True)
-    for backend in ("triton", "reference"):
+    for backend in ("triton", "reference", *(["native"] if _dispatch.HAS_NATIVE else [])):
         args = (a.clone().requires_grad_(), b.clone().requires_grad_(), t, True, backend)
         torch.library.opcheck(torch.ops.scl.info_nce.default, args)
 
 
-def test_info_nce_compiles_without_graph_break() -> None:
+@pytest.mark.parametrize("backend", ["reference", "native"])
+def test_info_nce_compiles_without_graph_break(backend: str) -> None:
+    if backend == "native" and not _dispatch.HAS_NATIVE:
+        pytest.skip("scl_kernels._C is not built")
     a, b = _pair(6, 16, torch.float32)
     a.requires_grad_(True)
     t = torch.tensor(0.07, requires_grad=True)
-    fn = torch.compile(lambda a, b, t: scl_kernels.info_nce(a, b, t, backend="reference"), fullgraph=True,
+    fn = torch.compile(lambda a, b, t: scl_kernels.info_nce(a, b, t, backend=backend), fullgraph=True,
                        backend="aot_eager")  # fmt: skip
     fn(a, b, t).backward()
     ref = info_nce_ref(a.detach().double().requires_grad_(), b.double(), t.detach().double(), upcast=True)
