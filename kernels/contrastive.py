@@ -5,8 +5,15 @@ the forward kernel streams column tiles of ``b`` past a row block of ``a``, comp
 ``tl.dot`` (fp32 accumulation) and scales them by ``inv_a_i * inv_b_j / T`` afterwards, so the normalised rows
 are never written out and fp16/bf16 inputs lose nothing to a rounded normalisation. Each row keeps an online
 log-sum-exp; the transposed direction is the same kernel with ``a`` and ``b`` swapped (the column LSE of
-``s`` is the row LSE of ``s^T``). What the backward needs is four length-N fp32 vectors (inverse norms and
-the two LSEs): memory is O(N*D) at any N.
+``s`` is the row LSE of ``s^T``). What the backward needs is six length-N fp32 vectors (inverse norms, the
+two LSEs and the two ``q``, below): memory is O(N*D) at any N.
+
+Diagonal precision: with a matched pair at T = 0.01 the diagonal logit is ~100 and ``p_ii`` rounds to 1, so
+``G_ii = p_ii - 1 = exp(s_ii - lse_i) - 1`` would be pure rounding (``lse`` carries ~100 * 2^-24), and through
+``dL/dT = -sum G_ij s_ij / T`` that noise (x100 per row) swamps a true gradient of ~1e-22. The forward therefore
+also keeps the off-diagonal part of the running sum and stores ``q_i = 1 - p_ii`` from it (exact in relative
+terms); the backward uses ``G_ii = -q_i``, and the per-row loss is ``-log1p(-q_i)`` where that does not cancel.
+The C++ CPU kernel (``csrc/info_nce.cpp``) keeps the same statistics.
 
 Backward, with ``G`` the gradient of the loss w.r.t. the logits ``s = (a_i . b_j) inv_a_i inv_b_j / T``
 (``G = g/N (softmax_row(s) + softmax_col(s) - 2I)`` when symmetric):
