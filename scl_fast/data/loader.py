@@ -11,6 +11,7 @@ has consumed".
 
 from __future__ import annotations
 
+import atexit
 import io
 import logging
 import math
@@ -355,6 +356,16 @@ class Decoder:
 
 
 _DONE = object()
+# Prefetch threads running now: stopped at interpreter exit, before the modules they use are torn down (a daemon
+# thread still decoding then fails inside DALI and logs a spurious "DALI rejected a batch").
+_PREFETCHERS: set[tuple[threading.Event, threading.Thread]] = set()
+
+
+@atexit.register
+def _stop_prefetchers() -> None:
+    for stop, thread in list(_PREFETCHERS):
+        stop.set()
+        thread.join(timeout=5.0)
 
 
 def _decode_inline(worker_batches: Iterator[_WorkerBatch], decoder: Decoder
@@ -412,6 +423,7 @@ def _decode_ahead(worker_batches: Iterator[_WorkerBatch], decoder: Decoder, dept
         put(_DONE)
 
     thread = threading.Thread(target=produce, name="scl-data-decode", daemon=True)
+    _PREFETCHERS.add((stop, thread))
     thread.start()
     try:
         while True:
@@ -424,6 +436,7 @@ def _decode_ahead(worker_batches: Iterator[_WorkerBatch], decoder: Decoder, dept
     finally:
         stop.set()
         thread.join(timeout=5.0)
+        _PREFETCHERS.discard((stop, thread))
 
 
 class Loader:
