@@ -798,7 +798,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {SECTIONS}")
     parser.add_argument("--budget-s", type=float, default=450.0,
                         help="stop starting new cases after this many seconds (the report must fit in 8 minutes)")
-    parser.add_argument("--step-reserve-s", type=float, default=150.0,
+    parser.add_argument("--step-reserve-s", type=float, default=180.0,
                         help="seconds kept for the training-step section at the end")
     parser.add_argument("--step-reps", type=int, default=5, help="timed steps per schedule (median)")
     parser.add_argument("--quick", action="store_true", help="first three attention shapes only")
