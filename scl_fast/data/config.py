@@ -57,6 +57,12 @@ class DataConfig:
     min_crop_area: float = 0.8
     """Lower bound of RandomResizedCrop's area fraction (upper bound 1.0)."""
 
+    align_ranks: bool = True
+    """Multi-rank training (drop_last): every rank gets a batch of the same frame count at every step, so
+    collectives whose number or shape depends on F (the per-frame SCL gathers) match across ranks. Costs I/O:
+    each loader worker reads every shard and keeps its share (by kind). Off = each rank reads its own shards and
+    groups independently (only safe for image-only or video-only data)."""
+
     strict: bool = False
     """Raise on the first skipped sample (naming shard and key) instead of skipping and counting it."""
 

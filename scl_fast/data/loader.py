@@ -18,6 +18,7 @@ import math
 import queue
 import threading
 import zlib
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from itertools import chain
@@ -144,6 +145,11 @@ class _SampleStream(IterableDataset):
     Sharding: with at least as many shards as slots, slot s reads shards s, s + slots, ... of the epoch's shard
     order (shuffled per epoch for training); with fewer shards (and for manifests) every slot reads everything
     and keeps every slots-th sample. Either way one epoch sees every sample once across the world.
+
+    Aligned (multi-rank training, ``data.align_ranks``): every slot reads and shuffles the same stream and keeps
+    every slots-th sample *of each kind*; all slots emit a kind's batch at the same point of the stream, so the
+    k-th batch of worker w has the same frame count on every rank (and batch_size samples unless some were bad).
+    The remainder of each kind at the end of an epoch is dropped (drop_last), on every rank alike.
     """
 
     def __init__(self, cfg: DataConfig, spec: str, *, train: bool, device: str, rank: int, world_size: int,
@@ -151,6 +157,8 @@ class _SampleStream(IterableDataset):
                  capability: tuple[int, int] | None = None) -> None:
         self.cfg, self.train, self.device = cfg, train, device
         self.capability = capability  # the GPU's compute capability, read in the main process (workers have no CUDA)
+        # Rank-aligned batching (see DataConfig.align_ranks): only where ranks must agree step by step.
+        self.aligned = cfg.align_ranks and train and drop_last and world_size > 1
         self.source = expand_spec(spec)
         self.rank, self.world_size, self.seed = rank, world_size, seed
         self.epochs, self.drop_last = epochs, drop_last
@@ -172,19 +180,33 @@ class _SampleStream(IterableDataset):
             keep = set(start["pending"]) if epoch == start["epoch"] else set()
             groups: dict[int, list[_Prepared]] = {}
             seq = prepared = 0
+            kinds: Counter = Counter()  # aligned mode: samples of each kind seen so far in the shared stream
             for raw in self._epoch_samples(epoch, slot, slots, ledger):
                 seq += 1
+                mine = True
+                # Its batch kind: frame count (videos with data.frames == 1 batch with images), None = no media.
+                key = None if raw.kind is None else 1 if raw.kind == "image" else self.cfg.frames
+                if self.aligned:  # every slot reads the same stream; kind k's n-th sample belongs to slot n % slots
+                    mine = kinds[key] % slots == slot
+                    kinds[key] += 1
                 # Replaying up to a restored position: only the samples then waiting in a group are rebuilt.
-                sample = self._prepare(raw, seq - 1, epoch, ledger) if seq > replay_to or seq - 1 in keep else None
+                redo = seq > replay_to or seq - 1 in keep
+                sample = self._prepare(raw, seq - 1, epoch, ledger) if mine and redo else None
                 if seq == replay_to:
                     stats.take()  # counted before the checkpoint: already in the restored stats
-                if sample is None:
-                    continue
-                prepared += 1
-                group = groups.setdefault(sample.frames, [])
-                group.append(sample)
-                if len(group) == self.cfg.batch_size:
-                    groups[sample.frames] = []
+                if sample is not None:
+                    prepared += 1
+                    groups.setdefault(sample.frames, []).append(sample)
+                if self.aligned:
+                    # Every slot got exactly batch_size of the last batch_size * slots samples of this kind (fewer
+                    # if some were bad): all slots emit here, at the same point of the shared stream, so every
+                    # rank's k-th batch has the same frame count.
+                    if key is not None and kinds[key] % (self.cfg.batch_size * slots) == 0:
+                        group, groups[key] = groups.get(key, []), []
+                        if group:
+                            yield self._emit(wid, group, tokenizer, stats, epoch, seq, groups)
+                elif sample is not None and len(groups[sample.frames]) == self.cfg.batch_size:
+                    group, groups[sample.frames] = groups[sample.frames], []
                     yield self._emit(wid, group, tokenizer, stats, epoch, seq, groups)
             if not self.drop_last:
                 for frames in sorted(groups):
@@ -205,19 +227,26 @@ class _SampleStream(IterableDataset):
     def _epoch_samples(self, epoch: int, slot: int, slots: int, ledger: Ledger) -> Iterator[RawSample]:
         kind, paths = self.source
         if kind == "manifest":
-            raws = read_manifest(paths[0], ledger, lambda i: i % slots == slot)
+            owner = lambda i: i % slots == slot  # noqa: E731
+            raws = (read_manifest(paths[0], ledger, lambda i: True, owner) if self.aligned
+                    else read_manifest(paths[0], ledger, owner))
         else:
             order = list(paths)
             if self.train:
                 np.random.default_rng([self.seed, epoch]).shuffle(order)
-            if len(order) >= slots:
+            if self.aligned:  # the whole stream in every slot; shard-level counts by the shard's owner only
+                raws = chain.from_iterable(read_tar(p, ledger if j % slots == slot else None)
+                                           for j, p in enumerate(order))
+            elif len(order) >= slots:
                 raws = chain.from_iterable(read_tar(p, ledger) for p in order[slot::slots])
             else:  # shard-level counts only in the slot that owns the shard's index, so they count once
                 every = chain.from_iterable(read_tar(p, ledger if j % slots == slot else None)
                                             for j, p in enumerate(order))
                 raws = (s for i, s in enumerate(every) if i % slots == slot)
         if self.train and self.cfg.shuffle_buffer > 1:
-            raws = _shuffled(raws, self.cfg.shuffle_buffer, np.random.default_rng([self.seed, epoch, slot, 1]))
+            # Aligned slots shuffle the shared stream identically (no slot in the seed), so they stay in step.
+            rng = np.random.default_rng([self.seed, epoch, 1] if self.aligned else [self.seed, epoch, slot, 1])
+            raws = _shuffled(raws, self.cfg.shuffle_buffer, rng)
         return raws
 
     def _prepare(self, raw: RawSample, seq: int, epoch: int, ledger: Ledger) -> _Prepared | None:

@@ -256,11 +256,14 @@ def read_tar(shard: str, ledger: Ledger | None) -> Iterator[RawSample]:
         yield _group_to_sample(shard, key, members)
 
 
-def read_manifest(path: str, ledger: Ledger, select: Callable[[int], bool]) -> Iterator[RawSample]:
+def read_manifest(path: str, ledger: Ledger, select: Callable[[int], bool],
+                  owns: Callable[[int], bool] | None = None) -> Iterator[RawSample]:
     """Yield the samples of a JSONL manifest (``{"image"|"video": path, "caption": str}``) that ``select`` keeps.
 
-    Relative media paths are resolved against the manifest's folder; the key is the line number.
+    Relative media paths are resolved against the manifest's folder; the key is the line number. ``owns`` (default:
+    ``select``) says which unparsable lines this reader reports, so readers that share lines count them once.
     """
+    owns = owns or select
     root = os.path.dirname(os.path.abspath(path))
     with open(path, "rb") as f:
         for lineno, line in enumerate(f):
@@ -272,7 +275,8 @@ def read_manifest(path: str, ledger: Ledger, select: Callable[[int], bool]) -> I
                 if not isinstance(entry, dict):
                     raise ValueError(f"expected an object, got {type(entry).__name__}")
             except (ValueError, UnicodeDecodeError) as e:
-                ledger.skip(path, key, "bad_json", str(e))
+                if owns(lineno):
+                    ledger.skip(path, key, "bad_json", str(e))
                 continue
             kind = "video" if "video" in entry else "image" if "image" in entry else None
             caption = entry.get("caption")

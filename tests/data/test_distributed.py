@@ -141,3 +141,32 @@ def test_resume_endless_stream_as_the_trainer_uses_it(corpus: dict) -> None:
     assert [k for k, _ in head + tail] == [k for k, _ in full]
     assert all(torch.equal(a, b) for (_, a), (_, b) in zip(head + tail, full, strict=True))
     assert all(len(k) == 3 for k, _ in full), "drop_last: only full batches"
+
+
+def test_aligned_ranks_get_the_same_frame_count_at_every_step(corpus: dict) -> None:
+    """Multi-rank training: the per-frame gathers of the SCL loss need the same F on every rank at each step."""
+    spec = corpus["all"]
+    images = sum(1 for i in range(len(corpus["keys"])) if i % 4 != 3)
+    videos = len(corpus["keys"]) - images
+    slots, batch = 4, 2  # 2 ranks x 2 workers
+    frames, epoch_keys = [], []
+    for rank in range(2):
+        endless = iter(Loader(_cfg(spec, batch_size=batch), spec, train=True, rank=rank, world_size=2, seed=2))
+        frames.append([next(endless).pixels.shape[1] for _ in range(14)])
+        one = Loader(_cfg(spec, batch_size=batch), spec, train=True, rank=rank, world_size=2, seed=2, epochs=1)
+        epoch_keys += [k for b in one for k in b.keys]
+    assert frames[0] == frames[1], frames
+    assert set(frames[0]) == {1, FRAMES}
+    # One epoch: each kind's remainder below batch * slots is dropped, the rest seen exactly once.
+    expected = (images // (batch * slots) + videos // (batch * slots)) * batch * slots
+    assert len(epoch_keys) == len(set(epoch_keys)) == expected, (len(epoch_keys), len(set(epoch_keys)), expected)
+
+
+def test_unaligned_ranks_read_only_their_shards(corpus: dict) -> None:
+    """align_ranks off: each rank groups on its own (cheaper I/O), so frame counts may differ across ranks."""
+    spec = corpus["all"]
+    seen = []
+    for rank in range(2):
+        loader = Loader(_cfg(spec, align_ranks=False), spec, train=True, rank=rank, world_size=2, seed=5, epochs=1)
+        seen += [k for b in loader for k in b.keys]
+    assert len(seen) == len(set(seen)) and len(seen) <= len(corpus["keys"])
