@@ -208,6 +208,12 @@ class _SampleStream(IterableDataset):
                 elif sample is not None and len(groups[sample.frames]) == self.cfg.batch_size:
                     group, groups[sample.frames] = groups[sample.frames], []
                     yield self._emit(wid, group, tokenizer, stats, epoch, seq, groups)
+            if self.aligned and slot == 0 and epoch == start["epoch"]:
+                for key, n in sorted((k, n) for k, n in kinds.items() if k is not None):
+                    if n < self.cfg.batch_size * slots:
+                        log.warning("data: only %d samples with %d frame(s) per epoch, fewer than batch_size x ranks "
+                                    "x workers = %d: rank-aligned batching never uses them", n, key,
+                                    self.cfg.batch_size * slots)
             if not self.drop_last:
                 for frames in sorted(groups):
                     if groups[frames]:
