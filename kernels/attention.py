@@ -97,7 +97,9 @@ def _visible(
     else:
         qi = offs_q[:, None]
         ki = offs_k[None, :]
-    ok = (qi < Lq) & (ki < Lk)
+    # keys past Lk must go (their zero-loaded scores would take softmax mass); query rows past Lq need no mask:
+    # they are never stored, and in the backward their lse loads as +inf, so their probabilities are 0
+    ok = ki < Lk
     if HAS_KEY_MASK:
         ok = ok & (tl.load(km_row_ptr + ki * stride_km_n, mask=ki < Lk, other=0) != 0)
     if HAS_FRAMES:
