@@ -102,3 +102,20 @@ def test_gradients_through_patched_model() -> None:
 def test_rejects_non_hf_model() -> None:
     with pytest.raises(ValueError, match="PreTrainedModel"):
         scl_kernels.patch_hf(torch.nn.Linear(2, 2))
+
+
+def test_training_mode_dropout_runs_fused() -> None:
+    """In train mode BERT's attention dropout (0.1) goes into the kernel, not to a fallback: finite outputs and
+    gradients, and two calls draw different masks."""
+    model, inputs = _build("bert")
+    model.train()
+    scl_kernels.patch_hf(model, backend="triton")
+    before = _dispatch.calls[("masked_attention", "triton")]
+    out = model(**inputs).last_hidden_state
+    out.pow(2).mean().backward()
+    assert _dispatch.calls[("masked_attention", "triton")] - before == model.config.num_hidden_layers
+    assert torch.isfinite(out).all()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    with torch.no_grad():
+        again = model(**inputs).last_hidden_state
+    assert not torch.equal(again, out.detach())
