@@ -6,8 +6,9 @@
 One table per benchmark group (the ``group`` a benchmark sets, else its module). Columns: median and IQR of
 the time per call, rounds, and every ``extra_info`` key the benchmarks recorded (samples/s, GB/s, TFLOP/s,
 max error, peak memory, ...). Within a group, the row whose name says ``reference``/``naive``/``eager``
-is the baseline and every row gets a ``speedup`` (baseline median / row median). The PNG has one panel per
-group with the medians as horizontal bars.
+is the baseline and every row gets a ``speedup`` (baseline median / row median); with several baselines in a
+group (one per shape), each row is paired with the baseline whose name differs from its own in one token. The
+PNG has one panel per group with the medians as horizontal bars.
 """
 
 from __future__ import annotations
@@ -71,13 +72,38 @@ def groups(data: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
+def _tokens(name: str) -> list[str]:
+    return [t for t in re.split(r"[\[\],\-]+", name) if t]
+
+
 def speedups(rows: list[dict[str, Any]]) -> dict[str, float]:
-    """name -> baseline median / median, where the group has exactly one baseline row."""
+    """name -> baseline median / median.
+
+    With one baseline row in the group, every row is compared with it. With several (one per shape, say
+    ``op[shape_a-reference]`` and ``op[shape_b-reference]``), a row is compared with the baseline whose name is
+    its own with one token (the implementation's name) swapped: ``op[shape_a-native]`` with ``op[shape_a-reference]``.
+    """
     base = [b for b in rows if _is_baseline(b)]
-    if len(base) != 1:
+    if not base:
         return {}
-    ref = base[0]["stats"]["median"]
-    return {b["name"]: ref / b["stats"]["median"] for b in rows if b["stats"]["median"] > 0}
+    if len(base) == 1:
+        ref = base[0]["stats"]["median"]
+        return {b["name"]: ref / b["stats"]["median"] for b in rows if b["stats"]["median"] > 0}
+    keys: dict[tuple[str, ...], float] = {}
+    for b in base:
+        toks = _tokens(b["name"])
+        for i, t in enumerate(toks):
+            if t.lower() in BASELINE_WORDS:
+                keys[tuple(toks[:i] + toks[i + 1:])] = b["stats"]["median"]
+    out: dict[str, float] = {}
+    for b in rows:
+        toks = _tokens(b["name"])
+        for i in range(len(toks)):
+            ref = keys.get(tuple(toks[:i] + toks[i + 1:]))
+            if ref is not None and b["stats"]["median"] > 0:
+                out[b["name"]] = ref / b["stats"]["median"]
+                break
+    return out
 
 
 def to_markdown(data: dict[str, Any], *, title: str = "Benchmark results") -> str:

@@ -94,3 +94,17 @@ def test_report_cli_module(bench_json: Path, tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "| test_sum |" in proc.stdout
     assert (tmp_path / "results.md").is_file() and (tmp_path / "results.png").is_file()
+
+
+def test_speedups_pair_rows_with_their_own_baseline() -> None:
+    """Pairing logic only: with one reference per shape, each row is compared with its shape's reference."""
+
+    def row(name: str, median: float) -> dict:
+        return {"name": name, "stats": {"median": median}}
+
+    rows = [row("op[a-native]", 1.0), row("op[a-reference]", 3.0), row("op[b-native]", 2.0),
+            row("op[b-reference]", 5.0), row("op[c-native]", 1.0)]
+    sp = report.speedups(rows)
+    assert sp == {"op[a-native]": 3.0, "op[a-reference]": 1.0, "op[b-native]": 2.5, "op[b-reference]": 1.0}
+    assert report.speedups([row("x[fused]", 1.0), row("x[naive]", 2.0)]) == {"x[fused]": 2.0, "x[naive]": 1.0}
+    assert report.speedups([row("x[fused]", 1.0), row("x[other]", 2.0)]) == {}
