@@ -449,3 +449,76 @@ def test_gpu_config_pruning() -> None:
     # the production case keeps several candidates to tune over
     bf16 = torch.empty(0, dtype=torch.bfloat16)
     assert len(attn_mod._make_prune("fwd")(attn_mod.FWD_CONFIGS, {"Q_ptr": bf16, "Lq": 325, "Lk": 325}, BLOCK_D=64)) > 2
+
+
+def _fake_module(monkeypatch: pytest.MonkeyPatch, name: str, **attrs: object) -> None:
+    import importlib.machinery
+    import sys
+    import types
+
+    mod = types.ModuleType(name)
+    mod.__spec__ = importlib.machinery.ModuleSpec(name, None)
+    for key, value in attrs.items():
+        setattr(mod, key, value)
+    monkeypatch.setitem(sys.modules, name, mod)
+
+
+def _plain(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None, bias=None) -> torch.Tensor:  # noqa: ANN001
+    """softmax(q k^T * scale + bias) v over (..., L, D) tensors."""
+    s = q @ k.transpose(-1, -2) * (q.shape[-1] ** -0.5 if scale is None else scale)
+    return torch.softmax(s if bias is None else s + bias, dim=-1) @ v
+
+
+def test_flash_attn_varlen_packing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The flash_attn backend's key packing (cu_seqlens, keys anywhere in the row, a sample with no key) against
+    eager, through a stand-in flash_attn module with flash-attn's calling convention (not installed here)."""
+
+    def varlen(q, k, v, cu_q, cu_k, max_q, max_k, dropout_p=0.0, softmax_scale=None):  # noqa: ANN001, ANN202
+        assert q.dim() == 3 and cu_q.dtype == torch.int32 and cu_k.dtype == torch.int32
+        assert max_k == max(int(cu_k[i + 1] - cu_k[i]) for i in range(len(cu_k) - 1)) or max_k == 1
+        out = torch.empty_like(q)
+        for i in range(len(cu_q) - 1):
+            qs, ks = slice(cu_q[i], cu_q[i + 1]), slice(cu_k[i], cu_k[i + 1])
+            if cu_k[i + 1] == cu_k[i]:
+                out[qs] = float("nan")  # what a kernel may leave for a sample with no key
+                continue
+            out[qs] = _plain(q[qs].transpose(0, 1), k[ks].transpose(0, 1), v[ks].transpose(0, 1),
+                             softmax_scale).transpose(0, 1)  # fmt: skip
+        return out
+
+    def dense(q, k, v, dropout_p=0.0, softmax_scale=None):  # noqa: ANN001, ANN202
+        return _plain(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), softmax_scale).transpose(1, 2)
+
+    _fake_module(monkeypatch, "flash_attn", flash_attn_func=dense, flash_attn_varlen_func=varlen)
+    from scl_fast.model.attention import attention
+
+    q = torch.randn(3, 2, 9, 32)
+    k, v = torch.randn(3, 2, 11, 32), torch.randn(3, 2, 11, 32)
+    km = torch.rand(3, 11) > 0.4
+    km[0, 3] = True
+    km[1] = False  # no real key: zeros, not NaN
+    got = attention(q, k, v, backend="flash_attn", key_mask=km)
+    assert_close(got, masked_attention_ref(q, k, v, key_mask=km), rtol=1e-5, name="varlen")
+    assert_close(attention(q, k, v, backend="flash_attn"), masked_attention_ref(q, k, v), rtol=1e-5, name="dense")
+    with pytest.raises(ValueError, match="frame-block"):
+        attention(q, q, q, backend="flash_attn", frames=3)
+
+
+def test_xformers_bias(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The xformers backend's additive bias (frames and key padding, last dim padded for alignment) against
+    eager, through a stand-in xformers.ops with memory_efficient_attention's convention (not installed here)."""
+
+    def mea(q, k, v, attn_bias=None, p=0.0, scale=None):  # noqa: ANN001, ANN202
+        assert attn_bias is None or attn_bias.shape == (q.shape[0], q.shape[2], q.shape[1], k.shape[1])
+        out = _plain(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), scale, attn_bias)
+        return out.transpose(1, 2)
+
+    _fake_module(monkeypatch, "xformers")
+    _fake_module(monkeypatch, "xformers.ops", memory_efficient_attention=mea)
+    from scl_fast.model.attention import attention
+
+    x = torch.randn(2, 2, 3 * 7, 32)
+    km = torch.rand(2, 21) > 0.3
+    km[:, :3] = True
+    got = attention(x, x, x, backend="xformers", key_mask=km, frames=3)
+    assert_close(got, masked_attention_ref(x, x, x, key_mask=km, frames=3), rtol=1e-5, name="xformers")
