@@ -250,6 +250,26 @@ def _attn_inputs(shape: S.AttnShape, device: torch.device, dtype: torch.dtype, g
     return q, k, v, key_mask
 
 
+def _flex_block_mask(shape: S.AttnShape, batch: int, dev: torch.device, km: torch.Tensor | None,
+                     create_block_mask: Callable) -> Any:
+    """FlexAttention's BlockMask for the shape's pattern (frame blocks + global CLS, key padding)."""
+    f = shape.frames or 1
+    per = shape.lk // f
+    idx = torch.arange(shape.lk, device=dev)
+    frame_of = torch.where(idx < f, idx, (idx - f) // max(per - 1, 1))
+    is_cls = idx < f
+
+    def mask_mod(b, h, q_idx, kv_idx):  # noqa: ANN001, ANN202
+        ok = q_idx >= 0  # all True, of the right type
+        if shape.frames and shape.frames > 1:
+            ok = ok & (is_cls[q_idx] | (frame_of[q_idx] == frame_of[kv_idx]))
+        if km is not None:
+            ok = ok & km[b, kv_idx]
+        return ok
+
+    return create_block_mask(mask_mod, batch, None, shape.lq, shape.lk, device=dev)
+
+
 def _attn_impls(ctx: Ctx, kernels: Any, shape: S.AttnShape) -> dict[str, Callable | str]:
     """name -> factory(q, k, v, key_mask) -> call() -> out, or a string saying why it is absent."""
     from scl_kernels.reference import attention_mask_ref, masked_attention_ref
@@ -280,24 +300,15 @@ def _attn_impls(ctx: Ctx, kernels: Any, shape: S.AttnShape) -> dict[str, Callabl
 
         compiled = torch.compile(flex_attention, dynamic=False) if ctx.device.type == "cuda" else flex_attention
 
+        blocks: dict[tuple, Any] = {}
+
         def make_flex(q, k, v, km):  # noqa: ANN001, ANN202
-            dev = q.device
-            f = shape.frames or 1
-            per = shape.lk // f
-            idx = torch.arange(shape.lk, device=dev)
-            frame_of = torch.where(idx < f, idx, (idx - f) // max(per - 1, 1))
-            is_cls = idx < f
-            kmask = km
-
-            def mask_mod(b, h, q_idx, kv_idx):  # noqa: ANN001, ANN202
-                ok = q_idx >= 0  # all True, of the right type
-                if shape.frames and shape.frames > 1:
-                    ok = ok & (is_cls[q_idx] | (frame_of[q_idx] == frame_of[kv_idx]))
-                if kmask is not None:
-                    ok = ok & kmask[b, kv_idx]
-                return ok
-
-            block = create_block_mask(mask_mod, q.shape[0], None, shape.lq, shape.lk, device=dev)
+            # one block mask (and one mask_mod closure) per shape: a new closure per call would make torch.compile
+            # recompile for every call
+            key = (q.shape[0], str(q.device), id(km))
+            if key not in blocks:
+                blocks[key] = _flex_block_mask(shape, q.shape[0], q.device, km, create_block_mask)
+            block = blocks[key]
             return lambda: compiled(q, k, v, block_mask=block)
 
         impls["flex"] = make_flex
@@ -838,6 +849,11 @@ def _run(args: argparse.Namespace, sections: list[str], smoke: bool, argv: list[
         sh = {"attn": S.ATTN_GPU[:3] if args.quick else S.ATTN_GPU, "nce": S.INFONCE_GPU, "mask": S.MASKING_GPU,
               "text": S.TEXTMASK_GPU, "step": S.STEP_GPU}
     torch.backends.cuda.matmul.allow_tf32 = True
+    if not smoke:
+        # FlexAttention compiles once per shape and direction: more than dynamo's default 8 entries per function
+        import torch._dynamo as dynamo
+
+        dynamo.config.cache_size_limit = max(dynamo.config.cache_size_limit, 64)
     env = environment(argv)
     print(f"gpu_report on {env.get('gpu', 'CPU (smoke)')}: torch {env['torch']}, triton {env['triton']}", flush=True)
     try:

@@ -94,3 +94,23 @@ def test_missing_and_failing_kernels_are_reported_not_fatal(tmp_path: Path, monk
     nce_fused = [r for r in rows if r["section"] == "info_nce" and r["impl"].startswith("scl")]
     assert nce_fused and all("kernel exploded" in r["status"] for r in nce_fused)
     assert any(r["section"] == "info_nce" and r["impl"] == "eager" and r["status"] == "ok" for r in rows)
+
+
+@pytest.mark.parametrize("shape", gpu_report.S.ATTN_CPU + gpu_report.S.ATTN_GPU[:3], ids=lambda s: s.name)
+def test_flex_mask_and_flop_count_match_the_dense_mask(shape: gpu_report.S.AttnShape) -> None:
+    """The FlexAttention block mask is the kernel's pattern, and FLOPs count exactly the visible pairs."""
+    from torch.nn.attention.flex_attention import create_block_mask, create_mask
+
+    from scl_kernels.reference import attention_mask_ref
+
+    shape = gpu_report.replace(shape, batch=2)
+    gen = torch.Generator().manual_seed(3)
+    q, _, _, km = gpu_report._attn_inputs(shape, torch.device("cpu"), torch.float32, gen)
+    dense = attention_mask_ref(2, shape.lq, shape.lk, key_mask=km, frames=shape.frames)
+    dense = torch.ones(2, 1, shape.lq, shape.lk, dtype=torch.bool) if dense is None else dense.expand(
+        2, 1, shape.lq, shape.lk)
+    block = gpu_report._flex_block_mask(shape, 2, torch.device("cpu"), km, create_block_mask)
+    assert torch.equal(create_mask(block.mask_mod, 2, 1, shape.lq, shape.lk, device="cpu"), dense)
+    pattern = attention_mask_ref(1, shape.lq, shape.lk, frames=shape.frames)
+    visible = shape.lq * shape.lk if pattern is None else int(pattern.sum())
+    assert shape.visible_pairs() == visible
