@@ -36,7 +36,7 @@ from benchmarks import synchronized
 ROOT = Path(__file__).resolve().parents[1]
 # fp32 on CPU: the two schedules differ only by summation order (attention, batched matmuls, fused losses);
 # bf16 autocast on GPU rounds every matmul, so the two paths may differ by bf16 rounding of the losses.
-LOSS_RTOL = {"cpu": 1e-4, "cuda": 3e-2}
+LOSS_RTOL = {"cpu": 1e-4, "cuda": 5e-2}
 
 
 def _build_config(preset: str, overrides: tuple[tuple[str, object], ...] = ()) -> Any:
