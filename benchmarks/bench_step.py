@@ -40,19 +40,23 @@ LOSS_RTOL = {"cpu": 1e-4, "cuda": 5e-2}
 
 
 def _build_config(preset: str, overrides: tuple[tuple[str, object], ...] = ()) -> Any:
-    from scl_fast.config import preset as make_preset
+    """The preset's ``ModelConfig`` with dropout off and ``overrides`` applied.
 
-    cfg = make_preset(preset)
+    From ``scl_fast.model.config`` on purpose, not ``scl_fast.config``: the latter pulls in the data pipeline (DALI),
+    which a bare GPU machine running ``gpu_report`` may not have."""
+    from scl_fast.model.config import model_preset
+
+    cfg = model_preset(preset)
     for dotted, value in overrides:
         *path, name = dotted.split(".")
-        section = cfg.model
+        section = cfg
         for part in path:
             section = getattr(section, part)
         if not hasattr(section, name):
             raise ValueError(f"unknown model config field {dotted!r}")
         setattr(section, name, value)
-    cfg.model.text.dropout = 0.0  # dropout draws differ between schedules: off, so the losses can be compared
-    cfg.model.fusion.dropout = 0.0
+    cfg.text.dropout = 0.0  # dropout draws differ between schedules: off, so the losses can be compared
+    cfg.fusion.dropout = 0.0
     return cfg
 
 
@@ -60,7 +64,7 @@ def make_batch(cfg: Any, shape: S.StepShape, device: torch.device, seed: int = 0
     """A random but realistic batch: images (B, F, 3, H, W), BERT-style captions with [CLS] ... [SEP] and
     padding of random lengths (so key masks matter)."""
     gen = torch.Generator().manual_seed(seed)
-    mc = cfg.model
+    mc = cfg
     size = mc.vision.image_size
     pixels = torch.randn(shape.batch, shape.frames, 3, size, size, generator=gen)
     length = shape.text_len
@@ -91,7 +95,7 @@ class StepRunner:
         self.device = torch.device(device)
         self.cfg = _build_config(shape.preset, shape.overrides)
         torch.manual_seed(seed)
-        self.model = SCLModel(self.cfg.model).to(self.device).train()
+        self.model = SCLModel(self.cfg).to(self.device).train()
         if schedule == "fused":
             set_attn_backend(self.model, "triton" if self.device.type == "cuda" else "sdpa")
             self._ops = contextlib.nullcontext
@@ -151,7 +155,7 @@ def step_flops(shape: S.StepShape) -> dict[str, float]:
             from scl_fast.flops import count_step_flops
 
             cfg = _build_config(shape.preset, shape.overrides)
-            counted = count_step_flops(cfg.model, shape.batch, shape.frames, shape.text_len)
+            counted = count_step_flops(cfg, shape.batch, shape.frames, shape.text_len)
             _FLOPS[shape.name] = {k: float(counted[k]["step"]) for k in ("fused", "naive") if k in counted}
         except Exception as err:  # noqa: BLE001 - FLOPs are informative; timing and numerics still stand
             print(f"step FLOPs not counted: {type(err).__name__}: {err}", file=sys.stderr)

@@ -114,3 +114,27 @@ def test_flex_mask_and_flop_count_match_the_dense_mask(shape: gpu_report.S.AttnS
     pattern = attention_mask_ref(1, shape.lq, shape.lk, frames=shape.frames)
     visible = shape.lq * shape.lk if pattern is None else int(pattern.sum())
     assert shape.visible_pairs() == visible
+
+
+BARE_MACHINE = """
+import importlib.abc, sys
+class _NoDataStack(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] in ("nvidia", "av"):
+            raise ImportError("not installed on the GPU image: " + name)
+sys.meta_path.insert(0, _NoDataStack())
+from benchmarks import gpu_report
+rc = gpu_report.main(["--cpu-smoke", "--sections", "step", "--out", sys.argv[1]])
+assert "scl_fast.data" not in sys.modules, "the report pulled in the data pipeline"
+raise SystemExit(rc)
+"""
+
+
+def test_step_section_needs_no_data_stack(tmp_path: Path) -> None:
+    """The GPU machine's image has neither DALI nor PyAV: the report (step section included) must not import them."""
+    proc = subprocess.run([sys.executable, "-c", BARE_MACHINE, str(tmp_path)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = json.loads((tmp_path / "report.json").read_text())["rows"]
+    assert {r["impl"] for r in rows if r["section"] == "step" and r["status"] == "ok"} == {"fused", "naive",
+                                                                                        "fused/naive"}
