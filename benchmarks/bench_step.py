@@ -239,6 +239,8 @@ def test_train_step(benchmark: Any, shape: S.StepShape, schedule: str) -> None:
     step = synchronized(runner.step, device)
     rounds = 10 if device.type == "cuda" else (5 if shape.preset == "demo" else 3)
     benchmark.pedantic(step, rounds=rounds, warmup_rounds=1, iterations=1)
+    if benchmark.disabled:  # plain `pytest benchmarks/` (addopts' --benchmark-disable): one step ran, nothing timed
+        return
     median = benchmark.stats.stats.median
     _MEDIANS[(shape.name, schedule)] = median
     info = benchmark.extra_info
