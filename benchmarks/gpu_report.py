@@ -708,6 +708,31 @@ def environment(argv: list[str]) -> dict[str, Any]:
     return env
 
 
+def summary_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """Headlines: the step speedups, and per kernel case our fwd+bwd rate against the best other implementation."""
+    out = []
+    for r in rows:
+        if r["section"] == "step" and r.get("impl") == "fused/naive":
+            out.append(f"- step {r['case']}: fused schedule {r['speedup']:.2f}x the naive one's samples/s "
+                       f"(loss difference {r['loss_diff']:.2e})")
+    for section, metric in (("attention", "tflops"), ("info_nce", "tflops"), ("random_masking", "gbps"),
+                            ("mlm_mask", "gbps"), ("scl_text_mask", "gbps")):
+        ok = [r for r in rows if r["section"] == section and r.get("status") == "ok" and r.get(metric)]
+        want = "fwd+bwd" if section in ("attention", "info_nce") else "fwd"
+        for case in dict.fromkeys(r["case"] for r in ok):
+            mine = [r for r in ok if r["case"] == case and r["impl"].startswith("scl") and r.get("pass_") == want]
+            peers = [r for r in ok if r["case"] == case and not r["impl"].startswith("scl")
+                     and r.get("pass_") == want]
+            if not mine:
+                continue
+            line = f"- {section} {case} {want}: ours {mine[0][metric]:.4g} {metric}"
+            if peers:
+                best = max(peers, key=lambda r: r[metric])
+                line += f", best other {best['impl']} {best[metric]:.4g} ({mine[0][metric] / best[metric]:.2f}x)"
+            out.append(line)
+    return out or ["- nothing measured"]
+
+
 def to_markdown(result: dict[str, Any]) -> str:
     env = result["environment"]
     lines = ["# GPU report", ""]
@@ -716,12 +741,12 @@ def to_markdown(result: dict[str, Any]) -> str:
     lines.append(f"- date: {env['date_utc']}; command: `{env['command']}`; wall time {result['wall_s']:.0f} s")
     ceil = result["ceilings"]
     if ceil:
-        lines.append(f"- ceilings (measured): copy {ceil.get('copy_gbps', float('nan')):.0f} GB/s (read + write), "
-                     f"matmul {ceil.get('matmul_tflops', float('nan')):.1f} TFLOP/s; `frac_ceiling` and `mfu` "
+        lines.append(f"- ceilings (measured): copy {ceil.get('copy_gbps', float('nan')):.4g} GB/s (read + write), "
+                     f"matmul {ceil.get('matmul_tflops', float('nan')):.4g} TFLOP/s; `frac_ceiling` and `mfu` "
                      "are fractions of these")
     for note in result["notes"]:
         lines.append(f"- note: {note}")
-    lines.append("")
+    lines += ["", "## Summary", ""] + summary_lines(result["rows"]) + [""]
     sections: dict[str, list[dict[str, Any]]] = {}
     for row in result["rows"]:
         sections.setdefault(row["section"], []).append(row)

@@ -50,6 +50,7 @@ def test_smoke_writes_json_markdown_png(smoke: tuple[dict, Path]) -> None:
     for section in sections:
         assert f"## {section}" in md
     assert "command: `python -m benchmarks.gpu_report --cpu-smoke" in md
+    assert "## Summary" in md and "- step tiny_b2: fused schedule" in md and "- attention text_self_pad fwd+bwd" in md
     png = (out / "report.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
     assert result["ceilings"]["copy_gbps"] > 0 and result["ceilings"]["matmul_tflops"] > 0
