@@ -242,7 +242,8 @@ def model_preset(name: Literal["demo", "compact", "paper"]) -> ModelConfig:
       768-wide co-attention fusion, 512-d ITC.
     """
     if name == "demo":
-        return ModelConfig()
+        # One fusion layer: the 5-minute 2-core CPU budget of the no-argument run (0.43 vs 0.61 CPU-s per step).
+        return ModelConfig(fusion=FusionConfig(layers=1))
     if name == "compact":
         return ModelConfig(
             vision=VisionConfig(image_size=224, patch_size=16, width=384, layers=12, heads=6),
