@@ -18,7 +18,7 @@ DIRECTIONS = ("text->image", "image->text", "text->video", "video->text")
 
 def markdown_table(results: dict[str, dict[str, Any]]) -> str:
     """Rows = runs, columns = R@1 per retrieval direction, plus a chance row (from the first run)."""
-    first = next(iter(results.values()))["retrieval"]
+    first = {d: m for d, m in next(iter(results.values()))["retrieval"].items() if "R@1" in m}  # not n_image etc.
     dirs = [d for d in DIRECTIONS if d in first] + [d for d in first if d not in DIRECTIONS]
     lines = ["| run | steps | final loss | " + " | ".join(f"{d} R@1" for d in dirs) + " |",
              "|---|---:|---:|" + "---:|" * len(dirs)]

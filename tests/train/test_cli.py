@@ -83,8 +83,9 @@ def test_plot_from_records(tmp_path: Path) -> None:
 def test_ablation_table() -> None:
     def summary(r1: float) -> dict:
         m = {"R@1": r1, "R@5": 0.5, "R@10": 0.6, "chance_R@1": 0.005}
+        ret = {d: m for d in ("text->image", "image->text", "text->video", "video->text")}
         return {"steps": 10, "final_losses": {"total": 3.0},
-                "retrieval": {d: m for d in ("text->image", "image->text", "text->video", "video->text")}}
+                "retrieval": {**ret, "n_image": {"pairs": 200, "gallery": 200}}}
 
     table = markdown_table({"with": summary(0.25), "without": summary(0.125)}).splitlines()
     assert table[0].startswith("| run | steps | final loss | text->image R@1")
