@@ -35,6 +35,9 @@ def main(argv: list[str] | None = None) -> str:
     from scl_fast.train import main as train_main
 
     argv = list(sys.argv[1:] if argv is None else argv)
+    if {"-h", "--help"} & set(argv):
+        print(__doc__.strip() + "\n\nEvery option of `python -m scl_fast.train --help` is accepted.")
+        raise SystemExit(0)
     if any(a.startswith("--train.run_dir") for a in argv):
         raise SystemExit("error: scl_fast.ablate chooses the run folders itself; drop --train.run_dir")
     root = Path("runs") / f"ablate-{datetime.now().strftime('%Y%m%d-%H%M%S')}"

@@ -106,9 +106,11 @@ def wrap_model(
 ) -> nn.Module:
     """The module the training loop calls: ``model`` itself (one process), DDP, or FSDP2-sharded in place.
 
-    FSDP2 shards every direct child that holds parameters (encoders, fusion, heads) and then the root, so a
-    child's parameters are gathered only while it runs. It changes ``model`` in place (its parameters become
-    DTensors); checkpoints then go through ``torch.distributed.checkpoint.state_dict``.
+    FSDP2 shards each transformer layer (every element of an ``nn.ModuleList``: layers are only called through
+    their ``forward``, so their parameters are gathered just while they run) and then the root, which owns the
+    rest (embeddings, modality projections, heads: small, and also reached through methods other than
+    ``forward``, which are registered with FSDP so they gather the root's parameters too). It changes ``model``
+    in place (its parameters become DTensors); checkpoints then go through ``torch.distributed.checkpoint``.
     """
     if not info.distributed:
         return model
@@ -118,12 +120,17 @@ def wrap_model(
             model, device_ids=device_ids, find_unused_parameters=find_unused_parameters
         )
     if engine == "fsdp":
-        from torch.distributed.fsdp import fully_shard
+        from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
 
-        for child in model.children():
-            if any(p.requires_grad for p in child.parameters()):
-                fully_shard(child)
+        for module in list(model.modules()):
+            if isinstance(module, nn.ModuleList):
+                for layer in module:
+                    if any(p.requires_grad for p in layer.parameters()):
+                        fully_shard(layer)
         fully_shard(model)
+        for name in ("encode_image", "encode_text", "itm_scores"):
+            if callable(getattr(model, name, None)):
+                register_fsdp_forward_method(model, name)
         return model
     raise ValueError(f"engine must be 'ddp' or 'fsdp', got {engine!r}")
 

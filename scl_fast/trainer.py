@@ -159,14 +159,17 @@ class Trainer:
 
         # Model and optimizer. The generator drives the step's random masks (MLM, SCL, ITM negatives) and is
         # checkpointed; dropout uses the global RNG, also checkpointed.
-        self.model = (model_factory or _build_model)(cfg).to(self.device)
+        self._model_factory = model_factory or _build_model
+        self.model = self._model_factory(cfg).to(self.device)
+        # Wrap before the optimizer is built: FSDP2 replaces the parameters with sharded ones in place, and an
+        # optimizer holding the old tensors would step parameters the model no longer uses.
+        # Unused parameters are normal here (a loss weight of 0, the temporal embedding of a batch of images).
+        self.step_module = dist_util.wrap_model(self.model, self.info, tc.distributed, find_unused_parameters=True)
         groups = self.model.param_groups(tc.lr, tc.weight_decay, tc.head_lr_mult)
         self.optimizer = build_optimizer(groups, tc, self.device)
         self.scheduler = build_scheduler(self.optimizer, tc)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.generator = torch.Generator(self.device).manual_seed(tc.seed + self.info.rank)
-        # Unused parameters are normal here (a loss weight of 0, the temporal embedding of a batch of images).
-        self.step_module = dist_util.wrap_model(self.model, self.info, tc.distributed, find_unused_parameters=True)
         if tc.compile:
             self.step_module = torch.compile(self.step_module)
         self.counters = Counters()
@@ -329,7 +332,7 @@ class Trainer:
                 # The counter draws example masks from the global RNG: keep it out of the training stream, or a
                 # resumed run (which counts each shape again) would diverge from an uninterrupted one.
                 with torch.random.fork_rng(devices=[]):
-                    counted = count_step_flops(self.cfg.model, b, f, length)
+                    counted = count_step_flops(self.cfg.model, b, f, length, schedules=[self.cfg.model.schedule])
                 self._flops_cache[key] = float(counted[self.cfg.model.schedule]["step"])
             except Exception as err:  # noqa: BLE001 - MFU is informative; a counting failure must not stop training
                 if not self._flops_cache:
@@ -496,13 +499,25 @@ class Trainer:
         from scl_fast.data import build_loader
 
         model = _unwrap(self.model)
-        model.eval()
         data_cfg = dataclasses.replace(self.cfg.data, num_workers=0)  # one pass; workers cost more to start
-        loader = build_loader(data_cfg, "val", rank=self.info.rank, world_size=self.info.world_size,
-                              seed=self.cfg.train.seed)
         t0 = time.perf_counter()
-        part = embed(model, loader, self.device, autocast=self.autocast())
-        parts = dist_util.gather_objects(part, self.info)
+        if dist_util.is_fsdp(self.model):
+            # Sharded layers gather their parameters collectively, and the ranks' val shares (and rank 0's ITM
+            # re-ranking) make unequal numbers of calls: rank 0 evaluates alone on a full, unsharded copy.
+            state = self._model_state()  # collective; the full state lands on rank 0 only
+            parts = None
+            if self.info.is_main:
+                model = self._model_factory(self.cfg).to(self.device)
+                model.load_state_dict(state)
+                model.eval()
+                loader = build_loader(data_cfg, "val", rank=0, world_size=1, seed=self.cfg.train.seed)
+                parts = [embed(model, loader, self.device, autocast=self.autocast())]
+        else:
+            model.eval()
+            loader = build_loader(data_cfg, "val", rank=self.info.rank, world_size=self.info.world_size,
+                                  seed=self.cfg.train.seed)
+            part = embed(model, loader, self.device, autocast=self.autocast())
+            parts = dist_util.gather_objects(part, self.info)
         result: dict[str, Any] = {}
         if self.info.is_main:
             result = evaluate_retrieval(model, parts, pad_id=self.cfg.model.text.pad_token_id)

@@ -24,14 +24,15 @@ class ITCHead(nn.Module):
         self.text = nn.Sequential(nn.Linear(width, width, **kw), nn.GELU(), nn.Linear(width, cfg.itc_dim, **kw))
         self.image = nn.Sequential(nn.Linear(width, width, **kw), nn.GELU(), nn.Linear(width, cfg.itc_dim, **kw))
         self.apply(init_weights)
-        self.temperature = nn.Parameter(torch.full((), cfg.itc_temperature, **kw))
+        # (1,), not 0-dim: FSDP2 shards parameters along dim 0 and refuses 0-dim ones
+        self.temperature = nn.Parameter(torch.full((1,), cfg.itc_temperature, **kw))
 
     def temp(self) -> torch.Tensor:
         """The temperature, clamped into ``itc_temperature_range`` first (ALBEF: in place, without gradient, so
         an optimizer step past a bound is undone and the parameter never sits in a zero-gradient region)."""
         with torch.no_grad():
             self.temperature.clamp_(*self.temperature_range)
-        return self.temperature
+        return self.temperature[0]
 
 
 class ITMHead(nn.Module):

@@ -200,7 +200,7 @@ class SCLModel(nn.Module):
             raise ValueError(f"schedule must be 'fused' or 'naive', got {schedule!r}")
         total = sum(weights[k] * v for k, v in losses.items())
         zero = total.detach().new_zeros(())
-        metrics["temperature"] = self.itc.temperature.detach().clone()
+        metrics["temperature"] = self.itc.temperature.detach()[0].clone()
         return StepOutput(loss=total, losses={k: losses.get(k, zero) for k in LOSS_NAMES}, metrics=metrics)
 
     def _todo(self) -> tuple[bool, bool, bool, bool, bool]:
