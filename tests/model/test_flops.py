@@ -8,7 +8,7 @@ import pytest
 
 from scl_fast import flops
 from scl_fast.model.config import model_preset
-from tests.model import one_thread, tiny_config  # noqa: F401 (autouse fixture)
+from tests.model import tiny_config
 
 
 def test_demo_ratio_and_parts() -> None:

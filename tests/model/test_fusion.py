@@ -10,7 +10,7 @@ from scl_fast.model.config import FusionConfig
 from scl_fast.model.fusion import FusionEncoder
 from scl_fast.model.ops import reference_ops
 from scl_fast.model.scl import SCLModel
-from tests.model import one_thread, tiny_batch, tiny_config  # noqa: F401 (autouse fixture)
+from tests.model import tiny_batch, tiny_config
 from tests.utils import assert_close
 
 

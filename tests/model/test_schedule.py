@@ -18,7 +18,7 @@ import torch
 from scl_fast.model.attention import set_attn_backend
 from scl_fast.model.ops import reference_ops
 from scl_fast.model.scl import LOSS_NAMES, SCLModel, StepInputs
-from tests.model import one_thread, tiny_batch, tiny_config  # noqa: F401 (autouse fixture)
+from tests.model import tiny_batch, tiny_config
 from tests.utils import rel_err
 
 LOSS_TOL, GRAD_TOL = 1e-5, 1e-4

@@ -9,7 +9,6 @@ import torch
 from scl_fast.model.attention import set_attn_backend
 from scl_fast.model.config import TextConfig
 from scl_fast.model.text import TextEncoder
-from tests.model import one_thread  # noqa: F401 (autouse fixture)
 from tests.utils import assert_close
 
 

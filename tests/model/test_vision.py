@@ -9,7 +9,6 @@ from scl_fast.model.attention import attention
 from scl_fast.model.config import VisionConfig
 from scl_fast.model.vision import VisionEncoder
 from scl_kernels.reference import frame_block_mask
-from tests.model import one_thread  # noqa: F401 (autouse fixture)
 from tests.utils import assert_close
 
 
