@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import os
 
 import torch
 import triton
@@ -44,6 +45,8 @@ __all__ = ["masked_attention"]
 
 _OP = "masked_attention"
 _LOG2E = 1.4426950408889634
+# tile width of the CLS pass under ``frames`` (F is small; tl.dot needs >= 16)
+BLOCK_CLS = tl.constexpr(16)
 _MAX_HEAD_DIM = 128
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -76,6 +79,7 @@ def _visible(
     offs_k,
     Lq,
     Lk,
+    it_end,  # end of the loop's range on the iterated axis (keys, or queries if KEY_MAJOR)
     km_row_ptr,  # key_mask row of this batch element, (Lk,)
     stride_km_n,
     am_ptr,  # attn_mask plane of this (batch, head), (Lq, Lk)
@@ -90,7 +94,10 @@ def _visible(
 ):
     """Which (query, key) pairs of a tile may attend: (len(q), len(k)), or (len(k), len(q)) if KEY_MAJOR.
 
-    The dK/dV pass works on transposed tiles (keys as rows), so the mask is built in either orientation.
+    The dK/dV pass works on transposed tiles (keys as rows), so the mask is built in either orientation. A loop
+    visits [lo, it_end) of the other axis in whole tiles; the tail of its last tile past ``it_end`` belongs to
+    another pass (the CLS pass of ``frames`` stops at F, the frame pass takes over) and is masked here so that
+    no pair is counted twice.
     """
     if KEY_MAJOR:
         qi = offs_q[None, :]
@@ -101,6 +108,10 @@ def _visible(
     # keys past Lk must go (their zero-loaded scores would take softmax mass); query rows past Lq need no mask:
     # they are never stored, and in the backward their lse loads as +inf, so their probabilities are 0
     ok = ki < Lk
+    if KEY_MAJOR:
+        ok = ok & (qi < it_end)
+    else:
+        ok = ok & (ki < it_end)
     if HAS_KEY_MASK:
         ok = ok & (tl.load(km_row_ptr + ki * stride_km_n, mask=ki < Lk, other=0) != 0)
     if HAS_FRAMES:
@@ -129,33 +140,46 @@ def _dropout_keep(seed, bh, offs_q, offs_k, Lk, dropout_p, KEY_MAJOR: tl.constex
 
 
 @triton.jit
-def _frame_ranges(
-    start, L, n_frames, n_patches, BLOCK_ROWS: tl.constexpr, BLOCK_ITER: tl.constexpr, ROWS_ARE_KEYS: tl.constexpr
-):
-    """Which blocks of the other axis a block of rows [start, start + BLOCK_ROWS) must visit under ``frames``.
+def _frame_ranges(start, L, n_frames, n_patches, BLOCK_ROWS: tl.constexpr, ROWS_ARE_KEYS: tl.constexpr):
+    """What a block of rows [start, start + BLOCK_ROWS) must visit on the other axis under ``frames``.
 
-    Returns (a_end, b_start, b_end): the loop visits [0, a_end) then [b_start, b_end) in steps of BLOCK_ITER,
-    both block-aligned and disjoint. Range a holds the CLS tokens (every patch row needs its own CLS key; every
-    key is seen by all CLS queries), range b the patches of the frames the row block touches. A query block that
-    holds a CLS row sees everything: a = all keys, b empty.
+    Returns (full_end, cls_end, b_start, b_end), three disjoint passes: [0, full_end) in whole tiles (a query
+    block holding a CLS row sees every key), [0, cls_end) in small tiles (the F CLS tokens: every patch query
+    needs its frame's CLS key, every key is seen by all CLS queries), and [b_start, b_end): exactly the patches
+    of the frames the row block touches, starting at the first frame's first patch rather than the tile grid,
+    so a block inside one frame computes ceil(P / tile) tiles of its frame and nothing of its neighbours.
     """
     end = tl.minimum(start + BLOCK_ROWS, L)
-    cls_end = tl.cdiv(n_frames, BLOCK_ITER) * BLOCK_ITER
-    if ROWS_ARE_KEYS:
+    if ROWS_ARE_KEYS:  # every CLS query sees every key: the CLS pass, never a full one
         # frames of the keys in the block: CLS key c belongs to frame c, patch keys to (k - F) // P
         f_lo = tl.where(start < n_frames, tl.where(end > n_frames, 0, start), (start - n_frames) // n_patches)
         f_hi = tl.where(end > n_frames, (end - 1 - n_frames) // n_patches, end - 1)
         f_hi = tl.where(start < n_frames, tl.maximum(f_hi, tl.minimum(end, n_frames) - 1), f_hi)
-        a_end = cls_end
+        full_end = 0
+        cls_end = n_frames
+        b_start = n_frames + f_lo * n_patches
         b_end = tl.minimum(n_frames + (f_hi + 1) * n_patches, L)
     else:
         f_lo = (start - n_frames) // n_patches
         f_hi = (end - 1 - n_frames) // n_patches
         full = start < n_frames
-        a_end = tl.where(full, L, cls_end)
-        b_end = tl.where(full, 0, tl.minimum(n_frames + (f_hi + 1) * n_patches, L))
-    b_start = tl.maximum((n_frames + f_lo * n_patches) // BLOCK_ITER * BLOCK_ITER, a_end)
-    return a_end, b_start, b_end
+        full_end = tl.where(full, L, 0)
+        cls_end = tl.where(full, 0, n_frames)
+        b_start = n_frames + f_lo * n_patches
+        b_end = tl.where(full, b_start, tl.minimum(n_frames + (f_hi + 1) * n_patches, L))
+    return full_end, cls_end, b_start, b_end
+
+
+@triton.jit
+def _key_end(km_row_ptr, stride_km_n, Lk, BLOCK: tl.constexpr):
+    """One past the last visible key of this batch row (0 if none): the key tiles after it hold only padding and
+    are skipped, so padded text costs its real length, not the batch's longest."""
+    end = 0
+    for s in range(0, Lk, BLOCK):
+        idx = s + tl.arange(0, BLOCK)
+        m = tl.load(km_row_ptr + idx * stride_km_n, mask=idx < Lk, other=0)
+        end = tl.maximum(end, tl.max(tl.where(m != 0, idx + 1, 0), 0))
+    return end
 
 
 @triton.jit
@@ -194,18 +218,20 @@ def _fwd_inner(
     HAS_FRAMES: tl.constexpr,
     HAS_ATTN_MASK: tl.constexpr,
     HAS_DROPOUT: tl.constexpr,
+    ALIGNED: tl.constexpr,
 ):
-    """Online-softmax update over the key blocks [lo, hi)."""
+    """Online-softmax update over the key tiles from ``lo`` (a multiple of BLOCK_N if ALIGNED) up to ``hi``."""
     offs_d = tl.arange(0, BLOCK_D)
     for start_n in range(lo, hi, BLOCK_N):
-        start_n = tl.multiple_of(start_n, BLOCK_N)
+        if ALIGNED:
+            start_n = tl.multiple_of(start_n, BLOCK_N)
         offs_n = start_n + tl.arange(0, BLOCK_N)
         k = _load_tile(k_base + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd, offs_n < Lk, offs_d,
                        HEAD_DIM, BLOCK_D)  # (BLOCK_N, BLOCK_D)
         v = _load_tile(v_base + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd, offs_n < Lk, offs_d,
                        HEAD_DIM, BLOCK_D)
         s = tl.dot(q, tl.trans(k)) * qk_scale  # (BLOCK_M, BLOCK_N), base-2 logits
-        ok = _visible(offs_m, offs_n, Lq, Lk, km_row_ptr, stride_km_n, am_ptr, stride_am_m, stride_am_n,
+        ok = _visible(offs_m, offs_n, Lq, Lk, hi, km_row_ptr, stride_km_n, am_ptr, stride_am_m, stride_am_n,
                       n_frames, n_patches, HAS_KEY_MASK, HAS_FRAMES, HAS_ATTN_MASK, False)
         s = tl.where(ok, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -219,7 +245,7 @@ def _fwd_inner(
             p = tl.where(keep, p * (1.0 / (1.0 - dropout_p)), 0.0)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
         m_i = m_new
-        n_visited += 1
+        n_visited += BLOCK_N  # key columns computed, padding of the last tile included
     return acc, l_i, m_i, n_visited
 
 
@@ -271,22 +297,33 @@ def _attn_fwd_kernel(
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     n_visited = 0
-    if HAS_FRAMES:
-        a_end, b_start, b_end = _frame_ranges(pid_m * BLOCK_M, Lq, n_frames, n_patches, BLOCK_M, BLOCK_N, False)
+    if HAS_KEY_MASK:
+        key_end = _key_end(km_row_ptr, stride_km_n, Lk, BLOCK_N)
     else:
-        a_end, b_start, b_end = Lk, 0, 0
+        key_end = Lk
+    if HAS_FRAMES:
+        full_end, cls_end, b_start, b_end = _frame_ranges(pid_m * BLOCK_M, Lq, n_frames, n_patches, BLOCK_M, False)
+    else:
+        full_end = Lk
     acc, l_i, m_i, n_visited = _fwd_inner(
-        acc, l_i, m_i, n_visited, q, k_base, v_base, km_row_ptr, am_ptr, offs_m, 0, a_end,
+        acc, l_i, m_i, n_visited, q, k_base, v_base, km_row_ptr, am_ptr, offs_m, 0, tl.minimum(full_end, key_end),
         stride_kn, stride_kd, stride_vn, stride_vd, stride_km_n, stride_am_m, stride_am_n,
         Lq, Lk, n_frames, n_patches, qk_scale, seed, b * H + h, dropout_p,
-        HEAD_DIM, BLOCK_D, BLOCK_N, HAS_KEY_MASK, HAS_FRAMES, HAS_ATTN_MASK, HAS_DROPOUT,
+        HEAD_DIM, BLOCK_D, BLOCK_N, HAS_KEY_MASK, HAS_FRAMES, HAS_ATTN_MASK, HAS_DROPOUT, True,
     )
     if HAS_FRAMES:
         acc, l_i, m_i, n_visited = _fwd_inner(
-            acc, l_i, m_i, n_visited, q, k_base, v_base, km_row_ptr, am_ptr, offs_m, b_start, b_end,
+            acc, l_i, m_i, n_visited, q, k_base, v_base, km_row_ptr, am_ptr, offs_m, 0, cls_end,
             stride_kn, stride_kd, stride_vn, stride_vd, stride_km_n, stride_am_m, stride_am_n,
             Lq, Lk, n_frames, n_patches, qk_scale, seed, b * H + h, dropout_p,
-            HEAD_DIM, BLOCK_D, BLOCK_N, HAS_KEY_MASK, HAS_FRAMES, HAS_ATTN_MASK, HAS_DROPOUT,
+            HEAD_DIM, BLOCK_D, BLOCK_CLS, HAS_KEY_MASK, HAS_FRAMES, HAS_ATTN_MASK, HAS_DROPOUT, True,
+        )
+        acc, l_i, m_i, n_visited = _fwd_inner(
+            acc, l_i, m_i, n_visited, q, k_base, v_base, km_row_ptr, am_ptr, offs_m, b_start,
+            tl.minimum(b_end, key_end),
+            stride_kn, stride_kd, stride_vn, stride_vd, stride_km_n, stride_am_m, stride_am_n,
+            Lq, Lk, n_frames, n_patches, qk_scale, seed, b * H + h, dropout_p,
+            HEAD_DIM, BLOCK_D, BLOCK_N, HAS_KEY_MASK, HAS_FRAMES, HAS_ATTN_MASK, HAS_DROPOUT, False,
         )
 
     empty = l_i == 0.0  # no visible key: zeros out, lse = +inf so the backward gives zero gradients
@@ -363,11 +400,14 @@ def _bwd_dkdv_inner(
     HAS_FRAMES: tl.constexpr,
     HAS_ATTN_MASK: tl.constexpr,
     HAS_DROPOUT: tl.constexpr,
+    ALIGNED: tl.constexpr,
 ):
-    """Accumulate dK, dV of one key block over the query blocks [lo, hi), in transposed (key-major) tiles."""
+    """Accumulate dK, dV of one key block over the query tiles from ``lo`` up to ``hi``, in transposed
+    (key-major) tiles."""
     offs_d = tl.arange(0, BLOCK_D)
     for start_m in range(lo, hi, BLOCK_M):
-        start_m = tl.multiple_of(start_m, BLOCK_M)
+        if ALIGNED:
+            start_m = tl.multiple_of(start_m, BLOCK_M)
         offs_m = start_m + tl.arange(0, BLOCK_M)
         q = _load_tile(q_base + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd, offs_m < Lq, offs_d,
                        HEAD_DIM, BLOCK_D)  # (BLOCK_M, BLOCK_D)
@@ -376,7 +416,7 @@ def _bwd_dkdv_inner(
         lse = tl.load(lse_base + offs_m, mask=offs_m < Lq, other=float("inf"))
         delta = tl.load(delta_base + offs_m, mask=offs_m < Lq, other=0.0)
         s_t = tl.dot(k, tl.trans(q)) * qk_scale  # (BLOCK_N, BLOCK_M)
-        ok = _visible(offs_m, offs_n, Lq, Lk, km_row_ptr, stride_km_n, am_ptr, stride_am_m, stride_am_n,
+        ok = _visible(offs_m, offs_n, Lq, Lk, hi, km_row_ptr, stride_km_n, am_ptr, stride_am_m, stride_am_n,
                       n_frames, n_patches, HAS_KEY_MASK, HAS_FRAMES, HAS_ATTN_MASK, True)
         p_t = tl.where(ok, tl.exp2(s_t - lse[None, :]), 0.0)
         dp_t = tl.dot(v, tl.trans(do))  # (BLOCK_N, BLOCK_M)
@@ -441,22 +481,33 @@ def _attn_bwd_dkdv_kernel(
     delta_base = DELTA_ptr + (b * H + h) * Lq
     km_row_ptr = KM_ptr + b * stride_km_b
     am_ptr = AM_ptr + b * stride_am_b + h * stride_am_h
-    if HAS_FRAMES:
-        a_end, b_start, b_end = _frame_ranges(pid_n * BLOCK_N, Lk, n_frames, n_patches, BLOCK_N, BLOCK_M, True)
+    if HAS_KEY_MASK:  # a key tile of padding only: no query sees it, dK = dV = 0 without a loop
+        has_key = tl.max(tl.load(km_row_ptr + offs_n * stride_km_n, mask=offs_n < Lk, other=0), 0) != 0
     else:
-        a_end, b_start, b_end = Lq, 0, 0
-    dk, dv = _bwd_dkdv_inner(
-        dk, dv, k, v, q_base, do_base, lse_base, delta_base, km_row_ptr, am_ptr, offs_n, 0, a_end,
-        stride_qm, stride_qd, stride_dom, stride_dod, stride_km_n, stride_am_m, stride_am_n,
-        Lq, Lk, n_frames, n_patches, qk_scale, seed, b * H + h, dropout_p,
-        HEAD_DIM, BLOCK_D, BLOCK_M, HAS_KEY_MASK, HAS_FRAMES, HAS_ATTN_MASK, HAS_DROPOUT,
-    )
+        has_key = True
     if HAS_FRAMES:
+        _, cls_end, b_start, b_end = _frame_ranges(pid_n * BLOCK_N, Lk, n_frames, n_patches, BLOCK_N, True)
         dk, dv = _bwd_dkdv_inner(
-            dk, dv, k, v, q_base, do_base, lse_base, delta_base, km_row_ptr, am_ptr, offs_n, b_start, b_end,
+            dk, dv, k, v, q_base, do_base, lse_base, delta_base, km_row_ptr, am_ptr, offs_n, 0,
+            tl.where(has_key, cls_end, 0),
             stride_qm, stride_qd, stride_dom, stride_dod, stride_km_n, stride_am_m, stride_am_n,
             Lq, Lk, n_frames, n_patches, qk_scale, seed, b * H + h, dropout_p,
-            HEAD_DIM, BLOCK_D, BLOCK_M, HAS_KEY_MASK, HAS_FRAMES, HAS_ATTN_MASK, HAS_DROPOUT,
+            HEAD_DIM, BLOCK_D, BLOCK_CLS, HAS_KEY_MASK, HAS_FRAMES, HAS_ATTN_MASK, HAS_DROPOUT, True,
+        )
+        dk, dv = _bwd_dkdv_inner(
+            dk, dv, k, v, q_base, do_base, lse_base, delta_base, km_row_ptr, am_ptr, offs_n, b_start,
+            tl.where(has_key, b_end, b_start),
+            stride_qm, stride_qd, stride_dom, stride_dod, stride_km_n, stride_am_m, stride_am_n,
+            Lq, Lk, n_frames, n_patches, qk_scale, seed, b * H + h, dropout_p,
+            HEAD_DIM, BLOCK_D, BLOCK_M, HAS_KEY_MASK, HAS_FRAMES, HAS_ATTN_MASK, HAS_DROPOUT, False,
+        )
+    else:
+        dk, dv = _bwd_dkdv_inner(
+            dk, dv, k, v, q_base, do_base, lse_base, delta_base, km_row_ptr, am_ptr, offs_n, 0,
+            tl.where(has_key, Lq, 0),
+            stride_qm, stride_qd, stride_dom, stride_dod, stride_km_n, stride_am_m, stride_am_n,
+            Lq, Lk, n_frames, n_patches, qk_scale, seed, b * H + h, dropout_p,
+            HEAD_DIM, BLOCK_D, BLOCK_M, HAS_KEY_MASK, HAS_FRAMES, HAS_ATTN_MASK, HAS_DROPOUT, True,
         )
     # ds above is the gradient of the natural-scale logits q.k * sm_scale; the chain rule adds sm_scale once
     _store_tile(DK_ptr + b * stride_dkb + h * stride_dkh + offs_n[:, None] * stride_dkn + offs_d[None, :] * stride_dkd,
@@ -501,18 +552,20 @@ def _bwd_dq_inner(
     HAS_FRAMES: tl.constexpr,
     HAS_ATTN_MASK: tl.constexpr,
     HAS_DROPOUT: tl.constexpr,
+    ALIGNED: tl.constexpr,
 ):
-    """Accumulate dQ of one query block over the key blocks [lo, hi)."""
+    """Accumulate dQ of one query block over the key tiles from ``lo`` up to ``hi``."""
     offs_d = tl.arange(0, BLOCK_D)
     for start_n in range(lo, hi, BLOCK_N):
-        start_n = tl.multiple_of(start_n, BLOCK_N)
+        if ALIGNED:
+            start_n = tl.multiple_of(start_n, BLOCK_N)
         offs_n = start_n + tl.arange(0, BLOCK_N)
         k = _load_tile(k_base + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd, offs_n < Lk, offs_d,
                        HEAD_DIM, BLOCK_D)  # (BLOCK_N, BLOCK_D)
         v = _load_tile(v_base + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd, offs_n < Lk, offs_d,
                        HEAD_DIM, BLOCK_D)
         s = tl.dot(q, tl.trans(k)) * qk_scale  # (BLOCK_M, BLOCK_N)
-        ok = _visible(offs_m, offs_n, Lq, Lk, km_row_ptr, stride_km_n, am_ptr, stride_am_m, stride_am_n,
+        ok = _visible(offs_m, offs_n, Lq, Lk, hi, km_row_ptr, stride_km_n, am_ptr, stride_am_m, stride_am_n,
                       n_frames, n_patches, HAS_KEY_MASK, HAS_FRAMES, HAS_ATTN_MASK, False)
         p = tl.where(ok, tl.exp2(s - lse[:, None]), 0.0)
         dp = tl.dot(do, tl.trans(v))  # (BLOCK_M, BLOCK_N)
@@ -570,22 +623,32 @@ def _attn_bwd_dq_kernel(
     v_base = V_ptr + b * stride_vb + h * stride_vh
     km_row_ptr = KM_ptr + b * stride_km_b
     am_ptr = AM_ptr + b * stride_am_b + h * stride_am_h
-    if HAS_FRAMES:
-        a_end, b_start, b_end = _frame_ranges(pid_m * BLOCK_M, Lq, n_frames, n_patches, BLOCK_M, BLOCK_N, False)
+    if HAS_KEY_MASK:
+        key_end = _key_end(km_row_ptr, stride_km_n, Lk, BLOCK_N)
     else:
-        a_end, b_start, b_end = Lk, 0, 0
+        key_end = Lk
+    if HAS_FRAMES:
+        full_end, cls_end, b_start, b_end = _frame_ranges(pid_m * BLOCK_M, Lq, n_frames, n_patches, BLOCK_M, False)
+    else:
+        full_end = Lk
     dq = _bwd_dq_inner(
-        dq, q, do, lse, delta, k_base, v_base, km_row_ptr, am_ptr, offs_m, 0, a_end,
+        dq, q, do, lse, delta, k_base, v_base, km_row_ptr, am_ptr, offs_m, 0, tl.minimum(full_end, key_end),
         stride_kn, stride_kd, stride_vn, stride_vd, stride_km_n, stride_am_m, stride_am_n,
         Lq, Lk, n_frames, n_patches, qk_scale, seed, b * H + h, dropout_p,
-        HEAD_DIM, BLOCK_D, BLOCK_N, HAS_KEY_MASK, HAS_FRAMES, HAS_ATTN_MASK, HAS_DROPOUT,
+        HEAD_DIM, BLOCK_D, BLOCK_N, HAS_KEY_MASK, HAS_FRAMES, HAS_ATTN_MASK, HAS_DROPOUT, True,
     )
     if HAS_FRAMES:
         dq = _bwd_dq_inner(
-            dq, q, do, lse, delta, k_base, v_base, km_row_ptr, am_ptr, offs_m, b_start, b_end,
+            dq, q, do, lse, delta, k_base, v_base, km_row_ptr, am_ptr, offs_m, 0, cls_end,
             stride_kn, stride_kd, stride_vn, stride_vd, stride_km_n, stride_am_m, stride_am_n,
             Lq, Lk, n_frames, n_patches, qk_scale, seed, b * H + h, dropout_p,
-            HEAD_DIM, BLOCK_D, BLOCK_N, HAS_KEY_MASK, HAS_FRAMES, HAS_ATTN_MASK, HAS_DROPOUT,
+            HEAD_DIM, BLOCK_D, BLOCK_CLS, HAS_KEY_MASK, HAS_FRAMES, HAS_ATTN_MASK, HAS_DROPOUT, True,
+        )
+        dq = _bwd_dq_inner(
+            dq, q, do, lse, delta, k_base, v_base, km_row_ptr, am_ptr, offs_m, b_start, tl.minimum(b_end, key_end),
+            stride_kn, stride_kd, stride_vn, stride_vd, stride_km_n, stride_am_m, stride_am_n,
+            Lq, Lk, n_frames, n_patches, qk_scale, seed, b * H + h, dropout_p,
+            HEAD_DIM, BLOCK_D, BLOCK_N, HAS_KEY_MASK, HAS_FRAMES, HAS_ATTN_MASK, HAS_DROPOUT, False,
         )
     _store_tile(DQ_ptr + b * stride_dqb + h * stride_dqh + offs_m[:, None] * stride_dqm + offs_d[None, :] * stride_dqd,
                 dq * sm_scale, offs_m < Lq, offs_d, HEAD_DIM, BLOCK_D)
@@ -682,12 +745,14 @@ def _fitting(configs: list[triton.Config], kind: str, block_d: int, elt: int) ->
 def _make_prune(kind: str):  # noqa: ANN202 (triton's early_config_prune callback)
     def prune(configs: list[triton.Config], named_args: dict, **kwargs: object) -> list[triton.Config]:
         """Drop configs whose tiles would not fit shared memory, or are wider than the sequence (a 64-row tile
-        already covers short text). Always keeps at least one."""
+        already covers short text). Always keeps at least one; only one with SCL_KERNELS_AUTOTUNE=0."""
         args = {**named_args, **kwargs}
         fit = _fitting(configs, kind, args["BLOCK_D"], args["Q_ptr"].element_size())
         lq, lk = max(64, triton.next_power_of_2(args["Lq"])), max(64, triton.next_power_of_2(args["Lk"]))
-        narrow = [c for c in fit if c.kwargs["BLOCK_M"] <= lq and c.kwargs["BLOCK_N"] <= lk]
-        return narrow or fit
+        narrow = [c for c in fit if c.kwargs["BLOCK_M"] <= lq and c.kwargs["BLOCK_N"] <= lk] or fit
+        # SCL_KERNELS_AUTOTUNE=0: the first fitting config only, no timing runs (tests over many shapes compile
+        # one kernel per shape instead of one per config)
+        return narrow[:1] if os.environ.get("SCL_KERNELS_AUTOTUNE", "1") == "0" else narrow
 
     return prune
 

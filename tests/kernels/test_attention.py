@@ -144,65 +144,92 @@ def test_fully_masked_input_gives_zero_grads_everywhere(poisoned: None) -> None:
         assert (g == 0).all()
 
 
-def _visited_blocks(start: int, length: int, f: int, p: int, rows: int, it: int, rows_are_keys: bool) -> set[int]:
-    """Host copy of the kernel's ``_frame_ranges``: starts of the blocks of the other axis that the block of rows
-    [start, start + rows) visits under ``frames=f`` with p patches per frame, in steps of ``it``."""
+def _passes(start: int, length: int, f: int, p: int, rows: int, rows_are_keys: bool) -> list[tuple[int, int, int]]:
+    """Host copy of the kernel's ``_frame_ranges``: the (lo, hi, tile) loops that the block of rows
+    [start, start + rows) runs over the other axis under ``frames=f`` with p patches per frame (tile 0 = the
+    kernel's main tile, 16 = its CLS tile)."""
     end = min(start + rows, length)
-    cls_end = -(-f // it) * it
     if rows_are_keys:
         f_lo = (0 if end > f else start) if start < f else (start - f) // p
         f_hi = (end - 1 - f) // p if end > f else end - 1
         if start < f:
             f_hi = max(f_hi, min(end, f) - 1)
-        a_end, b_end = cls_end, min(f + (f_hi + 1) * p, length)
-    else:
-        full = start < f
-        f_lo, f_hi = (start - f) // p, (end - 1 - f) // p
-        a_end = length if full else cls_end
-        b_end = 0 if full else min(f + (f_hi + 1) * p, length)
-    b_start = max((f + f_lo * p) // it * it, a_end)
-    return set(range(0, a_end, it)) | set(range(b_start, b_end, it))
+        return [(0, f, 16), (f + f_lo * p, min(f + (f_hi + 1) * p, length), 0)]
+    if start < f:
+        return [(0, length, 0)]
+    f_lo, f_hi = (start - f) // p, (end - 1 - f) // p
+    return [(0, f, 16), (f + f_lo * p, min(f + (f_hi + 1) * p, length), 0)]
 
 
-def test_frames_skip_key_blocks_and_equal_dense_mask(poisoned: None) -> None:
-    """frames=4 visits fewer key blocks than dense attention (the kernel's own counter) and gives exactly what
-    the same pattern passed as a dense boolean attn_mask gives (which visits every block)."""
-    frames, patches, d = 4, 127, 32
-    length = frames * (1 + patches)  # 512 = 8 blocks of 64
+def _columns(passes: list[tuple[int, int, int]], tile: int) -> int:
+    """Columns the loops compute: whole tiles, the last one's padding included."""
+    return sum(-(-(hi - lo) // (t or tile)) * (t or tile) for lo, hi, t in passes if hi > lo)
+
+
+@pytest.mark.parametrize("frames,patches", [(4, 127), (4, 196)])
+def test_frames_skip_key_blocks_and_equal_dense_mask(poisoned: None, frames: int, patches: int) -> None:
+    """frames=4 computes fewer key columns than dense attention (the kernel's own counter, exactly what its loop
+    bounds promise) and gives what the same pattern passed as a dense boolean attn_mask gives (which visits
+    every tile). 196 patches = a 4-frame 224 px video."""
+    d = 32
+    length = frames * (1 + patches)
     q, k, v = (torch.randn(1, 1, length, d) for _ in range(3))
     scale = d**-0.5
     dense = frame_block_mask(length, frames)
     out_f, _, count_f = attn_mod._attention_forward(q, k, v, None, None, frames, scale, count_blocks=True)
     out_d, _, count_d = attn_mod._attention_forward(q, k, v, None, dense, None, scale, count_blocks=True)
-    n_blocks = -(-length // 64)  # the interpreter's single config has BLOCK_M = BLOCK_N = 64
-    visited_f, visited_d = int(count_f[:n_blocks].sum()), int(count_d[:n_blocks].sum())
-    assert visited_d == n_blocks * n_blocks
-    # exactly the blocks the bounds promise: block 0 holds the CLS rows (sees all 8), every other block the CLS
-    # block plus the blocks of the one or two frames its rows belong to
-    expected = sum(len(_visited_blocks(s, length, frames, patches, 64, 64, False)) for s in range(0, length, 64))
-    assert visited_f == expected < visited_d, (visited_f, expected, visited_d)
-    print(f"\nkey blocks visited, frames={frames} L={length}: {visited_f} vs dense {visited_d}")
+    tile = 64  # the interpreter's single config has BLOCK_M = BLOCK_N = 64
+    n_blocks = -(-length // tile)
+    per_row_f, per_row_d = count_f[:n_blocks].tolist(), count_d[:n_blocks].tolist()
+    assert per_row_d == [n_blocks * tile] * n_blocks
+    expected = [_columns(_passes(s, length, frames, patches, tile, False), tile) for s in range(0, length, tile)]
+    assert per_row_f == expected, (per_row_f, expected)
+    patch_rows = sum(per_row_f[1:]) / sum(per_row_d[1:])  # row block 0 holds the CLS queries: it sees all
+    ideal = (1 + patches) / length
+    print(f"\nframes={frames} P={patches} L={length}: key columns {sum(per_row_f)} vs dense {sum(per_row_d)}; "
+          f"patch-row blocks {patch_rows:.2f} of dense (exact pattern {ideal:.2f})")
+    assert patch_rows < ideal + 0.2  # tile rounding only: ceil(P / 64) tiles per frame plus one CLS tile
     assert_close(out_f, out_d, rtol=1e-6, name="frames vs dense mask")
     ref = masked_attention_ref(q.double(), k.double(), v.double(), attn_mask=dense)
     assert_close(out_f, ref, rtol=REL_TOL[torch.float32], name="frames vs fp64")
 
 
-def test_frame_ranges_cover_every_visible_pair() -> None:
-    """Host re-derivation of the kernel's block bounds over many (F, P, block) shapes: every (query, key) pair
-    the pattern allows lies in a visited block, in both orientations (fwd/dQ rows = queries, dK/dV rows = keys)."""
+def test_key_mask_skips_padding_tiles(poisoned: None) -> None:
+    """Key tiles past a row's last visible key are not computed (padded text costs its real length), and the
+    result still matches fp64, masked keys inside the visible range included."""
+    lk, d = 300, 32
+    q, k, v = (torch.randn(3, 2, 70, d) for _ in range(3))
+    k, v = (torch.randn(3, 2, lk, d) for _ in range(2))
+    lengths = [300, 65, 0]
+    km = torch.arange(lk)[None, :] < torch.tensor(lengths)[:, None]
+    km[0, 17] = False  # a hole: visible keys after it must still be visited
+    out, _, counts = attn_mod._attention_forward(q, k, v, km, None, None, d**-0.5, count_blocks=True)
+    n_m = -(-70 // 64)
+    per_batch = counts[: 3 * 2 * n_m].view(3, 2, n_m)
+    for b, n in enumerate(lengths):
+        assert (per_batch[b] == -(-n // 64) * 64).all(), (b, per_batch[b].tolist())
+    ref = masked_attention_ref(q.double(), k.double(), v.double(), key_mask=km)
+    assert_close(out, ref, rtol=REL_TOL[torch.float32], name="key-mask skip vs fp64")
+    assert (out[2] == 0).all()
 
-    for f, p, bm, bn in [(1, 8, 16, 16), (4, 24, 64, 64), (5, 64, 64, 32), (3, 5, 16, 32), (8, 196, 128, 64),
-                         (2, 1, 16, 16), (4, 0, 16, 16)]:  # fmt: skip
+
+def test_frame_ranges_cover_every_visible_pair() -> None:
+    """Host re-derivation of the kernel's loop bounds over many (F, P, block) shapes: every (query, key) pair
+    the pattern allows lies in exactly one pass (none missed, none counted twice), in both orientations (fwd/dQ
+    rows = queries, dK/dV rows = keys)."""
+
+    for f, p, bm in [(1, 8, 16), (4, 24, 64), (5, 64, 64), (3, 5, 16), (8, 196, 128), (2, 1, 16), (4, 0, 16),
+                     (20, 3, 32)]:  # fmt: skip
         length = f * (1 + p)
         allowed = frame_block_mask(length, f)
-        for start in range(0, length, bm):  # query-row blocks
-            seen = _visited_blocks(start, length, f, max(p, 1), bm, bn, False)
-            need = {kk // bn * bn for kk in allowed[start : start + bm].any(0).nonzero().flatten().tolist()}
-            assert need <= seen, (f, p, start, sorted(need - seen))
-        for start in range(0, length, bn):  # key-row blocks
-            seen = _visited_blocks(start, length, f, max(p, 1), bn, bm, True)
-            need = {qq // bm * bm for qq in allowed[:, start : start + bn].any(1).nonzero().flatten().tolist()}
-            assert need <= seen, (f, p, start, sorted(need - seen))
+        for rows_are_keys in (False, True):
+            plane = allowed.T if rows_are_keys else allowed
+            for start in range(0, length, bm):
+                hits = torch.zeros(length, dtype=torch.int64)
+                for lo, hi, _ in _passes(start, length, f, max(p, 1), bm, rows_are_keys):
+                    hits[lo:hi] += 1
+                need = plane[start : start + bm].any(0)
+                assert (hits[need] == 1).all(), (f, p, start, rows_are_keys, hits.tolist())
 
 
 def test_torch_compile_fullgraph() -> None:
