@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Everything a short GPU lease should check, in one call, most valuable first, each step time-boxed:
+#   1. environment (nvidia-smi, versions)                                  -> OUT/env.txt
+#   2. numerics of the compiled kernels on the GPU, bf16 included          -> OUT/numerics.log
+#      (tests/kernels/test_gpu_numerics.py: every attention case of the interpreter suite in its dtype and in
+#      bf16, the model's shapes, info_nce / cosine_recovery; one config per shape: SCL_KERNELS_AUTOTUNE=0)
+#   3. python -m benchmarks.gpu_report: ceilings, attention vs SDPA / SDPA flash / FlexAttention / xformers,
+#      info_nce, masking, the training step                                -> OUT/report.{json,md,png}, OUT/report.log
+#
+# Usage, from the repository root of a bare checkout on a CUDA machine (nothing installed but torch + triton):
+#   bash benchmarks/gpu_check.sh OUT_DIR
+# Wheels in .whl/ (e.g. xformers) are installed into /tmp/site first. Times: NUMERICS_S (default 150) and
+# REPORT_S (default 330) seconds; the whole script stays under 8 minutes.
+set -uo pipefail
+out=${1:?usage: bash benchmarks/gpu_check.sh OUT_DIR}
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1
+py=${PYTHON:-python3}
+start=$(date +%s)
+
+{ nvidia-smi; $py -c "import sys, torch, triton; print(sys.version); print('torch', torch.__version__,
+'cuda', torch.version.cuda, 'triton', triton.__version__, torch.cuda.get_device_name(0))"; } >"$out/env.txt" 2>&1
+cat "$out/env.txt"
+
+if compgen -G ".whl/*.whl" >/dev/null; then
+    $py -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+        && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+# the checkout is not installed there: kernels/ is importable as scl_kernels through a link
+mkdir -p /tmp/scl_path && ln -sfn "$PWD/kernels" /tmp/scl_path/scl_kernels
+export PYTHONPATH=/tmp/scl_path:$PWD${PYTHONPATH:+:$PYTHONPATH}
+
+echo "== numerics on the GPU"
+SCL_KERNELS_AUTOTUNE=0 timeout "${NUMERICS_S:-150}" $py -m pytest -q -p no:cacheprovider -o addopts="" \
+    tests/kernels/test_gpu_numerics.py 2>&1 | tee "$out/numerics.log" | tail -25
+echo "numerics exit ${PIPESTATUS[0]} after $(($(date +%s) - start)) s"
+
+echo "== gpu_report"
+report_s=${REPORT_S:-330}
+timeout "$report_s" $py -m benchmarks.gpu_report --out "$out" --budget-s $((report_s - 45)) --step-reserve-s 100 \
+    2>&1 | tee "$out/report.log" | grep -v "^  \[" | tail -60
+echo "report exit ${PIPESTATUS[0]} after $(($(date +%s) - start)) s"
