@@ -31,12 +31,14 @@ mkdir -p /tmp/scl_path && ln -sfn "$PWD/kernels" /tmp/scl_path/scl_kernels
 export PYTHONPATH=/tmp/scl_path:$PWD${PYTHONPATH:+:$PYTHONPATH}
 
 echo "== numerics on the GPU"
-SCL_KERNELS_AUTOTUNE=0 timeout "${NUMERICS_S:-150}" $py -m pytest -q -p no:cacheprovider -o addopts="" \
-    tests/kernels/test_gpu_numerics.py 2>&1 | tee "$out/numerics.log" | tail -25
+# SIGINT, not SIGTERM, at the time limit: pytest then still prints the failures it has seen (a killed -q run
+# printed only its dots, 2026-11-29); -rfE lists each failure with its reason
+SCL_KERNELS_AUTOTUNE=0 timeout -s INT -k 20 "${NUMERICS_S:-150}" $py -m pytest -q -rfE --tb=line -p no:cacheprovider \
+    -o addopts="" tests/kernels/test_gpu_numerics.py 2>&1 | tee "$out/numerics.log" | tail -40
 echo "numerics exit ${PIPESTATUS[0]} after $(($(date +%s) - start)) s"
 
 echo "== gpu_report"
 report_s=${REPORT_S:-330}
-timeout "$report_s" $py -m benchmarks.gpu_report --out "$out" --budget-s $((report_s - 45)) --step-reserve-s 100 \
+timeout -k 20 "$report_s" $py -m benchmarks.gpu_report --out "$out" --budget-s $((report_s - 45)) --step-reserve-s 100 \
     2>&1 | tee "$out/report.log" | grep -v "^  \[" | tail -60
 echo "report exit ${PIPESTATUS[0]} after $(($(date +%s) - start)) s"

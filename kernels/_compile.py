@@ -61,6 +61,7 @@ class CompileResult:
     registers: int | None = None
     spill_bytes: int | None = None  # stack + local memory per thread: Triton kernels use none except for spills
     shared_bytes: int | None = None
+    uses_tf32: bool = False  # TF32 matrix instructions in the PTX: fine for fp16/bf16 inputs, a bug for fp32 ones
     seconds: float = 0.0
     error: str = ""
 
@@ -174,8 +175,9 @@ def compile_spec(spec: CompileSpec, arch: int) -> CompileResult:
         error = ""
         if limit and shared > limit:
             error = f"needs {shared} B of shared memory, sm_{arch} has {limit} B per block"
+        tf32 = ".tf32" in compiled.asm["ptx"]
         return CompileResult(
-            spec.name, arch, not error, spec.default, regs, spill, shared, time.perf_counter() - start, error
+            spec.name, arch, not error, spec.default, regs, spill, shared, tf32, time.perf_counter() - start, error
         )
     except Exception as e:  # noqa: BLE001 (any compiler failure is the result being reported)
         msg = f"{type(e).__name__}: {e}"

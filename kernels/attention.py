@@ -57,6 +57,17 @@ _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
 @triton.jit
+def _mm(a, b):
+    """a @ b with fp32 accumulation. fp32 operands multiply in full fp32 ("ieee"), not TF32 (a 10-bit mantissa,
+    Triton's default, ~3e-4 relative error): fp32 attention is the accurate path, as torch's fp32 matmul is by
+    default; fp16/bf16 are the fast one."""
+    if a.dtype == tl.float32:
+        return tl.dot(a, b, input_precision="ieee")
+    else:
+        return tl.dot(a, b)
+
+
+@triton.jit
 def _load_tile(ptrs, row_ok, offs_d, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr):
     """Load a (rows, BLOCK_D) tile; the head-dim mask compiles away when D is already a power of two."""
     mask = row_ok[:, None]
@@ -230,7 +241,7 @@ def _fwd_inner(
                        HEAD_DIM, BLOCK_D)  # (BLOCK_N, BLOCK_D)
         v = _load_tile(v_base + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd, offs_n < Lk, offs_d,
                        HEAD_DIM, BLOCK_D)
-        s = tl.dot(q, tl.trans(k)) * qk_scale  # (BLOCK_M, BLOCK_N), base-2 logits
+        s = _mm(q, tl.trans(k)) * qk_scale  # (BLOCK_M, BLOCK_N), base-2 logits
         ok = _visible(offs_m, offs_n, Lq, Lk, hi, km_row_ptr, stride_km_n, am_ptr, stride_am_m, stride_am_n,
                       n_frames, n_patches, HAS_KEY_MASK, HAS_FRAMES, HAS_ATTN_MASK, False)
         s = tl.where(ok, s, float("-inf"))
@@ -243,7 +254,7 @@ def _fwd_inner(
         if HAS_DROPOUT:  # the normaliser l_i sums every probability; only the values see the dropped ones
             keep = _dropout_keep(seed, bh, offs_m, offs_n, Lk, dropout_p, False)
             p = tl.where(keep, p * (1.0 / (1.0 - dropout_p)), 0.0)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        acc = acc * alpha[:, None] + _mm(p.to(v.dtype), v)
         m_i = m_new
         n_visited += BLOCK_N  # key columns computed, padding of the last tile included
     return acc, l_i, m_i, n_visited
@@ -415,20 +426,20 @@ def _bwd_dkdv_inner(
                         HEAD_DIM, BLOCK_D)
         lse = tl.load(lse_base + offs_m, mask=offs_m < Lq, other=float("inf"))
         delta = tl.load(delta_base + offs_m, mask=offs_m < Lq, other=0.0)
-        s_t = tl.dot(k, tl.trans(q)) * qk_scale  # (BLOCK_N, BLOCK_M)
+        s_t = _mm(k, tl.trans(q)) * qk_scale  # (BLOCK_N, BLOCK_M)
         ok = _visible(offs_m, offs_n, Lq, Lk, hi, km_row_ptr, stride_km_n, am_ptr, stride_am_m, stride_am_n,
                       n_frames, n_patches, HAS_KEY_MASK, HAS_FRAMES, HAS_ATTN_MASK, True)
         p_t = tl.where(ok, tl.exp2(s_t - lse[None, :]), 0.0)
-        dp_t = tl.dot(v, tl.trans(do))  # (BLOCK_N, BLOCK_M)
+        dp_t = _mm(v, tl.trans(do))  # (BLOCK_N, BLOCK_M)
         if HAS_DROPOUT:  # FA2: dV sees the dropped probabilities, dS = P * (Z * dP / (1 - p) - delta)
             keep_t = _dropout_keep(seed, bh, offs_m, offs_n, Lk, dropout_p, True)
             inv_keep = 1.0 / (1.0 - dropout_p)
-            dv += tl.dot(tl.where(keep_t, p_t * inv_keep, 0.0).to(do.dtype), do)
+            dv += _mm(tl.where(keep_t, p_t * inv_keep, 0.0).to(do.dtype), do)
             dp_t = tl.where(keep_t, dp_t * inv_keep, 0.0)
         else:
-            dv += tl.dot(p_t.to(do.dtype), do)
+            dv += _mm(p_t.to(do.dtype), do)
         ds_t = p_t * (dp_t - delta[None, :])
-        dk += tl.dot(ds_t.to(q.dtype), q)
+        dk += _mm(ds_t.to(q.dtype), q)
     return dk, dv
 
 
@@ -564,16 +575,16 @@ def _bwd_dq_inner(
                        HEAD_DIM, BLOCK_D)  # (BLOCK_N, BLOCK_D)
         v = _load_tile(v_base + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd, offs_n < Lk, offs_d,
                        HEAD_DIM, BLOCK_D)
-        s = tl.dot(q, tl.trans(k)) * qk_scale  # (BLOCK_M, BLOCK_N)
+        s = _mm(q, tl.trans(k)) * qk_scale  # (BLOCK_M, BLOCK_N)
         ok = _visible(offs_m, offs_n, Lq, Lk, hi, km_row_ptr, stride_km_n, am_ptr, stride_am_m, stride_am_n,
                       n_frames, n_patches, HAS_KEY_MASK, HAS_FRAMES, HAS_ATTN_MASK, False)
         p = tl.where(ok, tl.exp2(s - lse[:, None]), 0.0)
-        dp = tl.dot(do, tl.trans(v))  # (BLOCK_M, BLOCK_N)
+        dp = _mm(do, tl.trans(v))  # (BLOCK_M, BLOCK_N)
         if HAS_DROPOUT:
             keep = _dropout_keep(seed, bh, offs_m, offs_n, Lk, dropout_p, False)
             dp = tl.where(keep, dp * (1.0 / (1.0 - dropout_p)), 0.0)
         ds = p * (dp - delta[:, None])
-        dq += tl.dot(ds.to(k.dtype), k)
+        dq += _mm(ds.to(k.dtype), k)
     return dq
 
 

@@ -11,6 +11,10 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -45,3 +49,37 @@ def test_every_kernel_compiles_for_sm80_and_sm90() -> None:
     print(_compile.format_table(results, defaults_only=True))
     failed = [f"{r.name} sm_{r.arch}: {r.error[-600:]}" for r in results if not r.ok]
     assert not failed, "compile errors:\n" + "\n\n".join(failed)
+    # fp32 inputs must multiply in fp32: Triton's default TF32 failed every fp32 case on an H200 (rel err ~3e-4)
+    fp32 = [r for r in results if "/fp32" in r.name]
+    assert fp32, "no fp32 spec: the TF32 check below would check nothing"
+    tf32 = [f"{r.name} sm_{r.arch}" for r in fp32 if r.uses_tf32]
+    assert not tf32, f"fp32 kernels using TF32 matrix instructions: {tf32}"
+
+
+TF32_PROBE = """
+import triton, triton.language as tl
+from scl_kernels import _compile
+
+@triton.jit
+def probe(A, B, C, FULL: tl.constexpr):
+    i = tl.arange(0, 16)
+    a = tl.load(A + i[:, None] * 16 + i[None, :])
+    b = tl.load(B + i[:, None] * 16 + i[None, :])
+    c = tl.dot(a, b, input_precision="ieee") if FULL else tl.dot(a, b)
+    tl.store(C + i[:, None] * 16 + i[None, :], c)
+
+sig = {"A": "*fp32", "B": "*fp32", "C": "*fp32", "FULL": "constexpr"}
+for full in (False, True):
+    spec = _compile.CompileSpec(f"probe/fp32-{full}", probe, sig, {"FULL": full})
+    print(full, _compile.compile_spec(spec, 90).uses_tf32)
+"""
+
+
+def test_tf32_check_can_fail(tmp_path: Path) -> None:
+    """The check above reads the PTX: Triton's default fp32 dot shows up as TF32, the "ieee" one does not."""
+    script = tmp_path / "probe.py"
+    script.write_text(TF32_PROBE)
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split() == ["False", "True", "True", "False"], proc.stdout
