@@ -270,6 +270,28 @@ def test_torch_compile_triton_backend() -> None:
     assert_close(dq, ref_dq, rtol=GRAD_SLACK * REL_TOL[torch.float32], name="dq")
 
 
+def test_eager_function_equals_the_custom_op(poisoned: None) -> None:
+    """Eager calls skip torch.library's dispatch (an autograd.Function over the same forward/backward bodies,
+    for host time); compiled graphs use the op. Both give the same output and gradients, dropout's mask included
+    (same seed)."""
+    q, k, v = (torch.randn(2, 2, 37, 32) for _ in range(3))
+    km = torch.rand(2, 37) > 0.3
+    g = torch.randn(2, 2, 37, 32)
+    seed = torch.tensor(1234)
+    args = (km, None, 4, 32**-0.5, 0.25, seed, "triton")  # key mask + frames=4 + dropout
+
+    def via(fn) -> tuple[torch.Tensor, list[torch.Tensor]]:  # noqa: ANN001
+        qq, kk, vv = (t.clone().requires_grad_(True) for t in (q, k, v))
+        out = fn(qq, kk, vv)
+        out.backward(g)
+        return out.detach(), [qq.grad, kk.grad, vv.grad]
+
+    eager = via(lambda a, b, c: attn_mod._EagerMaskedAttention.apply(a, b, c, *args))
+    op = via(lambda a, b, c: attn_mod._masked_attention_op(a, b, c, *args)[0])
+    for got, want in zip([eager[0], *eager[1]], [op[0], *op[1]], strict=True):
+        assert torch.isfinite(got).all() and torch.equal(got, want)
+
+
 def test_backend_choice() -> None:
     q, k, v = (torch.randn(1, 1, 5, 32) for _ in range(3))
     before = dict(_dispatch.calls)
