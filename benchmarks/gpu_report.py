@@ -179,8 +179,46 @@ def peak_mb(ctx: Ctx, fn: Callable[[], Any]) -> float | None:
 
 
 def _error_text(err: BaseException) -> str:
+    """The first 200 characters, for the table; the whole message goes to the log (xformers' list of reasons why
+    no operator fits was cut off in the first GPU run)."""
     text = f"{type(err).__name__}: {err}".replace("\n", " ")
+    if len(text) > 200:
+        print(f"    full error: {type(err).__name__}: {err}", flush=True)
     return text[:200]
+
+
+def kernel_ms(ctx: Ctx, fn: Callable[[], Any], *, reps: int = 5) -> tuple[float | None, dict[str, float]]:
+    """Device time of the kernels one call of ``fn`` launches (CUDA profiler: busy time only), total and per
+    kernel name. Against the event-timed ms the difference is time the GPU sat idle waiting for the host, which
+    is what bounds short sequences."""
+    if ctx.device.type != "cuda":
+        return None, {}
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    ctx.sync()
+    per: dict[str, float] = {}
+    try:
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(reps):
+                fn()
+            ctx.sync()
+        for event in prof.key_averages():
+            us = getattr(event, "self_device_time_total", None) or getattr(event, "self_cuda_time_total", 0)
+            if us:
+                per[event.key] = per.get(event.key, 0.0) + us / 1e3 / reps
+    except Exception as err:  # noqa: BLE001 - a profiler problem must not cost the case its timings
+        print(f"    profiler failed: {_error_text(err)}", flush=True)
+        return None, {}
+    return (sum(per.values()) if per else None), per
+
+
+def _top_kernels(per: dict[str, float], n: int = 4) -> str | None:
+    """'name ms, ...' of the n longest kernels, names cut to 40 characters."""
+    if not per:
+        return None
+    top = sorted(per.items(), key=lambda kv: -kv[1])[:n]
+    return ", ".join(f"{name[:40]} {ms:.3f}" for name, ms in top)
 
 
 def _free(ctx: Ctx) -> None:
@@ -386,6 +424,8 @@ def _attn_case(ctx: Ctx, shape: S.AttnShape, name: str, make: Callable, inputs: 
     fb_call = make(qg, kg, vg, km)
     ms_fb = time_ms(ctx, lambda: fb_call().backward(g), grad_to_none=[qg, kg, vg])
     mem = peak_mb(ctx, lambda: fb_call().backward(g))
+    busy_f, _ = kernel_ms(ctx, make(q, k, v, km))
+    busy_fb, per_fb = kernel_ms(ctx, lambda: fb_call().backward(g))
     extra: dict[str, Any] = {}
     if name.startswith("scl") and ctx.device.type == "cuda":
         # fp16 errors of the fused kernel too (bf16 is the timed dtype)
@@ -395,10 +435,12 @@ def _attn_case(ctx: Ctx, shape: S.AttnShape, name: str, make: Callable, inputs: 
         extra = {"rel_err_fp16": e_out, "grad_rel_err_fp16": e_grad}
     tf_f = shape.flops() / ms_f / 1e9
     tf_fb = shape.flops(backward=True) / ms_fb / 1e9
-    ctx.add(section="attention", case=shape.name, impl=name, pass_="fwd", dtype=dname, ms=ms_f, tflops=tf_f,
-            frac_ceiling=_frac(ctx, tflops=tf_f), rel_err=out_err, max_abs_err=abs_err, status="ok", **extra)
-    ctx.add(section="attention", case=shape.name, impl=name, pass_="fwd+bwd", dtype=dname, ms=ms_fb, tflops=tf_fb,
-            frac_ceiling=_frac(ctx, tflops=tf_fb), rel_err=grad_err, peak_mb=mem, status="ok")
+    ctx.add(section="attention", case=shape.name, impl=name, pass_="fwd", dtype=dname, ms=ms_f, kernel_ms=busy_f,
+            tflops=tf_f, frac_ceiling=_frac(ctx, tflops=tf_f), rel_err=out_err, max_abs_err=abs_err, status="ok",
+            **extra)
+    ctx.add(section="attention", case=shape.name, impl=name, pass_="fwd+bwd", dtype=dname, ms=ms_fb,
+            kernel_ms=busy_fb, tflops=tf_fb, frac_ceiling=_frac(ctx, tflops=tf_fb), rel_err=grad_err, peak_mb=mem,
+            kernels=_top_kernels(per_fb), status="ok")
 
 
 def run_attention(ctx: Ctx, kernels: Any, attn_shapes: list[S.AttnShape]) -> None:
@@ -643,6 +685,7 @@ def run_step(ctx: Ctx, step_shapes: list[S.StepShape], *, reps: int) -> None:
                     runner.step()
                     ctx.sync()
                     mem = torch.cuda.max_memory_allocated(ctx.device) / 2**20
+                    busy, per = kernel_ms(ctx, runner.step, reps=2)
                 else:
                     times = []
                     for _ in range(reps):
@@ -650,10 +693,12 @@ def run_step(ctx: Ctx, step_shapes: list[S.StepShape], *, reps: int) -> None:
                         runner.step()
                         times.append((time.perf_counter() - t0) * 1e3)
                     ms, mem = statistics.median(times), None
+                    busy, per = None, {}
                 flops = runner.useful_flops()
                 achieved = flops / ms / 1e9 if flops else None
                 ctx.add(section="step", case=shape.name, impl=schedule, pass_="fwd+bwd",
-                        dtype="bf16-autocast" if not ctx.smoke else "fp32", ms=ms,
+                        dtype="bf16-autocast" if not ctx.smoke else "fp32", ms=ms, kernel_ms=busy,
+                        kernels=_top_kernels(per),
                         samples_per_s=shape.batch / ms * 1e3, tflops=achieved,
                         mfu=_frac(ctx, tflops=achieved) if achieved else None, peak_mb=mem, loss=loss, status="ok")
                 del runner
@@ -676,9 +721,9 @@ def run_step(ctx: Ctx, step_shapes: list[S.StepShape], *, reps: int) -> None:
 # Output
 # ----------------------------------------------------------------------------------------------------------------
 
-COLUMNS = ["case", "impl", "pass_", "dtype", "ms", "tflops", "gbps", "frac_ceiling", "samples_per_s", "mfu",
-           "speedup", "peak_mb", "rel_err", "max_abs_err", "rel_err_fp16", "grad_rel_err_fp16", "exact", "loss",
-           "loss_diff", "status"]
+COLUMNS = ["case", "impl", "pass_", "dtype", "ms", "kernel_ms", "tflops", "gbps", "frac_ceiling", "samples_per_s",
+           "mfu", "speedup", "peak_mb", "rel_err", "max_abs_err", "rel_err_fp16", "grad_rel_err_fp16", "exact", "loss",
+           "loss_diff", "kernels", "status"]
 
 
 def _cell(v: Any) -> str:
