@@ -15,6 +15,7 @@ import atexit
 import io
 import logging
 import math
+import os
 import queue
 import threading
 import zlib
@@ -267,7 +268,10 @@ class _SampleStream(IterableDataset):
         if not data:
             ledger.skip(raw.shard, raw.key, "empty_media")
             return None
-        rng = (np.random.default_rng([self.seed, epoch, zlib.crc32(raw.shard.encode()), zlib.crc32(raw.key.encode())])
+        # Keyed by the shard's file name, not its path: the same data in another folder (a fresh clone, another cache
+        # directory) must get the same crops and flips, or two runs with the same seed train on different pixels.
+        shard_name = os.path.basename(raw.shard)
+        rng = (np.random.default_rng([self.seed, epoch, zlib.crc32(shard_name.encode()), zlib.crc32(raw.key.encode())])
                if self.train else None)
         flip = bool(rng is not None and self.cfg.hflip and rng.random() < 0.5)
         if flip and self.cfg.flip_swaps_left_right:
