@@ -19,33 +19,41 @@ class _AllGatherWithGrad(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, group: dist.ProcessGroup | None) -> torch.Tensor:
         world = dist.get_world_size(group)
-        ctx.group = group
-        ctx.rows = x.shape[0]
-        ctx.rank = dist.get_rank(group)
+        rank = dist.get_rank(group)
         x = x.contiguous()
-        parts = [torch.empty_like(x) for _ in range(world)]
-        dist.all_gather(parts, x, group=group)
-        return torch.cat(parts, dim=0)  # (world * N, ...), rank order
+        # ranks may hold different numbers of rows (a bad sample skipped on one of them): exchange the counts,
+        # pad every rank to the largest, gather, and drop the padding
+        count = torch.tensor([x.shape[0]], device=x.device, dtype=torch.int64)
+        counts = [torch.empty_like(count) for _ in range(world)]
+        dist.all_gather(counts, count, group=group)
+        sizes = [int(c.item()) for c in counts]
+        most = max(sizes)
+        padded = x if x.shape[0] == most else torch.cat([x, x.new_zeros((most - x.shape[0], *x.shape[1:]))])
+        parts = [torch.empty_like(padded) for _ in range(world)]
+        dist.all_gather(parts, padded, group=group)
+        ctx.group = group
+        ctx.start = sum(sizes[:rank])
+        ctx.rows = x.shape[0]
+        return torch.cat([part[:n] for part, n in zip(parts, sizes, strict=True)], dim=0)  # rank order
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         grad = grad.contiguous().clone()  # all_reduce works in place; the incoming gradient may be shared
         dist.all_reduce(grad, op=dist.ReduceOp.SUM, group=ctx.group)
-        start = ctx.rank * ctx.rows
-        return grad[start : start + ctx.rows], None  # None: group
+        return grad[ctx.start : ctx.start + ctx.rows], None  # None: group
 
 
 def all_gather_with_grad(x: torch.Tensor, group: dist.ProcessGroup | None = None) -> torch.Tensor:
     """Concatenate ``x`` from every rank along dim 0, with the gradient summed over ranks in the backward.
 
     Args:
-        x: (N, ...) local rows. Every rank must pass the same shape (equal N per rank; not checked: a
-            mismatch fails or hangs inside the collective, as with ``torch.distributed.all_gather``).
+        x: (N_r, ...) local rows; N_r may differ between ranks (the trailing dims may not). The counts are
+            exchanged first (one small collective), so a rank whose batch lost a bad sample still lines up.
         group: the process group (default: the world).
 
     Returns:
-        (world_size * N, ...) rows in rank order (rank r's rows at ``[r*N, (r+1)*N)``). Without an
-        initialised process group, or with world size 1, ``x`` itself (identity, no copy).
+        (sum_r N_r, ...) rows in rank order. Without an initialised process group, or with world size 1, ``x``
+        itself (identity, no copy).
     """
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size(group) == 1:
         return x

@@ -13,7 +13,6 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
-import torch.distributed as dist
 
 import scl_kernels
 from scl_kernels import reference
@@ -80,29 +79,8 @@ def random_masking(x: torch.Tensor, noise: torch.Tensor, keep: int, *, frames: i
     return kept
 
 
-class _AllGather(torch.autograd.Function):
-    """all_gather whose backward sums the gradient over ranks and returns this rank's slice (the release's
-    version returns only the local slice, so contrastive gradients shrank by 1/world_size)."""
-
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
-        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
-        dist.all_gather(parts, x.contiguous())
-        ctx.rank, ctx.n = dist.get_rank(), x.shape[0]
-        return torch.cat(parts)
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
-        grad = grad.contiguous()
-        dist.all_reduce(grad)
-        return grad[ctx.rank * ctx.n:(ctx.rank + 1) * ctx.n]
-
-
 def all_gather_with_grad(x: torch.Tensor) -> torch.Tensor:
-    """Concatenate ``x`` (N, D) over ranks with a correct gradient; identity on one process."""
-    fn = None if _FORCE_REFERENCE else getattr(scl_kernels, "all_gather_with_grad", None)
-    if fn is not None:
-        return fn(x)
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return x
-    return _AllGather.apply(x)
+    """Concatenate ``x`` (N_r, D) over ranks with a correct gradient (summed over ranks, this rank's rows back);
+    identity on one process. One implementation for both schedules: it is a collective, not a kernel with a
+    reference twin."""
+    return scl_kernels.all_gather_with_grad(x)

@@ -24,6 +24,8 @@ from tests.utils import rel_err
 
 WORLD = 2
 B = 5  # samples per rank
+EVEN = (B, B)
+UNEVEN = (B - 1, B + 1)  # one rank lost a sample: the gather must still line up
 SCL_TAU = 0.03
 
 
@@ -84,9 +86,11 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
     try:
         torch.set_num_threads(1)
-        img, txt, keep = (x[rank * B : (rank + 1) * B] for x in _data(WORLD * B))
         result = {}
-        for name, gather in (("correct", all_gather_with_grad), ("naive", _naive_gather)):
+        for name, gather, split in (("correct", all_gather_with_grad, EVEN), ("naive", _naive_gather, EVEN),
+                                    ("uneven", all_gather_with_grad, UNEVEN)):  # fmt: skip
+            start = sum(split[:rank])
+            img, txt, keep = (x[start : start + split[rank]] for x in _data(WORLD * B))
             model = _model()
             loss = model(img, txt, keep, gather)
             loss.backward()
@@ -102,6 +106,12 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         (gathered * weight).sum().backward()
         result["gathered"] = gathered.detach()
         result["x_grad"] = x.grad
+        # ranks with different row counts (2 and 3): rank order, the gradient of each rank's own rows
+        y = torch.full((2 + rank, 4), float(rank + 1), requires_grad=True)
+        gathered = all_gather_with_grad(y)
+        (gathered * weight[: gathered.shape[0]]).sum().backward()
+        result["uneven_gathered"] = gathered.detach()
+        result["uneven_grad"] = y.grad
         torch.save(result, Path(out_dir) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -131,6 +141,18 @@ def test_ddp_with_all_gather_with_grad_equals_one_process(two_ranks: list[dict])
             assert err < 1e-5, f"rank {rank}: grad {k} rel err {err:.2e}"
 
 
+def test_uneven_batches_equal_one_process(two_ranks: list[dict]) -> None:
+    """4 and 6 samples on the two ranks (a skipped bad sample): same loss and averaged gradients as one process
+    on all 10."""
+    loss, grads = _single_process()
+    for rank, res in enumerate(two_ranks):
+        got = res["uneven"]
+        assert rel_err(got["loss"], loss) < 1e-6, f"rank {rank}: loss {got['loss']} != {loss}"
+        for k, g in grads.items():
+            err = rel_err(got["grads"][k], g)
+            assert err < 1e-5, f"rank {rank}: grad {k} rel err {err:.2e}"
+
+
 def test_naive_gather_fails_the_same_comparison(two_ranks: list[dict]) -> None:
     """The release's gather gives the same loss but gradients 1/world_size too small: the check above catches it."""
     loss, grads = _single_process()
@@ -149,6 +171,17 @@ def test_all_gather_with_grad_collective(two_ranks: list[dict]) -> None:
     for rank, res in enumerate(two_ranks):
         torch.testing.assert_close(res["gathered"], expected_rows, rtol=0, atol=0)
         torch.testing.assert_close(res["x_grad"], total[rank * 3 : (rank + 1) * 3], rtol=0, atol=0)
+
+
+def test_all_gather_with_grad_uneven_collective(two_ranks: list[dict]) -> None:
+    """2 rows on rank 0, 3 on rank 1: 5 rows in rank order; each rank gets the summed gradient of its own rows."""
+    expected_rows = torch.cat([torch.full((2 + r, 4), float(r + 1)) for r in range(WORLD)])
+    base = torch.arange(WORLD * 3 * 4, dtype=torch.float32).reshape(WORLD * 3, 4)[:5]
+    total = base * sum(r + 1 for r in range(WORLD))
+    for rank, res in enumerate(two_ranks):
+        torch.testing.assert_close(res["uneven_gathered"], expected_rows, rtol=0, atol=0)
+        start = 0 if rank == 0 else 2
+        torch.testing.assert_close(res["uneven_grad"], total[start : start + 2 + rank], rtol=0, atol=0)
 
 
 def test_all_gather_with_grad_is_identity_without_process_group() -> None:
