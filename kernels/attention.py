@@ -860,7 +860,10 @@ def _attention_forward(
     out = _new_output(q)
     lse = _new_output(q, (b, h, lq), torch.float32)
     # sized for the smallest BLOCK_M of any config; without COUNT_BLOCKS a placeholder the kernel never writes
-    counts = torch.zeros(b * h * triton.cdiv(lq, 16) if count_blocks else 1, device=q.device, dtype=torch.int32)
+    if count_blocks:
+        counts = torch.zeros(b * h * triton.cdiv(lq, 16), device=q.device, dtype=torch.int32)
+    else:  # never written: empty, so no fill kernel is launched per call
+        counts = torch.empty(1, device=q.device, dtype=torch.int32)
     km, km_strides, am, am_strides = _mask_args(q, k, key_mask, attn_mask)
     n_frames, n_patches = _frame_args(frames, lk)
     _attn_fwd[_grid(lq, "BLOCK_M", b, h)](
