@@ -113,9 +113,8 @@ def preset(name: str) -> Config:
     if name == "demo":
         # Tiny model on the synthetic corpus: a higher LR because it trains from scratch, in minutes.
         data = DataConfig(image_size=model.vision.image_size)
-        # From scratch, ITC/ITM sit at chance for the first ~150-350 steps (the CLS features of a freshly initialised
-        # encoder barely differ between samples; when they take off varies run to run); 700 steps leave time to
-        # learn after that: 700 steps ran in 3:46 on 2 CPU cores, demo corpus generation included.
+        # ITC takes off after ~40 steps from scratch (model_preset("demo"): init_std); 700 steps ran in about 4 min
+        # on 2 CPU cores, demo corpus generation and evaluation included (the limit is 5).
         train = TrainConfig(steps=700, lr=1e-3, head_lr_mult=1.0, warmup_frac=0.05, ckpt_every=100, log_every=25)
     elif name == "compact":
         data = DataConfig(image_size=model.vision.image_size)
