@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -66,8 +67,15 @@ def init_distributed(device: str = "auto") -> DistInfo:
 
 
 def close_distributed() -> None:
-    """Leave the process group (idempotent)."""
+    """Leave the process group (idempotent).
+
+    First a short pause that releases the GIL: gloo's worker thread frees each finished collective, and that
+    needs the GIL. If the main thread reaches the process group's C++ destructor first (when the DDP reducer
+    that holds it is freed), it joins that worker while holding the GIL, and the process never exits: a rank of
+    the 2-process gradient test hung so after its last all-reduce in about one run of four (PyTorch issue
+    56297 describes the destructor). No collective is pending by now, so the pause is all the worker needs."""
     if dist.is_initialized():
+        time.sleep(0.2)
         dist.destroy_process_group()
 
 

@@ -52,6 +52,29 @@ def run_program(args: list[str], *, cwd: Path, timeout: float, env: dict[str, st
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
+        # torchrun starts each rank in a session of its own, out of reach of killpg; a surviving rank keeps the
+        # pipes open and communicate() would wait for it forever: kill every process that names this test's folder
+        _kill_matching(str(cwd))
+        try:
+            out, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            out, err = "", "(output lost: a child process kept the pipes open)"
         pytest.fail(f"{args[:3]} timed out after {timeout} s; stderr tail:\n{err[-3000:]}")
+    finally:
+        _kill_matching(str(cwd))  # a rank orphaned by its launcher must not outlive the test (or hold the CPU)
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def _kill_matching(marker: str) -> None:
+    """SIGKILL every process of ours whose command line contains ``marker`` (a test's unique tmp folder)."""
+    if not Path("/proc").is_dir():  # not Linux: nothing to scan
+        return
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            if marker in cmdline:
+                os.kill(int(entry.name), signal.SIGKILL)
+        except (OSError, ProcessLookupError):
+            continue  # gone meanwhile, or not ours
