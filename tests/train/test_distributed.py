@@ -4,6 +4,7 @@ demo preset trains a few steps with 2 ranks."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -64,3 +65,28 @@ def test_torchrun_trains_the_demo_preset(demo_cache: Path, tmp_path: Path) -> No
     assert all(v > 0 and v == v for v in summary["final_losses"].values())
     assert summary["retrieval"]["text->image"]["chance_R@1"] > 0
     assert proc.stdout.count("== summary") == 1  # only rank 0 prints
+
+
+ORPHAN = """
+import subprocess, sys, time
+# like torchrun: the worker in a session of its own, holding our stdout/stderr, then the launcher hangs
+subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)", sys.argv[1]], start_new_session=True)
+time.sleep(600)
+"""
+
+
+def test_run_program_kills_ranks_in_other_sessions(tmp_path: Path) -> None:
+    """A timed-out run whose child sits in another session (as torchrun's ranks do) fails the test within the
+    timeout instead of hanging pytest, and leaves no process behind."""
+    start = time.monotonic()
+    with pytest.raises(pytest.fail.Exception, match="timed out"):
+        run_program(["-c", ORPHAN, str(tmp_path)], cwd=tmp_path, timeout=3)
+    assert time.monotonic() - start < 30
+    left = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and str(tmp_path).encode() in (proc / "cmdline").read_bytes():
+                left.append(proc.name)
+        except OSError:
+            continue  # exited while we looked
+    assert not left
