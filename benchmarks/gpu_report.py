@@ -954,6 +954,12 @@ def _run(args: argparse.Namespace, sections: list[str], smoke: bool, argv: list[
         "step": lambda: run_step(ctx, sh["step"], reps=1 if smoke else args.step_reps),
     }
     section_s: dict[str, float] = {}
+    out = Path(args.out)
+
+    def snapshot(notes: list[str]) -> dict[str, Any]:
+        return {"environment": env, "ceilings": ctx.ceilings, "notes": notes, "rows": ctx.rows,
+                "section_s": section_s, "wall_s": time.monotonic() - start}
+
     for name in SECTIONS:
         if name not in sections:
             continue
@@ -968,9 +974,11 @@ def _run(args: argparse.Namespace, sections: list[str], smoke: bool, argv: list[
             ctx.add(section=name, case="-", impl="-", status=f"error: {_error_text(err)}")
         section_s[name] = time.monotonic() - t0
         print(f"-- {name}: {section_s[name]:.1f} s", flush=True)
-    result = {"environment": env, "ceilings": ctx.ceilings, "notes": ctx.notes, "rows": ctx.rows,
-              "section_s": section_s, "wall_s": time.monotonic() - start}
-    write(result, Path(args.out))
+        # what is measured so far, after every section: a run cut short by the lease keeps its finished sections
+        out.mkdir(parents=True, exist_ok=True)
+        partial = snapshot([*ctx.notes, f"partial: written after the {name} section"])
+        (out / "report.json").write_text(json.dumps(partial, indent=1, default=str) + "\n")
+    write(snapshot(ctx.notes), out)
     return 0
 
 
