@@ -30,6 +30,7 @@ Every kernel is looked up defensively: a missing op is reported as ``missing``, 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import importlib
 import importlib.util
@@ -51,6 +52,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks import shapes as S
+from benchmarks import torch_threads
 
 ROOT = Path(__file__).resolve().parents[1]
 NO_GPU_MESSAGE = "gpu_report: no CUDA GPU is present on this machine; nothing to measure (exit 0)."
@@ -912,15 +914,10 @@ def main(argv: list[str] | None = None) -> int:
         print("gpu_report: TRITON_INTERPRET=1 is set; unset it to time compiled kernels", file=sys.stderr)
         return 2
     smoke = args.cpu_smoke
-    threads = torch.get_num_threads()
-    if smoke:
-        # the smoke run checks the script, not the machine: one thread keeps it fast on a busy 2-core box, where
-        # two OpenMP threads competing with other processes were measured 15x slower
-        torch.set_num_threads(1)
-    try:
+    # the smoke run checks the script, not the machine: one thread keeps it fast on a busy 2-core box, where two
+    # OpenMP threads competing with other processes were measured 15x slower
+    with torch_threads(1) if smoke else contextlib.nullcontext():
         return _run(args, sections, smoke, argv)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _run(args: argparse.Namespace, sections: list[str], smoke: bool, argv: list[str]) -> int:
