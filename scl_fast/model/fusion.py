@@ -10,6 +10,8 @@ The attention and FFN sub-blocks are the text encoder's (``text.py``), as in MET
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 
@@ -46,7 +48,8 @@ class FusionEncoder(nn.Module):
     """Modality projections, token-type embeddings and ``layers`` co-attention layers per stream."""
 
     def __init__(self, cfg: FusionConfig, *, text_width: int, vision_width: int, attn_backend: str = "auto",
-                 device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
+                 init_std: float = 0.02, device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None) -> None:
         super().__init__()
         kw = {"device": device, "dtype": dtype}
         self.cfg = cfg
@@ -59,7 +62,7 @@ class FusionEncoder(nn.Module):
         self.image_layers = nn.ModuleList(
             CoAttentionLayer(cfg, attn_backend=attn_backend, **kw) for _ in range(cfg.layers)
         )
-        self.apply(init_weights)
+        self.apply(functools.partial(init_weights, std=init_std))
 
     def project_text(self, text: torch.Tensor) -> torch.Tensor:
         """Text encoder output (B, L, text_width) -> (B, L, width)."""

@@ -6,6 +6,8 @@ two step schedules share one definition of every loss.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 
@@ -16,14 +18,14 @@ from .layers import activation, init_weights
 class ITCHead(nn.Module):
     """Projection MLPs (width -> width -> itc_dim) of the unimodal CLS features and the learnable temperature."""
 
-    def __init__(self, width: int, cfg: LossConfig, *, device: torch.device | str | None = None,
-                 dtype: torch.dtype | None = None) -> None:
+    def __init__(self, width: int, cfg: LossConfig, *, init_std: float = 0.02,
+                 device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
         super().__init__()
         kw = {"device": device, "dtype": dtype}
         self.temperature_range = tuple(cfg.itc_temperature_range)
         self.text = nn.Sequential(nn.Linear(width, width, **kw), nn.GELU(), nn.Linear(width, cfg.itc_dim, **kw))
         self.image = nn.Sequential(nn.Linear(width, width, **kw), nn.GELU(), nn.Linear(width, cfg.itc_dim, **kw))
-        self.apply(init_weights)
+        self.apply(functools.partial(init_weights, std=init_std))
         # (1,), not 0-dim: FSDP2 shards parameters along dim 0 and refuses 0-dim ones
         self.temperature = nn.Parameter(torch.full((1,), cfg.itc_temperature, **kw))
 
@@ -38,14 +40,14 @@ class ITCHead(nn.Module):
 class ITMHead(nn.Module):
     """Poolers (Linear + tanh) on text[:, 0] and on mean(image[:, :F]), then Linear(2 * width, 2)."""
 
-    def __init__(self, width: int, *, device: torch.device | str | None = None,
+    def __init__(self, width: int, *, init_std: float = 0.02, device: torch.device | str | None = None,
                  dtype: torch.dtype | None = None) -> None:
         super().__init__()
         kw = {"device": device, "dtype": dtype}
         self.text_pooler = nn.Linear(width, width, **kw)
         self.image_pooler = nn.Linear(width, width, **kw)
         self.classifier = nn.Linear(2 * width, 2, **kw)
-        self.apply(init_weights)
+        self.apply(functools.partial(init_weights, std=init_std))
 
     def forward(self, text: torch.Tensor, image: torch.Tensor, frames: int) -> torch.Tensor:
         """text (B, L, W), image (B, N, W) fusion outputs -> (B, 2) logits (index 1 = matched)."""
@@ -61,15 +63,15 @@ class MLMHead(nn.Module):
     text side (width x vocab), and 85% of its rows would be thrown away."""
 
     def __init__(self, width: int, vocab_size: int, *, act: str = "gelu", eps: float = 1e-12,
-                 tied_weight: nn.Parameter | None = None, device: torch.device | str | None = None,
-                 dtype: torch.dtype | None = None) -> None:
+                 tied_weight: nn.Parameter | None = None, init_std: float = 0.02,
+                 device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
         super().__init__()
         kw = {"device": device, "dtype": dtype}
         self.dense = nn.Linear(width, width, **kw)
         self.act = activation(act)
         self.LayerNorm = nn.LayerNorm(width, eps=eps, **kw)
         self.decoder = nn.Linear(width, vocab_size, **kw)
-        self.apply(init_weights)
+        self.apply(functools.partial(init_weights, std=init_std))
         if tied_weight is not None:
             if tied_weight.shape != self.decoder.weight.shape:
                 raise ValueError(f"a tied MLM decoder needs a (vocab, width)={tuple(self.decoder.weight.shape)} "

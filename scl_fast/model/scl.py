@@ -19,7 +19,6 @@ All randomness of a step (MLM and SCL text masks, the kept patches, the ITM nega
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, field, fields
 from typing import Literal
 
@@ -31,7 +30,6 @@ from . import ops
 from .config import ModelConfig
 from .fusion import FusionEncoder
 from .heads import ITCHead, ITMHead, MLMHead
-from .layers import init_weights
 from .text import TextEncoder
 from .vision import VisionEncoder
 
@@ -99,7 +97,8 @@ class SCLModel(nn.Module):
     def __init__(self, cfg: ModelConfig, *, device: torch.device | str | None = None,
                  dtype: torch.dtype | None = None) -> None:
         super().__init__()
-        kw = {"device": device, "dtype": dtype}
+        # every submodule draws its from-scratch weights once, at the configured std
+        kw = {"device": device, "dtype": dtype, "init_std": cfg.init_std}
         self.cfg = cfg
         backend = cfg.attn_backend
         self.vision = VisionEncoder(cfg.vision, attn_backend=backend, **kw)
@@ -112,8 +111,6 @@ class SCLModel(nn.Module):
         tied = self.text.embeddings.word_embeddings.weight if cfg.tie_mlm_decoder else None
         self.mlm_head = MLMHead(w, cfg.text.vocab_size, act=cfg.fusion.act, eps=cfg.fusion.layer_norm_eps,
                                 tied_weight=tied, **kw)
-        if cfg.init_std != 0.02:  # the submodules draw BERT's 0.02: redraw at the configured std
-            self.apply(functools.partial(init_weights, std=cfg.init_std))
         if (cfg.init_text or cfg.init_vision) and torch.device(device or "cpu").type != "meta":
             from scl_fast.convert import init_from_hf  # optional dependency of the model: only when asked for
 

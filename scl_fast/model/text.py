@@ -8,6 +8,8 @@ cross layers too.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 
@@ -168,13 +170,13 @@ class BertEmbeddings(nn.Module):
 class TextEncoder(nn.Module):
     """``embeddings`` + ``encoder``: HF ``BertModel`` without its pooler (SCL pools in the fusion encoder)."""
 
-    def __init__(self, cfg: TextConfig, *, attn_backend: str = "auto", device: torch.device | str | None = None,
-                 dtype: torch.dtype | None = None) -> None:
+    def __init__(self, cfg: TextConfig, *, attn_backend: str = "auto", init_std: float = 0.02,
+                 device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
         super().__init__()
         self.cfg = cfg
         self.embeddings = BertEmbeddings(cfg, device=device, dtype=dtype)
         self.encoder = BertEncoder(cfg, attn_backend=attn_backend, device=device, dtype=dtype)
-        self.apply(init_weights)
+        self.apply(functools.partial(init_weights, std=init_std))
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 token_type_ids: torch.Tensor | None = None) -> torch.Tensor:

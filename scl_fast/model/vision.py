@@ -12,6 +12,8 @@ CLS and patches. Parameter names follow OpenAI CLIP where it has the part (``cla
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -76,8 +78,8 @@ class Block(nn.Module):
 class VisionEncoder(nn.Module):
     """CLIP-style ViT over images and videos; see the module docstring for the token layout."""
 
-    def __init__(self, cfg: VisionConfig, *, attn_backend: str = "auto", device: torch.device | str | None = None,
-                 dtype: torch.dtype | None = None) -> None:
+    def __init__(self, cfg: VisionConfig, *, attn_backend: str = "auto", init_std: float = 0.02,
+                 device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
         super().__init__()
         kw = {"device": device, "dtype": dtype}
         self.cfg = cfg
@@ -94,7 +96,7 @@ class VisionEncoder(nn.Module):
             for _ in range(cfg.layers)
         )
         self.ln_post = nn.LayerNorm(w, eps=cfg.layer_norm_eps, **kw)
-        self.apply(init_weights)
+        self.apply(functools.partial(init_weights, std=init_std))
         nn.init.normal_(self.class_embedding, std=0.02)
         nn.init.normal_(self.positional_embedding, std=0.02)
         # zero: a checkpoint trained on images (CLIP) starts out exactly as it was, for videos too
