@@ -5,9 +5,11 @@ cross-attention with the three mask kinds of the SCL model (True = may attend):
 
 - ``key_mask`` (B, Lk): text padding; loaded as one row per key block.
 - ``frames=F``: the flexible vision encoder's frame-block + global-CLS pattern, generated from indices.
-  Key blocks a query block cannot see are never visited (``_frame_ranges``): with 128 x 64 tiles a 4-frame
-  224 px video (L = 788) visits 51 of dense attention's 91 tiles (56%; its visible pairs are 25% of L^2, the
-  rest is block granularity: the CLS block and frame boundaries that do not fall on block edges).
+  Keys a query block cannot see are never visited (``_frame_ranges``): a patch row block computes the F CLS
+  keys in one 16-wide tile and its own frames' patches from the frame's first patch on; with 64 x 64 tiles the
+  patch rows of a 4-frame 224 px video (L = 788) compute 0.38 of dense attention's key columns (its visible pairs
+  are 0.25: the rest is tile rounding, ceil(196 / 64) tiles per frame). Tiles made only of ``key_mask`` padding
+  are skipped too.
 - ``attn_mask``: any bool mask broadcastable to (B, H, Lq, Lk), loaded blockwise with stride 0 on broadcast
   dims (never expanded in memory).
 
@@ -1236,10 +1238,9 @@ def _compile_specs() -> list[CompileSpec]:
             fit = _fitting(configs, kname, _block_d(d), elt)  # what the pruner lets a GPU launch
             chosen = fit if which == "all" else fit[:1]
             specs += specs_from_configs(kernel, f"attention.{kname}/{dt}-d{d}-{mask}", types, kconsts, chosen)
-    for dt in ("bf16",):
-        pre_consts = {"HEAD_DIM": 128, "BLOCK_D": 128, "BLOCK_M": _PREPROCESS_BLOCK_M, "stride_od": 1, "stride_dod": 1}
-        specs += specs_from_configs(_attn_bwd_preprocess_kernel, f"attention.bwd_preprocess/{dt}-d128",
-                                    {"O_ptr": f"*{dt}", "DO_ptr": f"*{dt}", "DELTA_ptr": "*fp32"}, pre_consts)
+    pre_consts = {"HEAD_DIM": 128, "BLOCK_D": 128, "BLOCK_M": _PREPROCESS_BLOCK_M, "stride_od": 1, "stride_dod": 1}
+    specs += specs_from_configs(_attn_bwd_preprocess_kernel, "attention.bwd_preprocess/bf16-d128",
+                                {"O_ptr": "*bf16", "DO_ptr": "*bf16", "DELTA_ptr": "*fp32"}, pre_consts)
     return specs
 
 
