@@ -50,6 +50,7 @@ class CompileSpec:
     num_warps: int = 4
     num_stages: int = 3
     default: bool = False  # the config the report's register/spill table lists
+    divisible: tuple[str, ...] = ()  # integer parameters a real launch passes as multiples of 16
 
 
 @dataclasses.dataclass
@@ -61,7 +62,9 @@ class CompileResult:
     registers: int | None = None
     spill_bytes: int | None = None  # stack + local memory per thread: Triton kernels use none except for spills
     shared_bytes: int | None = None
+    instructions: int | None = None  # SASS instructions in the kernel (all loops and passes, each once)
     uses_tf32: bool = False  # TF32 matrix instructions in the PTX: fine for fp16/bf16 inputs, a bug for fp32 ones
+    int_divisions: int = 0  # integer div/rem in the PTX: ~20 instructions each with a runtime divisor
     seconds: float = 0.0
     error: str = ""
 
@@ -76,6 +79,7 @@ def specs_from_configs(
     num_warps: int = 4,
     num_stages: int = 3,
     default: bool = True,
+    divisible: tuple[str, ...] = (),
 ) -> list[CompileSpec]:
     """One spec per autotune config (``triton.Config``), or a single spec when ``configs`` is empty.
 
@@ -87,6 +91,8 @@ def specs_from_configs(
         constexprs: values of the constexpr parameters that the configs do not set.
         configs: autotune configs; their kwargs, num_warps and num_stages complete the constexprs.
         default: whether the first config is a default one (listed in the report's register table).
+        divisible: integer parameters that a typical launch passes as multiples of 16 (strides of contiguous
+            tensors whose last dim is a multiple of 16); Triton compiles such a launch with that knowledge.
     """
     params = list(inspect.signature(kernel.fn).parameters)
     entries = [(dict(c.kwargs), c.num_warps, c.num_stages) for c in configs] or [({}, num_warps, num_stages)]
@@ -113,6 +119,7 @@ def specs_from_configs(
                 num_warps=warps,
                 num_stages=stages,
                 default=default and i == 0,
+                divisible=divisible,
             )
         )
     return specs
@@ -142,17 +149,20 @@ def _cuobjdump() -> str:
     return str(Path(nv.__file__).parent / "bin" / "cuobjdump")
 
 
-def _resource_usage(cubin: bytes) -> tuple[int | None, int | None]:
-    """(registers, spill bytes) of the kernel in a cubin, from ``cuobjdump -res-usage``."""
+def _resource_usage(cubin: bytes) -> tuple[int | None, int | None, int]:
+    """(registers, spill bytes, SASS instructions) of the kernel in a cubin, from ``cuobjdump``."""
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()
         text = subprocess.run([_cuobjdump(), "-res-usage", f.name], capture_output=True, text=True, check=True).stdout
+        sass = subprocess.run([_cuobjdump(), "-sass", f.name], capture_output=True, text=True, check=True).stdout
     reg = re.search(r"REG:(\d+)", text)
     # ptxas puts spilled registers in the stack frame (STACK); LOCAL counts other local arrays. Triton kernels
     # have neither unless registers run out, so their sum is the spill figure.
     spill = sum(int(m) for m in re.findall(r"(?:STACK|LOCAL):(\d+)", text))
-    return (int(reg.group(1)) if reg else None, spill)
+    # one "/*0a70*/ OPCODE ...;" line per instruction: the code size, a static proxy for the work per tile
+    instructions = len(re.findall(r"^\s+/\*[0-9a-f]{4,}\*/\s+\S", sass, re.MULTILINE))
+    return (int(reg.group(1)) if reg else None, spill, instructions)
 
 
 def compile_spec(spec: CompileSpec, arch: int) -> CompileResult:
@@ -162,23 +172,36 @@ def compile_spec(spec: CompileSpec, arch: int) -> CompileResult:
 
     start = time.perf_counter()
     try:
-        src = triton.compiler.ASTSource(fn=spec.kernel, signature=spec.signature, constexprs=spec.constexprs)
+        # Triton specialises a launch on which pointers are 16-byte aligned and which integers are multiples of
+        # 16 (and vectorises loads on it): without these hints the registers would not be those of the kernel
+        # that runs. Pointers from torch allocations are aligned; the spec names its integers.
+        hinted = [i for i, (name, ty) in enumerate(spec.signature.items())
+                  if ty.startswith("*") or name in spec.divisible]  # fmt: skip
+        attrs = {(i,): [["tt.divisibility", 16]] for i in hinted}
+        src = triton.compiler.ASTSource(
+            fn=spec.kernel, signature=spec.signature, constexprs=spec.constexprs, attrs=attrs
+        )
         compiled = triton.compile(
             src,
             target=GPUTarget("cuda", arch, 32),
             options={"num_warps": spec.num_warps, "num_stages": spec.num_stages},
         )
-        regs, spill = _resource_usage(compiled.asm["cubin"])
+        regs, spill, instructions = _resource_usage(compiled.asm["cubin"])
         shared = compiled.metadata.shared
         # triton.compile accepts a kernel that needs more shared memory than the GPU has; the launch would fail
         limit = SMEM_LIMIT.get(arch)
         error = ""
         if limit and shared > limit:
             error = f"needs {shared} B of shared memory, sm_{arch} has {limit} B per block"
-        tf32 = ".tf32" in compiled.asm["ptx"]
+        ptx = compiled.asm["ptx"]
         return CompileResult(
-            spec.name, arch, not error, spec.default, regs, spill, shared, tf32, time.perf_counter() - start, error
-        )
+            spec.name, arch, not error, spec.default, regs, spill, shared,
+            instructions=instructions,
+            uses_tf32=".tf32" in ptx,
+            int_divisions=len(re.findall(r"\b(?:div|rem)\.[su](?:16|32|64)\b", ptx)),
+            seconds=time.perf_counter() - start,
+            error=error,
+        )  # fmt: skip
     except Exception as e:  # noqa: BLE001 (any compiler failure is the result being reported)
         msg = f"{type(e).__name__}: {e}"
         elapsed = time.perf_counter() - start
@@ -221,19 +244,22 @@ def run_compile_check(
 
 
 def format_table(results: Sequence[CompileResult], *, defaults_only: bool = False) -> str:
-    """Markdown table: one row per spec, registers / spill bytes / shared bytes per arch."""
+    """Markdown table: one row per spec; registers, spill bytes, shared bytes, SASS instructions and integer
+    divisions per arch."""
     archs = sorted({r.arch for r in results})
     by_name: dict[str, dict[int, CompileResult]] = {}
     for r in results:
         if r.default or not defaults_only:
             by_name.setdefault(r.name, {})[r.arch] = r
-    head = "| kernel | " + " | ".join(f"sm_{a} regs | sm_{a} spill B | sm_{a} smem B" for a in archs) + " |"
-    rows = [head, "|" + "---|" * (1 + 3 * len(archs))]
+    columns = ("regs", "spill B", "smem B", "instr", "int div")
+    head = "| kernel | " + " | ".join(f"sm_{a} {c}" for a in archs for c in columns) + " |"
+    rows = [head, "|" + "---|" * (1 + len(columns) * len(archs))]
     for name, per_arch in by_name.items():
         cells = []
         for a in archs:
             r = per_arch.get(a)
-            cells += [str(r.registers), str(r.spill_bytes), str(r.shared_bytes)] if r and r.ok else ["FAIL"] * 3
+            values = (r.registers, r.spill_bytes, r.shared_bytes, r.instructions, r.int_divisions) if r else ()
+            cells += [str(v) for v in values] if r and r.ok else ["FAIL"] * len(columns)
         rows.append(f"| `{name}` | " + " | ".join(cells) + " |")
     return "\n".join(rows)
 

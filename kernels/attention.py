@@ -5,11 +5,12 @@ cross-attention with the three mask kinds of the SCL model (True = may attend):
 
 - ``key_mask`` (B, Lk): text padding; loaded as one row per key block.
 - ``frames=F``: the flexible vision encoder's frame-block + global-CLS pattern, generated from indices.
-  Keys a query block cannot see are never visited (``_frame_ranges``): a patch row block computes the F CLS
-  keys in one 16-wide tile and its own frames' patches from the frame's first patch on; with 64 x 64 tiles the
-  patch rows of a 4-frame 224 px video (L = 788) compute 0.38 of dense attention's key columns (its visible pairs
-  are 0.25: the rest is tile rounding, ceil(196 / 64) tiles per frame). Tiles made only of ``key_mask`` padding
-  are skipped too.
+  Keys a query block cannot see are never visited (``_frame_span``): a block computes the F CLS keys in one
+  16-wide tile, then each frame it touches from that frame's first patch on, so with 64 x 64 tiles the patch
+  rows of a 4-frame 224 px video (L = 788) compute 0.40 of dense attention's key columns (its visible pairs are
+  0.25: the rest is tile rounding, ceil(196 / 64) tiles per frame). Within a frame's pass a row sees all of the
+  frame or none of it, so the mask is one bias per row, with no per-element frame arithmetic. Tiles made only
+  of ``key_mask`` padding are skipped too.
 - ``attn_mask``: any bool mask broadcastable to (B, H, Lq, Lk), loaded blockwise with stride 0 on broadcast
   dims (never expanded in memory).
 
@@ -100,10 +101,12 @@ def _visible(
     stride_am_n,
     n_frames,
     n_patches,
+    row_frame,  # frame of each resident row (queries, or keys if KEY_MAJOR): ``_frame_id``, computed once
     HAS_KEY_MASK: tl.constexpr,
     HAS_FRAMES: tl.constexpr,
     HAS_ATTN_MASK: tl.constexpr,
     KEY_MAJOR: tl.constexpr,
+    CLS_PASS: tl.constexpr,
 ):
     """Which (query, key) pairs of a tile may attend: (len(q), len(k)), or (len(k), len(q)) if KEY_MAJOR.
 
@@ -128,14 +131,30 @@ def _visible(
     if HAS_KEY_MASK:
         ok = ok & (tl.load(km_row_ptr + ki * stride_km_n, mask=ki < Lk, other=0) != 0)
     if HAS_FRAMES:
-        # frame id: CLS_f -> f, patch j of frame f -> f (n_patches >= 1 on the host, so no division by zero)
-        fq = tl.where(qi < n_frames, qi, (qi - n_frames) // n_patches)
-        fk = tl.where(ki < n_frames, ki, (ki - n_frames) // n_patches)
-        ok = ok & ((qi < n_frames) | (fq == fk))
+        # per resident row, precomputed: no per-pair frame arithmetic (an integer division by a runtime divisor
+        # costs ~20 instructions per element, and the loop cannot hoist it)
+        # (a frame pass needs no test here: a row sees all of the frame's patches or none, ``row_bias``)
+        if CLS_PASS and not KEY_MAJOR:  # the CLS keys: a CLS query sees all, a patch query its own frame's
+            ok = ok & ((qi < n_frames) | (ki == row_frame[:, None]))
     if HAS_ATTN_MASK:
         am = tl.load(am_ptr + qi * stride_am_m + ki * stride_am_n, mask=(qi < Lq) & (ki < Lk), other=0)
         ok = ok & (am != 0)
     return ok
+
+
+@triton.jit
+def _frame_id(idx, n_frames, n_patches):
+    """Frame of each token: CLS_f -> f, patch j of frame f -> f (n_patches >= 1 on the host, so the division is
+    defined; without ``frames`` the result goes unused and compiles away)."""
+    return tl.where(idx < n_frames, idx, (idx - n_frames) // n_patches)
+
+
+@triton.jit
+def _row_bias(sees):
+    """0 where a resident row sees the pass's columns, -inf where it sees none: added to the scores. A per-row
+    float add costs fewer registers than broadcasting a per-row bool into the tile's mask (34 fewer in the
+    forward on sm_90); exp2(-inf) = 0 gives the same zero probabilities and gradients."""
+    return tl.where(sees, 0.0, float("-inf"))
 
 
 @triton.jit
@@ -153,34 +172,26 @@ def _dropout_keep(seed, bh, offs_q, offs_k, Lk, dropout_p, KEY_MAJOR: tl.constex
 
 
 @triton.jit
-def _frame_ranges(start, L, n_frames, n_patches, BLOCK_ROWS: tl.constexpr, ROWS_ARE_KEYS: tl.constexpr):
-    """What a block of rows [start, start + BLOCK_ROWS) must visit on the other axis under ``frames``.
+def _frame_span(start, L, n_frames, n_patches, BLOCK_ROWS: tl.constexpr, ROWS_ARE_KEYS: tl.constexpr):
+    """The first and last frame whose patches a block of rows [start, start + BLOCK_ROWS) sees under ``frames``.
 
-    Returns (full_end, cls_end, b_start, b_end), three disjoint passes: [0, full_end) in whole tiles (a query
-    block holding a CLS row sees every key), [0, cls_end) in small tiles (the F CLS tokens: every patch query
-    needs its frame's CLS key, every key is seen by all CLS queries), and [b_start, b_end): exactly the patches
-    of the frames the row block touches, starting at the first frame's first patch rather than the tile grid,
-    so a block inside one frame computes ceil(P / tile) tiles of its frame and nothing of its neighbours.
+    The kernels visit the other axis in passes: the F CLS tokens in one small tile (every patch query needs its
+    frame's CLS key, every key is seen by all CLS queries), then each of these frames' patches from the frame's
+    first patch rather than the tile grid, so a block inside one frame computes ceil(P / tile) tiles of its frame
+    and nothing of its neighbours, and within a frame's pass a row sees every column or none. A query block
+    holding a CLS row sees every frame.
     """
     end = tl.minimum(start + BLOCK_ROWS, L)
-    if ROWS_ARE_KEYS:  # every CLS query sees every key: the CLS pass, never a full one
+    if ROWS_ARE_KEYS:
         # frames of the keys in the block: CLS key c belongs to frame c, patch keys to (k - F) // P
         f_lo = tl.where(start < n_frames, tl.where(end > n_frames, 0, start), (start - n_frames) // n_patches)
         f_hi = tl.where(end > n_frames, (end - 1 - n_frames) // n_patches, end - 1)
         f_hi = tl.where(start < n_frames, tl.maximum(f_hi, tl.minimum(end, n_frames) - 1), f_hi)
-        full_end = 0
-        cls_end = n_frames
-        b_start = n_frames + f_lo * n_patches
-        b_end = tl.minimum(n_frames + (f_hi + 1) * n_patches, L)
     else:
-        f_lo = (start - n_frames) // n_patches
-        f_hi = (end - 1 - n_frames) // n_patches
         full = start < n_frames
-        full_end = tl.where(full, L, 0)
-        cls_end = tl.where(full, 0, n_frames)
-        b_start = n_frames + f_lo * n_patches
-        b_end = tl.where(full, b_start, tl.minimum(n_frames + (f_hi + 1) * n_patches, L))
-    return full_end, cls_end, b_start, b_end
+        f_lo = tl.where(full, 0, (start - n_frames) // n_patches)
+        f_hi = tl.where(full, n_frames - 1, (end - 1 - n_frames) // n_patches)
+    return f_lo, f_hi
 
 
 @triton.jit
@@ -220,6 +231,8 @@ def _fwd_inner(
     Lk,
     n_frames,
     n_patches,
+    row_frame,
+    row_bias,  # frame pass: 0 for the resident rows that see this frame, -inf for the others
     qk_scale,
     seed,
     bh,
@@ -231,12 +244,13 @@ def _fwd_inner(
     HAS_FRAMES: tl.constexpr,
     HAS_ATTN_MASK: tl.constexpr,
     HAS_DROPOUT: tl.constexpr,
-    ALIGNED: tl.constexpr,
+    CLS_PASS: tl.constexpr,
 ):
-    """Online-softmax update over the key tiles from ``lo`` (a multiple of BLOCK_N if ALIGNED) up to ``hi``."""
+    """Online-softmax update over the key tiles from ``lo`` up to ``hi`` (a CLS pass or one frame's patches
+    under ``frames``, the whole key range without)."""
     offs_d = tl.arange(0, BLOCK_D)
     for start_n in range(lo, hi, BLOCK_N):
-        if ALIGNED:
+        if CLS_PASS or not HAS_FRAMES:  # the loop starts at 0: whole tiles of the grid
             start_n = tl.multiple_of(start_n, BLOCK_N)
         offs_n = start_n + tl.arange(0, BLOCK_N)
         k = _load_tile(k_base + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd, offs_n < Lk, offs_d,
@@ -244,8 +258,11 @@ def _fwd_inner(
         v = _load_tile(v_base + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd, offs_n < Lk, offs_d,
                        HEAD_DIM, BLOCK_D)
         s = _mm(q, tl.trans(k)) * qk_scale  # (BLOCK_M, BLOCK_N), base-2 logits
+        if HAS_FRAMES and not CLS_PASS:
+            s += row_bias[:, None]
         ok = _visible(offs_m, offs_n, Lq, Lk, hi, km_row_ptr, stride_km_n, am_ptr, stride_am_m, stride_am_n,
-                      n_frames, n_patches, HAS_KEY_MASK, HAS_FRAMES, HAS_ATTN_MASK, False)
+                      n_frames, n_patches, row_frame, HAS_KEY_MASK, HAS_FRAMES, HAS_ATTN_MASK, False,
+                      CLS_PASS)
         s = tl.where(ok, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         # a row that has seen no visible key yet keeps m = -inf; subtract 0 instead so exp2 gives 0, not NaN
@@ -297,6 +314,7 @@ def _attn_fwd_kernel(
     h = tl.program_id(1).to(tl.int64)
     b = tl.program_id(2).to(tl.int64)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_frame = _frame_id(offs_m, n_frames, n_patches)
     offs_d = tl.arange(0, BLOCK_D)
     q_base = Q_ptr + b * stride_qb + h * stride_qh
     k_base = K_ptr + b * stride_kb + h * stride_kh
@@ -314,28 +332,31 @@ def _attn_fwd_kernel(
         key_end = _key_end(km_row_ptr, stride_km_n, Lk, BLOCK_N)
     else:
         key_end = Lk
-    if HAS_FRAMES:
-        full_end, cls_end, b_start, b_end = _frame_ranges(pid_m * BLOCK_M, Lq, n_frames, n_patches, BLOCK_M, False)
-    else:
-        full_end = Lk
-    acc, l_i, m_i, n_visited = _fwd_inner(
-        acc, l_i, m_i, n_visited, q, k_base, v_base, km_row_ptr, am_ptr, offs_m, 0, tl.minimum(full_end, key_end),
-        stride_kn, stride_kd, stride_vn, stride_vd, stride_km_n, stride_am_m, stride_am_n,
-        Lq, Lk, n_frames, n_patches, qk_scale, seed, b * H + h, dropout_p,
-        HEAD_DIM, BLOCK_D, BLOCK_N, HAS_KEY_MASK, HAS_FRAMES, HAS_ATTN_MASK, HAS_DROPOUT, True,
-    )
+    is_cls = offs_m < n_frames
+    no_bias = tl.zeros([BLOCK_M], tl.float32)  # passes other than a frame pass take no row bias
     if HAS_FRAMES:
         acc, l_i, m_i, n_visited = _fwd_inner(
-            acc, l_i, m_i, n_visited, q, k_base, v_base, km_row_ptr, am_ptr, offs_m, 0, cls_end,
+            acc, l_i, m_i, n_visited, q, k_base, v_base, km_row_ptr, am_ptr, offs_m, 0, n_frames,
             stride_kn, stride_kd, stride_vn, stride_vd, stride_km_n, stride_am_m, stride_am_n,
-            Lq, Lk, n_frames, n_patches, qk_scale, seed, b * H + h, dropout_p,
+            Lq, Lk, n_frames, n_patches, row_frame, no_bias, qk_scale, seed, b * H + h, dropout_p,
             HEAD_DIM, BLOCK_D, BLOCK_CLS, HAS_KEY_MASK, HAS_FRAMES, HAS_ATTN_MASK, HAS_DROPOUT, True,
         )
+        f_lo, f_hi = _frame_span(pid_m * BLOCK_M, Lq, n_frames, n_patches, BLOCK_M, False)
+        for f in range(f_lo, f_hi + 1):  # each frame alone: a row sees all of its patches (CLS rows too) or none
+            lo = n_frames + f * n_patches
+            bias = _row_bias(is_cls | (row_frame == f))
+            acc, l_i, m_i, n_visited = _fwd_inner(
+                acc, l_i, m_i, n_visited, q, k_base, v_base, km_row_ptr, am_ptr, offs_m, lo,
+                tl.minimum(lo + n_patches, key_end),
+                stride_kn, stride_kd, stride_vn, stride_vd, stride_km_n, stride_am_m, stride_am_n,
+                Lq, Lk, n_frames, n_patches, row_frame, bias, qk_scale, seed, b * H + h, dropout_p,
+                HEAD_DIM, BLOCK_D, BLOCK_N, HAS_KEY_MASK, HAS_FRAMES, HAS_ATTN_MASK, HAS_DROPOUT, False,
+            )
+    else:
         acc, l_i, m_i, n_visited = _fwd_inner(
-            acc, l_i, m_i, n_visited, q, k_base, v_base, km_row_ptr, am_ptr, offs_m, b_start,
-            tl.minimum(b_end, key_end),
+            acc, l_i, m_i, n_visited, q, k_base, v_base, km_row_ptr, am_ptr, offs_m, 0, key_end,
             stride_kn, stride_kd, stride_vn, stride_vd, stride_km_n, stride_am_m, stride_am_n,
-            Lq, Lk, n_frames, n_patches, qk_scale, seed, b * H + h, dropout_p,
+            Lq, Lk, n_frames, n_patches, row_frame, no_bias, qk_scale, seed, b * H + h, dropout_p,
             HEAD_DIM, BLOCK_D, BLOCK_N, HAS_KEY_MASK, HAS_FRAMES, HAS_ATTN_MASK, HAS_DROPOUT, False,
         )
 
@@ -402,6 +423,8 @@ def _bwd_dkdv_inner(
     Lk,
     n_frames,
     n_patches,
+    row_frame,
+    row_bias,  # frame pass: 0 for the resident rows that see this frame, -inf for the others
     qk_scale,
     seed,
     bh,
@@ -413,13 +436,13 @@ def _bwd_dkdv_inner(
     HAS_FRAMES: tl.constexpr,
     HAS_ATTN_MASK: tl.constexpr,
     HAS_DROPOUT: tl.constexpr,
-    ALIGNED: tl.constexpr,
+    CLS_PASS: tl.constexpr,
 ):
     """Accumulate dK, dV of one key block over the query tiles from ``lo`` up to ``hi``, in transposed
     (key-major) tiles."""
     offs_d = tl.arange(0, BLOCK_D)
     for start_m in range(lo, hi, BLOCK_M):
-        if ALIGNED:
+        if CLS_PASS or not HAS_FRAMES:  # the loop starts at 0: whole tiles of the grid
             start_m = tl.multiple_of(start_m, BLOCK_M)
         offs_m = start_m + tl.arange(0, BLOCK_M)
         q = _load_tile(q_base + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd, offs_m < Lq, offs_d,
@@ -429,8 +452,11 @@ def _bwd_dkdv_inner(
         lse = tl.load(lse_base + offs_m, mask=offs_m < Lq, other=float("inf"))
         delta = tl.load(delta_base + offs_m, mask=offs_m < Lq, other=0.0)
         s_t = _mm(k, tl.trans(q)) * qk_scale  # (BLOCK_N, BLOCK_M)
+        if HAS_FRAMES and not CLS_PASS:
+            s_t += row_bias[:, None]
         ok = _visible(offs_m, offs_n, Lq, Lk, hi, km_row_ptr, stride_km_n, am_ptr, stride_am_m, stride_am_n,
-                      n_frames, n_patches, HAS_KEY_MASK, HAS_FRAMES, HAS_ATTN_MASK, True)
+                      n_frames, n_patches, row_frame, HAS_KEY_MASK, HAS_FRAMES, HAS_ATTN_MASK, True,
+                      CLS_PASS)
         p_t = tl.where(ok, tl.exp2(s_t - lse[None, :]), 0.0)
         dp_t = _mm(v, tl.trans(do))  # (BLOCK_N, BLOCK_M)
         if HAS_DROPOUT:  # FA2: dV sees the dropped probabilities, dS = P * (Z * dP / (1 - p) - delta)
@@ -481,6 +507,7 @@ def _attn_bwd_dkdv_kernel(
     h = tl.program_id(1).to(tl.int64)
     b = tl.program_id(2).to(tl.int64)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_frame = _frame_id(offs_n, n_frames, n_patches)
     offs_d = tl.arange(0, BLOCK_D)
     k = _load_tile(K_ptr + b * stride_kb + h * stride_kh + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd,
                    offs_n < Lk, offs_d, HEAD_DIM, BLOCK_D)  # (BLOCK_N, BLOCK_D)
@@ -498,29 +525,32 @@ def _attn_bwd_dkdv_kernel(
         has_key = tl.max(tl.load(km_row_ptr + offs_n * stride_km_n, mask=offs_n < Lk, other=0), 0) != 0
     else:
         has_key = True
+    no_bias = tl.zeros([BLOCK_N], tl.float32)  # passes other than a frame pass take no row bias
     if HAS_FRAMES:
-        _, cls_end, b_start, b_end = _frame_ranges(pid_n * BLOCK_N, Lk, n_frames, n_patches, BLOCK_N, True)
         dk, dv = _bwd_dkdv_inner(
             dk, dv, k, v, q_base, do_base, lse_base, delta_base, km_row_ptr, am_ptr, offs_n, 0,
-            tl.where(has_key, cls_end, 0),
+            tl.where(has_key, n_frames, 0),
             stride_qm, stride_qd, stride_dom, stride_dod, stride_km_n, stride_am_m, stride_am_n,
-            Lq, Lk, n_frames, n_patches, qk_scale, seed, b * H + h, dropout_p,
+            Lq, Lk, n_frames, n_patches, row_frame, no_bias, qk_scale, seed, b * H + h, dropout_p,
             HEAD_DIM, BLOCK_D, BLOCK_CLS, HAS_KEY_MASK, HAS_FRAMES, HAS_ATTN_MASK, HAS_DROPOUT, True,
         )
-        dk, dv = _bwd_dkdv_inner(
-            dk, dv, k, v, q_base, do_base, lse_base, delta_base, km_row_ptr, am_ptr, offs_n, b_start,
-            tl.where(has_key, b_end, b_start),
-            stride_qm, stride_qd, stride_dom, stride_dod, stride_km_n, stride_am_m, stride_am_n,
-            Lq, Lk, n_frames, n_patches, qk_scale, seed, b * H + h, dropout_p,
-            HEAD_DIM, BLOCK_D, BLOCK_M, HAS_KEY_MASK, HAS_FRAMES, HAS_ATTN_MASK, HAS_DROPOUT, False,
-        )
+        f_lo, f_hi = _frame_span(pid_n * BLOCK_N, Lk, n_frames, n_patches, BLOCK_N, True)
+        for f in range(f_lo, tl.where(has_key, f_hi + 1, f_lo)):  # each frame alone: its key rows see it all
+            lo = n_frames + f * n_patches
+            dk, dv = _bwd_dkdv_inner(
+                dk, dv, k, v, q_base, do_base, lse_base, delta_base, km_row_ptr, am_ptr, offs_n, lo,
+                tl.minimum(lo + n_patches, Lq),
+                stride_qm, stride_qd, stride_dom, stride_dod, stride_km_n, stride_am_m, stride_am_n,
+                Lq, Lk, n_frames, n_patches, row_frame, _row_bias(row_frame == f), qk_scale, seed, b * H + h, dropout_p,
+                HEAD_DIM, BLOCK_D, BLOCK_M, HAS_KEY_MASK, HAS_FRAMES, HAS_ATTN_MASK, HAS_DROPOUT, False,
+            )
     else:
         dk, dv = _bwd_dkdv_inner(
             dk, dv, k, v, q_base, do_base, lse_base, delta_base, km_row_ptr, am_ptr, offs_n, 0,
             tl.where(has_key, Lq, 0),
             stride_qm, stride_qd, stride_dom, stride_dod, stride_km_n, stride_am_m, stride_am_n,
-            Lq, Lk, n_frames, n_patches, qk_scale, seed, b * H + h, dropout_p,
-            HEAD_DIM, BLOCK_D, BLOCK_M, HAS_KEY_MASK, HAS_FRAMES, HAS_ATTN_MASK, HAS_DROPOUT, True,
+            Lq, Lk, n_frames, n_patches, row_frame, no_bias, qk_scale, seed, b * H + h, dropout_p,
+            HEAD_DIM, BLOCK_D, BLOCK_M, HAS_KEY_MASK, HAS_FRAMES, HAS_ATTN_MASK, HAS_DROPOUT, False,
         )
     # ds above is the gradient of the natural-scale logits q.k * sm_scale; the chain rule adds sm_scale once
     _store_tile(DK_ptr + b * stride_dkb + h * stride_dkh + offs_n[:, None] * stride_dkn + offs_d[None, :] * stride_dkd,
@@ -554,6 +584,8 @@ def _bwd_dq_inner(
     Lk,
     n_frames,
     n_patches,
+    row_frame,
+    row_bias,  # frame pass: 0 for the resident rows that see this frame, -inf for the others
     qk_scale,
     seed,
     bh,
@@ -565,12 +597,12 @@ def _bwd_dq_inner(
     HAS_FRAMES: tl.constexpr,
     HAS_ATTN_MASK: tl.constexpr,
     HAS_DROPOUT: tl.constexpr,
-    ALIGNED: tl.constexpr,
+    CLS_PASS: tl.constexpr,
 ):
     """Accumulate dQ of one query block over the key tiles from ``lo`` up to ``hi``."""
     offs_d = tl.arange(0, BLOCK_D)
     for start_n in range(lo, hi, BLOCK_N):
-        if ALIGNED:
+        if CLS_PASS or not HAS_FRAMES:  # the loop starts at 0: whole tiles of the grid
             start_n = tl.multiple_of(start_n, BLOCK_N)
         offs_n = start_n + tl.arange(0, BLOCK_N)
         k = _load_tile(k_base + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd, offs_n < Lk, offs_d,
@@ -578,8 +610,11 @@ def _bwd_dq_inner(
         v = _load_tile(v_base + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd, offs_n < Lk, offs_d,
                        HEAD_DIM, BLOCK_D)
         s = _mm(q, tl.trans(k)) * qk_scale  # (BLOCK_M, BLOCK_N)
+        if HAS_FRAMES and not CLS_PASS:
+            s += row_bias[:, None]
         ok = _visible(offs_m, offs_n, Lq, Lk, hi, km_row_ptr, stride_km_n, am_ptr, stride_am_m, stride_am_n,
-                      n_frames, n_patches, HAS_KEY_MASK, HAS_FRAMES, HAS_ATTN_MASK, False)
+                      n_frames, n_patches, row_frame, HAS_KEY_MASK, HAS_FRAMES, HAS_ATTN_MASK, False,
+                      CLS_PASS)
         p = tl.where(ok, tl.exp2(s - lse[:, None]), 0.0)
         dp = _mm(do, tl.trans(v))  # (BLOCK_M, BLOCK_N)
         if HAS_DROPOUT:
@@ -624,6 +659,7 @@ def _attn_bwd_dq_kernel(
     h = tl.program_id(1).to(tl.int64)
     b = tl.program_id(2).to(tl.int64)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_frame = _frame_id(offs_m, n_frames, n_patches)
     offs_d = tl.arange(0, BLOCK_D)
     q = _load_tile(Q_ptr + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
                    offs_m < Lq, offs_d, HEAD_DIM, BLOCK_D)  # (BLOCK_M, BLOCK_D)
@@ -640,27 +676,31 @@ def _attn_bwd_dq_kernel(
         key_end = _key_end(km_row_ptr, stride_km_n, Lk, BLOCK_N)
     else:
         key_end = Lk
-    if HAS_FRAMES:
-        full_end, cls_end, b_start, b_end = _frame_ranges(pid_m * BLOCK_M, Lq, n_frames, n_patches, BLOCK_M, False)
-    else:
-        full_end = Lk
-    dq = _bwd_dq_inner(
-        dq, q, do, lse, delta, k_base, v_base, km_row_ptr, am_ptr, offs_m, 0, tl.minimum(full_end, key_end),
-        stride_kn, stride_kd, stride_vn, stride_vd, stride_km_n, stride_am_m, stride_am_n,
-        Lq, Lk, n_frames, n_patches, qk_scale, seed, b * H + h, dropout_p,
-        HEAD_DIM, BLOCK_D, BLOCK_N, HAS_KEY_MASK, HAS_FRAMES, HAS_ATTN_MASK, HAS_DROPOUT, True,
-    )
+    is_cls = offs_m < n_frames
+    no_bias = tl.zeros([BLOCK_M], tl.float32)  # passes other than a frame pass take no row bias
     if HAS_FRAMES:
         dq = _bwd_dq_inner(
-            dq, q, do, lse, delta, k_base, v_base, km_row_ptr, am_ptr, offs_m, 0, cls_end,
+            dq, q, do, lse, delta, k_base, v_base, km_row_ptr, am_ptr, offs_m, 0, n_frames,
             stride_kn, stride_kd, stride_vn, stride_vd, stride_km_n, stride_am_m, stride_am_n,
-            Lq, Lk, n_frames, n_patches, qk_scale, seed, b * H + h, dropout_p,
+            Lq, Lk, n_frames, n_patches, row_frame, no_bias, qk_scale, seed, b * H + h, dropout_p,
             HEAD_DIM, BLOCK_D, BLOCK_CLS, HAS_KEY_MASK, HAS_FRAMES, HAS_ATTN_MASK, HAS_DROPOUT, True,
         )
+        f_lo, f_hi = _frame_span(pid_m * BLOCK_M, Lq, n_frames, n_patches, BLOCK_M, False)
+        for f in range(f_lo, f_hi + 1):  # each frame alone, as in the forward
+            lo = n_frames + f * n_patches
+            bias = _row_bias(is_cls | (row_frame == f))
+            dq = _bwd_dq_inner(
+                dq, q, do, lse, delta, k_base, v_base, km_row_ptr, am_ptr, offs_m, lo,
+                tl.minimum(lo + n_patches, key_end),
+                stride_kn, stride_kd, stride_vn, stride_vd, stride_km_n, stride_am_m, stride_am_n,
+                Lq, Lk, n_frames, n_patches, row_frame, bias, qk_scale, seed, b * H + h, dropout_p,
+                HEAD_DIM, BLOCK_D, BLOCK_N, HAS_KEY_MASK, HAS_FRAMES, HAS_ATTN_MASK, HAS_DROPOUT, False,
+            )
+    else:
         dq = _bwd_dq_inner(
-            dq, q, do, lse, delta, k_base, v_base, km_row_ptr, am_ptr, offs_m, b_start, tl.minimum(b_end, key_end),
+            dq, q, do, lse, delta, k_base, v_base, km_row_ptr, am_ptr, offs_m, 0, key_end,
             stride_kn, stride_kd, stride_vn, stride_vd, stride_km_n, stride_am_m, stride_am_n,
-            Lq, Lk, n_frames, n_patches, qk_scale, seed, b * H + h, dropout_p,
+            Lq, Lk, n_frames, n_patches, row_frame, no_bias, qk_scale, seed, b * H + h, dropout_p,
             HEAD_DIM, BLOCK_D, BLOCK_N, HAS_KEY_MASK, HAS_FRAMES, HAS_ATTN_MASK, HAS_DROPOUT, False,
         )
     _store_tile(DQ_ptr + b * stride_dqb + h * stride_dqh + offs_m[:, None] * stride_dqm + offs_d[None, :] * stride_dqd,
@@ -729,8 +769,9 @@ def _tile_sizes(cfg: triton.Config, kind: str) -> tuple[int, int]:
 
 def _smem_estimate(cfg: triton.Config, kind: str, block_d: int, elt: int) -> int:
     """Shared memory of one program: the resident tile and two pipelined tiles per stage (K and V, or Q and dO);
-    fp32 inputs add about two fp32 score tiles (measured: the compile report's fp32 kernels need up to that much
-    beyond the tiles, the fp16/bf16 ones stay well below the tile count)."""
+    fp32 inputs add about two fp32 score tiles. Against the compile report: sm_80 uses at most this plus the
+    (rows,) statistics; sm_90 up to a third more (its wgmma stages more operands in shared memory), which the
+    budget's distance to sm_90's 227 KiB covers."""
     rows, cols = _tile_sizes(cfg, kind)
     extra = 2 * rows * cols * 4 if elt == 4 else 0
     return (rows + cfg.num_stages * 2 * cols) * block_d * elt + extra
@@ -738,8 +779,9 @@ def _smem_estimate(cfg: triton.Config, kind: str, block_d: int, elt: int) -> int
 
 def _reg_estimate(cfg: triton.Config, kind: str, block_d: int, elt: int) -> int:
     """32-bit registers per thread for the fp32 accumulators (one (rows, D) tile, two for dK/dV), the score
-    tile and the resident input tiles (Q; K and V; Q and dO). Checked against the compile report: configs above
-    ``_REG_BUDGET`` are the ones that spill on sm_80."""
+    tile and the resident input tiles (Q; K and V; Q and dO). Configs above ``_REG_BUDGET`` spilled heavily on
+    sm_80 in the compile report; a few below it spill a little there (listed in the report), which the
+    autotuner's timing weighs."""
     rows, cols = _tile_sizes(cfg, kind)
     n_acc = 2 if kind == "dkdv" else 1
     n_in = 1 if kind == "fwd" else 2
@@ -1196,10 +1238,10 @@ def _compile_specs() -> list[CompileSpec]:
     """Kernel specialisations to compile for sm_80/sm_90 without a GPU.
 
     Every autotune config at the production case (bf16, D=64, key mask: the text encoder), the default config
-    of each dtype and head dim, and the default config of the other mask variants (key+frames covers both
-    generated masks). The interpreter accepts what these catch: ``tl.dot`` shapes, shared-memory overflow.
-    Last-dim strides are 1 as on a real launch (Triton specialises them), so the register counts match the
-    kernels that run.
+    of each dtype and head dim, and the default config of the other mask variants (frames: the video encoder;
+    key+frames covers both generated masks). The interpreter accepts what these catch: ``tl.dot`` shapes,
+    shared-memory overflow. Strides are as on a real launch (last dims 1, the others multiples of 16: Triton
+    specialises on both), so the register counts match the kernels that run.
     """
     specs: list[CompileSpec] = []
     kernels = (
@@ -1210,6 +1252,7 @@ def _compile_specs() -> list[CompileSpec]:
     masks = {
         "none": (False, False, False, False),
         "key": (True, False, False, False),
+        "frames": (False, True, False, False),
         "key+frames": (True, True, False, False),
         "attn": (False, False, True, False),
         "key+dropout": (True, False, False, True),
@@ -1217,7 +1260,7 @@ def _compile_specs() -> list[CompileSpec]:
     variants = [("bf16", 64, "key", "all")]
     # each dtype and each head dim once (the compile check runs on 2 CPU cores: ~1 s per spec and arch)
     variants += [(dt, d, "key", "default") for dt, d in (("fp16", 32), ("bf16", 128), ("fp32", 128))]
-    variants += [("bf16", 64, m, "default") for m in ("none", "key+frames", "attn", "key+dropout")]
+    variants += [("bf16", 64, m, "default") for m in ("none", "frames", "key+frames", "attn", "key+dropout")]
     for dt, d, mask, which in variants:
         has_key, has_frames, has_attn, has_dropout = masks[mask]
         types = {"qk_scale": "fp32", "sm_scale": "fp32", "dropout_p": "fp32", "KM_ptr": "*u8", "AM_ptr": "*u8",
@@ -1232,12 +1275,14 @@ def _compile_specs() -> list[CompileSpec]:
             kconsts = dict(consts)
             if kname == "fwd":
                 kconsts["COUNT_BLOCKS"] = False
-            for p in inspect.signature(kernel.fn).parameters:
-                if p.startswith("stride_") and p.endswith("d"):
-                    kconsts[p] = 1
+            strides = [p for p in inspect.signature(kernel.fn).parameters if p.startswith("stride_")]
+            kconsts.update({p: 1 for p in strides if p.endswith("d")})
+            # the other q/k/v/o and gradient strides are multiples of D; the masks' are not known
+            divisible = tuple(p for p in strides if p not in kconsts and not p.startswith(("stride_km", "stride_am")))
             fit = _fitting(configs, kname, _block_d(d), elt)  # what the pruner lets a GPU launch
             chosen = fit if which == "all" else fit[:1]
-            specs += specs_from_configs(kernel, f"attention.{kname}/{dt}-d{d}-{mask}", types, kconsts, chosen)
+            specs += specs_from_configs(kernel, f"attention.{kname}/{dt}-d{d}-{mask}", types, kconsts, chosen,
+                                        divisible=divisible)  # fmt: skip
     pre_consts = {"HEAD_DIM": 128, "BLOCK_D": 128, "BLOCK_M": _PREPROCESS_BLOCK_M, "stride_od": 1, "stride_dod": 1}
     specs += specs_from_configs(_attn_bwd_preprocess_kernel, "attention.bwd_preprocess/bf16-d128",
                                 {"O_ptr": "*bf16", "DO_ptr": "*bf16", "DELTA_ptr": "*fp32"}, pre_consts)

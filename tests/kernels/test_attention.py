@@ -145,20 +145,20 @@ def test_fully_masked_input_gives_zero_grads_everywhere(poisoned: None) -> None:
 
 
 def _passes(start: int, length: int, f: int, p: int, rows: int, rows_are_keys: bool) -> list[tuple[int, int, int]]:
-    """Host copy of the kernel's ``_frame_ranges``: the (lo, hi, tile) loops that the block of rows
-    [start, start + rows) runs over the other axis under ``frames=f`` with p patches per frame (tile 0 = the
-    kernel's main tile, 16 = its CLS tile)."""
+    """Host copy of the kernel's passes under ``frames=f`` with p patches per frame (``_frame_span``): the
+    (lo, hi, tile) loops that the block of rows [start, start + rows) runs over the other axis, tile 0 = the
+    kernel's main tile, 16 = its CLS tile. The CLS tokens first, then each frame the block sees, alone."""
     end = min(start + rows, length)
     if rows_are_keys:
         f_lo = (0 if end > f else start) if start < f else (start - f) // p
         f_hi = (end - 1 - f) // p if end > f else end - 1
         if start < f:
             f_hi = max(f_hi, min(end, f) - 1)
-        return [(0, f, 16), (f + f_lo * p, min(f + (f_hi + 1) * p, length), 0)]
-    if start < f:
-        return [(0, length, 0)]
-    f_lo, f_hi = (start - f) // p, (end - 1 - f) // p
-    return [(0, f, 16), (f + f_lo * p, min(f + (f_hi + 1) * p, length), 0)]
+    elif start < f:  # a CLS query sees every frame
+        f_lo, f_hi = 0, f - 1
+    else:
+        f_lo, f_hi = (start - f) // p, (end - 1 - f) // p
+    return [(0, f, 16)] + [(f + g * p, min(f + (g + 1) * p, length), 0) for g in range(f_lo, f_hi + 1)]
 
 
 def _columns(passes: list[tuple[int, int, int]], tile: int) -> int:
@@ -213,7 +213,7 @@ def test_key_mask_skips_padding_tiles(poisoned: None) -> None:
     assert (out[2] == 0).all()
 
 
-def test_frame_ranges_cover_every_visible_pair() -> None:
+def test_frame_passes_cover_every_visible_pair() -> None:
     """Host re-derivation of the kernel's loop bounds over many (F, P, block) shapes: every (query, key) pair
     the pattern allows lies in exactly one pass (none missed, none counted twice), in both orientations (fwd/dQ
     rows = queries, dK/dV rows = keys)."""

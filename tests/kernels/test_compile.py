@@ -54,6 +54,17 @@ def test_every_kernel_compiles_for_sm80_and_sm90() -> None:
     assert fp32, "no fp32 spec: the TF32 check below would check nothing"
     tf32 = [f"{r.name} sm_{r.arch}" for r in fp32 if r.uses_tf32]
     assert not tf32, f"fp32 kernels using TF32 matrix instructions: {tf32}"
+    # the frame-block mask is tested per resident row, outside the loops: an integer division per score element
+    # (the frame of each key) cost ~40 divisions of ~20 instructions each per tile, and 50 more registers
+    frames = [r for r in results if "frames" in r.name]
+    assert frames, "no frames spec: the division check below would check nothing"
+    print("integer divisions, frames kernels:", {f"{r.name} sm_{r.arch}": r.int_divisions for r in frames})
+    divides = [f"{r.name} sm_{r.arch}: {r.int_divisions}" for r in frames if r.int_divisions > MAX_FRAME_DIVISIONS]
+    assert not divides, f"integer divisions in the frames kernels beyond the per-row setup: {divides}"
+
+
+# _frame_span's two and _frame_id's one per resident row a thread holds (one or two in every config)
+MAX_FRAME_DIVISIONS = 8
 
 
 TF32_PROBE = """
@@ -61,25 +72,31 @@ import triton, triton.language as tl
 from scl_kernels import _compile
 
 @triton.jit
-def probe(A, B, C, FULL: tl.constexpr):
+def probe(A, B, C, D, n, FULL: tl.constexpr):
     i = tl.arange(0, 16)
     a = tl.load(A + i[:, None] * 16 + i[None, :])
     b = tl.load(B + i[:, None] * 16 + i[None, :])
     c = tl.dot(a, b, input_precision="ieee") if FULL else tl.dot(a, b)
     tl.store(C + i[:, None] * 16 + i[None, :], c)
+    if FULL:  # one integer division per element of a (64, 64) tile, as the frames kernels once did per score
+        j = tl.arange(0, 64)
+        tl.store(D + j[:, None] * 64 + j[None, :], (j[:, None] * 64 + j[None, :]) // n)
 
-sig = {"A": "*fp32", "B": "*fp32", "C": "*fp32", "FULL": "constexpr"}
+sig = {"A": "*fp32", "B": "*fp32", "C": "*fp32", "D": "*i32", "n": "i32", "FULL": "constexpr"}
 for full in (False, True):
-    spec = _compile.CompileSpec(f"probe/fp32-{full}", probe, sig, {"FULL": full})
-    print(full, _compile.compile_spec(spec, 90).uses_tf32)
+    result = _compile.compile_spec(_compile.CompileSpec(f"probe/fp32-{full}", probe, sig, {"FULL": full}), 90)
+    print(full, result.uses_tf32, result.int_divisions)
 """
 
 
-def test_tf32_check_can_fail(tmp_path: Path) -> None:
-    """The check above reads the PTX: Triton's default fp32 dot shows up as TF32, the "ieee" one does not."""
+def test_ptx_checks_can_fail(tmp_path: Path) -> None:
+    """The checks above read the PTX: Triton's default fp32 dot shows up as TF32, the "ieee" one does not, and
+    per-element integer divisions are counted (more than the frames kernels' limit for one 64 x 64 tile)."""
     script = tmp_path / "probe.py"
     script.write_text(TF32_PROBE)
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     proc = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.split() == ["False", "True", "True", "False"], proc.stdout
+    lines = [line.split() for line in proc.stdout.splitlines()]
+    assert [line[:2] for line in lines] == [["False", "True"], ["True", "False"]], proc.stdout
+    assert int(lines[0][2]) == 0 and int(lines[1][2]) > MAX_FRAME_DIVISIONS, proc.stdout
