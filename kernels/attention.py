@@ -42,6 +42,7 @@ import triton.language as tl
 
 from ._compile import CompileSpec, specs_from_configs
 from ._dispatch import Backend, interpreting, record, resolve
+from ._launch import cdiv, dot_block, next_pow2
 from .reference import attention_mask_ref, masked_attention_ref
 
 __all__ = ["masked_attention"]
@@ -732,7 +733,7 @@ def dropout_keep_mask(
     (CPU tensors need ``TRITON_INTERPRET=1``)."""
     b, h, lq, lk = shape
     z = torch.empty(shape, dtype=torch.uint8, device=device)
-    _dropout_mask_kernel[(triton.cdiv(lq, 64), triton.cdiv(lk, 64), b * h)](z, seed, dropout_p, h, lq, lk, 64, 64)
+    _dropout_mask_kernel[(cdiv(lq, 64), cdiv(lk, 64), b * h)](z, seed, dropout_p, h, lq, lk, 64, 64)
     return z.bool()
 
 
@@ -803,7 +804,7 @@ def _make_prune(kind: str):  # noqa: ANN202 (triton's early_config_prune callbac
         already covers short text). Always keeps at least one; only one with SCL_KERNELS_AUTOTUNE=0."""
         args = {**named_args, **kwargs}
         fit = _fitting(configs, kind, args["BLOCK_D"], args["Q_ptr"].element_size())
-        lq, lk = max(64, triton.next_power_of_2(args["Lq"])), max(64, triton.next_power_of_2(args["Lk"]))
+        lq, lk = max(64, next_pow2(args["Lq"])), max(64, next_pow2(args["Lk"]))
         narrow = [c for c in fit if c.kwargs["BLOCK_M"] <= lq and c.kwargs["BLOCK_N"] <= lk] or fit
         # SCL_KERNELS_AUTOTUNE=0: the first fitting config only, no timing runs (tests over many shapes compile
         # one kernel per shape instead of one per config)
@@ -845,10 +846,6 @@ def _new_output(
     return torch.empty(shape, device=like.device, dtype=dtype or like.dtype)
 
 
-def _block_d(head_dim: int) -> int:
-    return max(16, triton.next_power_of_2(head_dim))
-
-
 def _mask_args(
     q: torch.Tensor, k: torch.Tensor, key_mask: torch.Tensor | None, attn_mask: torch.Tensor | None
 ) -> tuple[torch.Tensor, tuple[int, int], torch.Tensor, tuple[int, int, int, int]]:
@@ -882,7 +879,7 @@ def _frame_args(frames: int | None, length: int) -> tuple[int, int]:
 
 
 def _grid(rows: int, block_key: str, b: int, h: int):  # noqa: ANN202 (triton grid callback)
-    return lambda meta: (triton.cdiv(rows, meta[block_key]), h, b)
+    return lambda meta: (cdiv(rows, meta[block_key]), h, b)
 
 
 def _attention_forward(
@@ -905,7 +902,7 @@ def _attention_forward(
     lse = _new_output(q, (b, h, lq), torch.float32)
     # sized for the smallest BLOCK_M of any config; without COUNT_BLOCKS a placeholder the kernel never writes
     if count_blocks:
-        counts = torch.zeros(b * h * triton.cdiv(lq, 16), device=q.device, dtype=torch.int32)
+        counts = torch.zeros(b * h * cdiv(lq, 16), device=q.device, dtype=torch.int32)
     else:  # never written: empty, so no fill kernel is launched per call
         counts = torch.empty(1, device=q.device, dtype=torch.int32)
     km, km_strides, am, am_strides = _mask_args(q, k, key_mask, attn_mask)
@@ -914,8 +911,8 @@ def _attention_forward(
         q, k, v, out, lse, km, am, counts,
         *q.stride(), *k.stride(), *v.stride(), *out.stride(), *km_strides, *am_strides,
         h, lq, lk, n_frames, n_patches, scale * _LOG2E, seed, dropout_p,
-        triton.next_power_of_2(lq), triton.next_power_of_2(lk),
-        HEAD_DIM=d, BLOCK_D=_block_d(d),
+        next_pow2(lq), next_pow2(lk),
+        HEAD_DIM=d, BLOCK_D=dot_block(d),
         HAS_KEY_MASK=key_mask is not None, HAS_FRAMES=frames is not None, HAS_ATTN_MASK=attn_mask is not None,
         HAS_DROPOUT=dropout_p > 0.0, COUNT_BLOCKS=count_blocks,
     )  # fmt: skip
@@ -939,9 +936,9 @@ def _attention_backward(
     """Launch preprocess, dK/dV and dQ passes. Returns (dq, dk, dv) in the layouts of q, k, v."""
     b, h, lq, d = q.shape
     lk = k.shape[2]
-    block_d = _block_d(d)
+    block_d = dot_block(d)
     delta = _new_output(q, (b, h, lq), torch.float32)
-    _attn_bwd_preprocess_kernel[(triton.cdiv(lq, _PREPROCESS_BLOCK_M), h, b)](
+    _attn_bwd_preprocess_kernel[(cdiv(lq, _PREPROCESS_BLOCK_M), h, b)](
         out, dout, delta, *out.stride(), *dout.stride(), h, lq,
         HEAD_DIM=d, BLOCK_D=block_d, BLOCK_M=_PREPROCESS_BLOCK_M,
     )  # fmt: skip
@@ -956,8 +953,8 @@ def _attention_backward(
         "HAS_ATTN_MASK": attn_mask is not None,
         "HAS_DROPOUT": dropout_p > 0.0,
     }
-    sizes = (h, lq, lk, n_frames, n_patches, scale * _LOG2E, scale, seed, dropout_p, triton.next_power_of_2(lq),
-             triton.next_power_of_2(lk))  # fmt: skip
+    sizes = (h, lq, lk, n_frames, n_patches, scale * _LOG2E, scale, seed, dropout_p, next_pow2(lq),
+             next_pow2(lk))  # fmt: skip
     _attn_bwd_dkdv[_grid(lk, "BLOCK_N", b, h)](
         q, k, v, dout, lse, delta, dk, dv, km, am,
         *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dk.stride(), *dv.stride(), *km_strides, *am_strides,
@@ -1267,7 +1264,7 @@ def _compile_specs() -> list[CompileSpec]:
                  "CNT_ptr": "*i32", "LSE_ptr": "*fp32", "DELTA_ptr": "*fp32"}  # fmt: skip
         for name in ("Q_ptr", "K_ptr", "V_ptr", "O_ptr", "DO_ptr", "DQ_ptr", "DK_ptr", "DV_ptr"):
             types[name] = f"*{dt}"
-        consts: dict[str, int | bool | None] = {"HEAD_DIM": d, "BLOCK_D": _block_d(d), "HAS_KEY_MASK": has_key,
+        consts: dict[str, int | bool | None] = {"HEAD_DIM": d, "BLOCK_D": dot_block(d), "HAS_KEY_MASK": has_key,
                                                 "HAS_FRAMES": has_frames, "HAS_ATTN_MASK": has_attn,
                                                 "HAS_DROPOUT": has_dropout}  # fmt: skip
         elt = {"fp16": 2, "bf16": 2, "fp32": 4}[dt]
@@ -1279,7 +1276,7 @@ def _compile_specs() -> list[CompileSpec]:
             kconsts.update({p: 1 for p in strides if p.endswith("d")})
             # the other q/k/v/o and gradient strides are multiples of D; the masks' are not known
             divisible = tuple(p for p in strides if p not in kconsts and not p.startswith(("stride_km", "stride_am")))
-            fit = _fitting(configs, kname, _block_d(d), elt)  # what the pruner lets a GPU launch
+            fit = _fitting(configs, kname, dot_block(d), elt)  # what the pruner lets a GPU launch
             chosen = fit if which == "all" else fit[:1]
             specs += specs_from_configs(kernel, f"attention.{kname}/{dt}-d{d}-{mask}", types, kconsts, chosen,
                                         divisible=divisible)  # fmt: skip

@@ -44,14 +44,10 @@ import triton.language as tl
 from . import reference
 from ._compile import CompileSpec, specs_from_configs
 from ._dispatch import interpreting, record, resolve
+from ._launch import cdiv, dot_block
 
 _EPS = 1e-12  # F.normalize's eps: a row is divided by max(||x||, eps)
 _TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-
-
-def _pow2_at_least_16(n: int) -> int:
-    # tl.dot needs every block dimension >= 16 on the GPU
-    return max(16, triton.next_power_of_2(n))
 
 
 def _configs(gpu: list[triton.Config], interp: triton.Config) -> list[triton.Config]:
@@ -61,7 +57,7 @@ def _configs(gpu: list[triton.Config], interp: triton.Config) -> list[triton.Con
 
 def _prune_by_d(configs: list[triton.Config], named_args: dict, **kwargs: object) -> list[triton.Config]:
     """Drop configs whose D-blocks are wider than the (padded) feature dimension: they only add masked work."""
-    limit = _pow2_at_least_16(named_args["D"])
+    limit = dot_block(named_args["D"])
     kept = [c for c in configs if c.kwargs["BLOCK_K"] <= limit and c.kwargs.get("BLOCK_DO", 0) <= max(limit, 64)]
     return kept or configs[:1]
 
@@ -386,7 +382,7 @@ _ROWS_BLOCK_M = 32  # rows per program of the O(N*D) row kernels: 2048 programs 
 
 
 def _row_blocks(d: int) -> tuple[int, int]:
-    return _ROWS_BLOCK_M, min(128, _pow2_at_least_16(d))
+    return _ROWS_BLOCK_M, min(128, dot_block(d))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -413,7 +409,7 @@ def _check_triton_dtype(op: str, x: torch.Tensor) -> None:
 def _row_stats(a: torch.Tensor, b: torch.Tensor, inv_a: torch.Tensor, inv_b: torch.Tensor, cos: torch.Tensor | None):
     n, d = a.shape
     block_m, block_k = _row_blocks(d)
-    _row_stats_kernel[(triton.cdiv(n, block_m),)](
+    _row_stats_kernel[(cdiv(n, block_m),)](
         a, b, inv_a, inv_b, inv_a if cos is None else cos, n, d,
         a.stride(0), a.stride(1), b.stride(0), b.stride(1),
         EPS=_EPS, HAS_COS=cos is not None, BLOCK_M=block_m, BLOCK_K=block_k,
@@ -438,7 +434,7 @@ def _info_nce_fwd_triton(
         lse_b.zero_()
         q_b.zero_()
     for x, y, inv_x, inv_y, lse, q, rl in directions:
-        _fwd_tuned[lambda meta: (triton.cdiv(n, meta["BLOCK_M"]),)](
+        _fwd_tuned[lambda meta: (cdiv(n, meta["BLOCK_M"]),)](
             x, y, inv_x, inv_y, temperature, lse, q, rl, n, d,
             x.stride(0), x.stride(1), y.stride(0), y.stride(1), PRECISION=_precision(a.dtype),
         )  # fmt: skip
@@ -472,7 +468,7 @@ def _info_nce_bwd_triton(
         db = torch.empty_like(b, memory_format=torch.contiguous_format)
         sides.append((b, a, inv_b, inv_a, lse_b, lse_a, q_b, q_a, db, symmetric, True))
     for x, y, inv_x, inv_y, lse_x, lse_y, q_x, q_y, dx, row_term, col_term in sides:
-        _bwd_tuned[lambda meta: (triton.cdiv(n, meta["BLOCK_M"]), triton.cdiv(d, meta["BLOCK_DO"]))](
+        _bwd_tuned[lambda meta: (cdiv(n, meta["BLOCK_M"]), cdiv(d, meta["BLOCK_DO"]))](
             x, y, inv_x, inv_y, lse_x, lse_y, q_x, q_y, temperature, grad, dx, r, n, d,
             x.stride(0), x.stride(1), y.stride(0), y.stride(1), dx.stride(0), dx.stride(1),
             ROW_TERM=row_term, COL_TERM=col_term, PRECISION=_precision(a.dtype),
@@ -504,7 +500,7 @@ def _cosine_bwd_triton(
             outs.append(a.new_empty(0))
             continue
         dx = torch.empty_like(x, memory_format=torch.contiguous_format)
-        _cosine_bwd_kernel[(triton.cdiv(n, block_m),)](
+        _cosine_bwd_kernel[(cdiv(n, block_m),)](
             x, y, inv_x, inv_y, cos, grad, dx, n, d,
             x.stride(0), x.stride(1), y.stride(0), y.stride(1), dx.stride(0), dx.stride(1),
             BLOCK_M=block_m, BLOCK_K=block_k,

@@ -39,6 +39,7 @@ import triton.language as tl
 from . import reference
 from ._compile import specs_from_configs
 from ._dispatch import HAS_NATIVE, interpreting, record, resolve
+from ._launch import cdiv, dot_block
 
 _TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _FWD_WARPS = 8  # the row-wide rank tables of the selecting kernels: 8 warps keep them in registers without spills
@@ -322,13 +323,9 @@ def _scl_text_mask_kernel(
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _pow2(n: int) -> int:
-    return max(16, triton.next_power_of_2(n))
-
-
 def _block_d(d: int) -> int:
     # the interpreter pays per op, not per element: wider blocks, fewer programs (the GPU keeps 128)
-    return min(256 if interpreting() else 128, _pow2(d))
+    return min(256 if interpreting() else 128, dot_block(d))
 
 
 def _block_j(block_p: int) -> int:
@@ -338,7 +335,7 @@ def _block_j(block_p: int) -> int:
 
 
 def _block_rows(n: int) -> int:
-    return min(32 if interpreting() else 16, _pow2(n))
+    return min(32 if interpreting() else 16, dot_block(n))
 
 
 @functools.lru_cache(maxsize=16)
@@ -361,7 +358,7 @@ def _random_masking_fwd_triton(
     if keep == 0:
         return kept, ids, slot.fill_(-1)
     block_k = _block_rows(keep)
-    grid = (b, triton.cdiv(keep, block_k))
+    grid = (b, cdiv(keep, block_k))
     dummy = x  # never read: the constexpr flags compile the loads away
     _random_masking_fwd_kernel[grid](
         x, noise if noise is not None else dummy, seed if seed is not None else dummy,
@@ -373,7 +370,7 @@ def _random_masking_fwd_triton(
         pos.stride(0) if pos is not None else 0, pos.stride(1) if pos is not None else 0,
         kept.stride(0), kept.stride(1), kept.stride(2),
         FRAMES=frames, HAS_NOISE=noise is not None, HAS_POS=pos is not None,
-        BLOCK_P=_pow2(p), BLOCK_J=_block_j(_pow2(p)), BLOCK_K=block_k, BLOCK_D=_block_d(d),
+        BLOCK_P=dot_block(p), BLOCK_J=_block_j(dot_block(p)), BLOCK_K=block_k, BLOCK_D=_block_d(d),
         num_warps=_FWD_WARPS,
     )  # fmt: skip
     return kept, ids, slot
@@ -390,13 +387,13 @@ def _random_masking_bwd_triton(
     if b * p * d == 0:
         return grad_x.zero_(), grad_pos.zero_()
     block_m, block_d = (64 if interpreting() else 16), _block_d(d)
-    _random_masking_bwd_kernel[(b * frames, triton.cdiv(p, block_m))](
+    _random_masking_bwd_kernel[(b * frames, cdiv(p, block_m))](
         grad, slot, grad_x, p, keep, d,
         grad.stride(0), grad.stride(1), grad.stride(2), grad_x.stride(0), grad_x.stride(1), grad_x.stride(2),
         FRAMES=frames, BLOCK_M=block_m, BLOCK_D=block_d,
     )  # fmt: skip
     if with_pos:
-        _random_masking_pos_bwd_kernel[(triton.cdiv(p, block_m), triton.cdiv(d, block_d))](
+        _random_masking_pos_bwd_kernel[(cdiv(p, block_m), cdiv(d, block_d))](
             grad, slot, grad_pos, b, p, keep, d, grad.stride(0), grad.stride(1), grad.stride(2),
             FRAMES=frames, BLOCK_M=block_m, BLOCK_D=block_d,
         )  # fmt: skip
@@ -414,7 +411,7 @@ def _mlm_mask_triton(
         return out, labels
     choose, how, rand_tok = [k.contiguous() for k in keys] if keys is not None else (ids_c, ids_c, ids_c)
     block = 1024
-    _mlm_mask_kernel[(triton.cdiv(n, block),)](
+    _mlm_mask_kernel[(cdiv(n, block),)](
         ids_c, special_c, choose, how, rand_tok, seed if seed is not None else ids_c, out, labels,
         n, p, replace[0], replace[0] + replace[1], vocab_size, mask_id,
         HAS_KEYS=keys is not None, BLOCK=block,
@@ -434,7 +431,8 @@ def _scl_text_mask_triton(
     _scl_text_mask_kernel[(b,)](
         ids_c, special_c, keys.contiguous() if keys is not None else ids_c, seed if seed is not None else ids_c, out,
         _ratio_tensor(ratio, ids.device), length, mask_id,
-        HAS_KEYS=keys is not None, BLOCK_L=_pow2(length), BLOCK_J=_block_j(_pow2(length)), num_warps=_FWD_WARPS,
+        HAS_KEYS=keys is not None, BLOCK_L=dot_block(length), BLOCK_J=_block_j(dot_block(length)),
+        num_warps=_FWD_WARPS,
     )  # fmt: skip
     return out
 
@@ -823,8 +821,8 @@ def _compile_specs() -> list:
             _random_masking_fwd_kernel, f"masking.random_masking_fwd/{tag}",
             {"X_ptr": f"*{dt}", "NOISE_ptr": "*fp32", "SEED_ptr": "*i64", "POS_ptr": f"*{dt}",
              "KEPT_ptr": f"*{dt}", "IDS_ptr": "*i64", "SLOT_ptr": "*i32"},
-            {"FRAMES": frames, "HAS_NOISE": has_noise, "HAS_POS": has_pos, "BLOCK_P": _pow2(p),
-             "BLOCK_J": max(2, min(32, 4096 // _pow2(p))), "BLOCK_K": 16, "BLOCK_D": 128},
+            {"FRAMES": frames, "HAS_NOISE": has_noise, "HAS_POS": has_pos, "BLOCK_P": dot_block(p),
+             "BLOCK_J": max(2, min(32, 4096 // dot_block(p))), "BLOCK_K": 16, "BLOCK_D": 128},
             num_warps=_FWD_WARPS, default=i == 0,
         )  # fmt: skip
     for dt, frames in (("fp16", 1), ("bf16", 1), ("fp32", 1), ("bf16", 4)):

@@ -17,6 +17,7 @@ import torch
 import scl_kernels
 from scl_kernels import _dispatch
 from scl_kernels import attention as attn_mod
+from scl_kernels._launch import dot_block
 from scl_kernels.reference import attention_mask_ref, frame_block_mask, masked_attention_ref
 from tests.utils import ATOL, REL_TOL, assert_close, poison_
 
@@ -489,11 +490,11 @@ def test_gpu_config_pruning() -> None:
         prune = attn_mod._make_prune(kind)
         for dtype, d in ((torch.bfloat16, 64), (torch.float16, 128), (torch.float32, 128), (torch.float32, 32)):
             q = torch.empty(0, dtype=dtype)
-            long_ = prune(configs, {"Q_ptr": q, "Lq": 4096, "Lk": 4096}, BLOCK_D=attn_mod._block_d(d))
+            long_ = prune(configs, {"Q_ptr": q, "Lq": 4096, "Lk": 4096}, BLOCK_D=dot_block(d))
             assert long_, (kind, dtype, d)
             for c in long_[:-1] if len(long_) > 1 else []:
-                assert attn_mod._smem_estimate(c, kind, attn_mod._block_d(d), q.element_size()) <= 160 * 1024
-            short = prune(configs, {"Q_ptr": q, "Lq": 50, "Lk": 50}, BLOCK_D=attn_mod._block_d(d))
+                assert attn_mod._smem_estimate(c, kind, dot_block(d), q.element_size()) <= 160 * 1024
+            short = prune(configs, {"Q_ptr": q, "Lq": 50, "Lk": 50}, BLOCK_D=dot_block(d))
             assert short and all(c.kwargs["BLOCK_M"] <= 64 and c.kwargs["BLOCK_N"] <= 64 for c in short), short
     # the production case keeps several candidates to tune over
     bf16 = torch.empty(0, dtype=torch.bfloat16)
