@@ -176,3 +176,46 @@ def test_attention_cpu(benchmark, shape: S.AttnShape, impl: str, backward: bool)
     _check(fn, q, k, v, km, shape, backward)
     benchmark.group = f"attention-cpu {shape.name} {'fwd+bwd' if backward else 'fwd'}"
     benchmark(_timed(fn, q, k, v, backward, "cpu"))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Host path
+# ------------------------------------------------------------------------------------------------------------
+
+_LAUNCHERS = ("_attn_fwd", "_attn_bwd_preprocess_kernel", "_attn_bwd_dkdv", "_attn_bwd_dq")
+
+
+class _NoLaunch:
+    """Stands in for a Triton kernel: ``kernel[grid](...)`` counts the launch and runs nothing."""
+
+    def __init__(self) -> None:
+        self.launches = 0
+
+    def __getitem__(self, grid: object) -> Callable[..., None]:
+        def launch(*args: object, **kwargs: object) -> None:
+            self.launches += 1
+
+        return launch
+
+
+@pytest.mark.parametrize("backward", [False, True], ids=["fwd", "fwd+bwd"])
+def test_attention_host_path(benchmark, monkeypatch: pytest.MonkeyPatch, backward: bool) -> None:  # noqa: ANN001
+    """The triton backend's Python time per call with every kernel launch replaced by a no-op (CPU tensors, the
+    text encoder's shape scaled down: B2 H2 L50 D64, key mask). Short sequences are bound by this host time on
+    a GPU (padded text at 50 tokens: 0.33 ms against SDPA's 0.09 on an H200), and Triton's own launch cost adds
+    to it there. The check: each call went through the launchers (1 forward, 4 forward + backward)."""
+    from scl_kernels import _dispatch
+    from scl_kernels import attention as attn_mod
+
+    monkeypatch.setattr(_dispatch, "interpreting", lambda: True)  # the triton backend on CPU tensors
+    stubs = {name: _NoLaunch() for name in _LAUNCHERS}
+    for name, stub in stubs.items():
+        monkeypatch.setattr(attn_mod, name, stub)
+    shape = S.AttnShape("host_path", 2, 2, 50, 50, 64, key_mask=True)
+    q, k, v, km = _inputs(shape, torch.float32, "cpu")
+    fn = _impl("triton", shape, km, "cpu")
+    call = _timed(fn, q, k, v, backward, "cpu")
+    call()
+    assert sum(s.launches for s in stubs.values()) == (4 if backward else 1)
+    benchmark.group = "attention host path (launches stubbed)"
+    benchmark(call)
