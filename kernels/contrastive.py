@@ -35,6 +35,7 @@ T = 0.01 a tf32 rounding of the cosine moves a logit by ~0.05). Every backend re
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import torch
@@ -772,41 +773,43 @@ def cosine_recovery(
 def _compile_specs() -> list[CompileSpec]:
     """Every autotune config of the two tile kernels in fp16 (the AMP case, symmetric backward), the first config
     for the other dtypes and backward flag sets, and the O(N*D) row kernels per dtype; D = 512 (ITC), so no
-    config is pruned."""
+    config is pruned. Features are contiguous, as on a real launch (Triton specialises on it): feature strides 1,
+    row strides multiples of 16, so the loads vectorise and the register counts are those of the kernels that
+    run."""
     specs: list[CompileSpec] = []
+
+    def add(kernel, name: str, types: dict[str, str], consts: dict, configs=(), default: bool = True) -> None:  # noqa: ANN001
+        strides = [p for p in inspect.signature(kernel.fn).parameters if p.startswith("stride_")]
+        consts = {**consts, **{p: 1 for p in strides if p.endswith("_d")}}
+        divisible = tuple(p for p in strides if p not in consts)
+        specs.extend(specs_from_configs(kernel, name, types, consts, configs, default=default, divisible=divisible))
+
     d = 512
     row_m, row_k = _row_blocks(d)
     for dt in ("fp16", "bf16", "fp32"):
         precision = "ieee" if dt == "fp32" else "tf32"
         for has_cos in (False, True):
-            specs += specs_from_configs(
-                _row_stats_kernel, f"contrastive.row_stats/{dt}" + ("-cos" if has_cos else ""),
+            add(_row_stats_kernel, f"contrastive.row_stats/{dt}" + ("-cos" if has_cos else ""),
                 {"X_ptr": f"*{dt}", "Y_ptr": f"*{dt}", "INV_X_ptr": "*fp32", "INV_Y_ptr": "*fp32", "COS_ptr": "*fp32"},
-                {"EPS": _EPS, "HAS_COS": has_cos, "BLOCK_M": row_m, "BLOCK_K": row_k}, default=dt == "fp16",
-            )  # fmt: skip
-        specs += specs_from_configs(
-            _cosine_bwd_kernel, f"contrastive.cosine_bwd/{dt}",
+                {"EPS": _EPS, "HAS_COS": has_cos, "BLOCK_M": row_m, "BLOCK_K": row_k},
+                default=dt == "fp16")  # fmt: skip
+        add(_cosine_bwd_kernel, f"contrastive.cosine_bwd/{dt}",
             {"X_ptr": f"*{dt}", "Y_ptr": f"*{dt}", "INV_X_ptr": "*fp32", "INV_Y_ptr": "*fp32", "COS_ptr": "*fp32",
              "DLOSS_ptr": "*fp32", "DX_ptr": f"*{dt}"},
-            {"BLOCK_M": row_m, "BLOCK_K": row_k}, default=dt == "fp16",
-        )  # fmt: skip
-        specs += specs_from_configs(
-            _info_nce_fwd_kernel, f"contrastive.info_nce_fwd/{dt}-d{d}",
+            {"BLOCK_M": row_m, "BLOCK_K": row_k}, default=dt == "fp16")  # fmt: skip
+        add(_info_nce_fwd_kernel, f"contrastive.info_nce_fwd/{dt}-d{d}",
             {"X_ptr": f"*{dt}", "Y_ptr": f"*{dt}", "INV_X_ptr": "*fp32", "INV_Y_ptr": "*fp32", "T_ptr": "*fp32",
              "LSE_ptr": "*fp32", "Q_ptr": "*fp32", "LOSS_ptr": "*fp32"},
-            {"PRECISION": precision}, _FWD_GPU_CONFIGS if dt == "fp16" else _FWD_GPU_CONFIGS[:1],
-        )  # fmt: skip
+            {"PRECISION": precision}, _FWD_GPU_CONFIGS if dt == "fp16" else _FWD_GPU_CONFIGS[:1])  # fmt: skip
         bwd_types = {"X_ptr": f"*{dt}", "Y_ptr": f"*{dt}", "INV_X_ptr": "*fp32", "INV_Y_ptr": "*fp32",
                      "LSE_X_ptr": "*fp32", "LSE_Y_ptr": "*fp32", "Q_X_ptr": "*fp32", "Q_Y_ptr": "*fp32",
                      "T_ptr": "*fp32", "DLOSS_ptr": "*fp32", "DX_ptr": f"*{dt}", "R_ptr": "*fp32"}  # fmt: skip
         for row_term, col_term in ((True, True), (True, False), (False, True)):
             every = dt == "fp16" and row_term and col_term
             tag = "sym" if row_term and col_term else ("row" if row_term else "col")
-            specs += specs_from_configs(
-                _info_nce_bwd_kernel, f"contrastive.info_nce_bwd/{dt}-d{d}-{tag}", bwd_types,
+            add(_info_nce_bwd_kernel, f"contrastive.info_nce_bwd/{dt}-d{d}-{tag}", bwd_types,
                 {"ROW_TERM": row_term, "COL_TERM": col_term, "PRECISION": precision},
-                _BWD_GPU_CONFIGS if every else _BWD_GPU_CONFIGS[:1], default=row_term and col_term,
-            )  # fmt: skip
+                _BWD_GPU_CONFIGS if every else _BWD_GPU_CONFIGS[:1], default=row_term and col_term)  # fmt: skip
     return specs
 
 
