@@ -445,6 +445,17 @@ def _attn_case(ctx: Ctx, shape: S.AttnShape, name: str, make: Callable, inputs: 
             kernels=_top_kernels(per_fb), status="ok")
 
 
+def autotuned_configs(kernels: Any) -> dict[str, dict[str, str]]:
+    """The config each attention autotuner chose, per autotune key (length buckets, head dim, mask flags, dtypes):
+    which tile, warps, stages and register cap won on this GPU, so the config lists can be pruned to those."""
+    attention = getattr(kernels, "attention", None)
+    chosen: dict[str, dict[str, str]] = {}
+    for name in ("_attn_fwd", "_attn_bwd_dkdv", "_attn_bwd_dq"):
+        cache = getattr(getattr(attention, name, None), "cache", None) or {}
+        chosen[name.removeprefix("_attn_")] = {str(key): str(cfg) for key, cfg in cache.items()}
+    return chosen
+
+
 def run_attention(ctx: Ctx, kernels: Any, attn_shapes: list[S.AttnShape]) -> None:
     print("== masked_attention", flush=True)
     dtype = torch.float32 if ctx.smoke else torch.bfloat16
@@ -819,6 +830,11 @@ def to_markdown(result: dict[str, Any]) -> str:
         for r in rows:
             lines.append("| " + " | ".join(_cell(r.get(c)) for c in cols) + " |")
         lines.append("")
+    tuned = {kind: picks for kind, picks in result.get("autotuned", {}).items() if picks}
+    if tuned:
+        lines += ["## Autotuned attention configs", "", "| kernel | autotune key | chosen config |", "|---|---|---|"]
+        lines += [f"| {kind} | `{key}` | `{cfg}` |" for kind, picks in tuned.items() for key, cfg in picks.items()]
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -955,7 +971,7 @@ def _run(args: argparse.Namespace, sections: list[str], smoke: bool, argv: list[
 
     def snapshot(notes: list[str]) -> dict[str, Any]:
         return {"environment": env, "ceilings": ctx.ceilings, "notes": notes, "rows": ctx.rows,
-                "section_s": section_s, "wall_s": time.monotonic() - start}
+                "autotuned": autotuned_configs(kernels), "section_s": section_s, "wall_s": time.monotonic() - start}
 
     for name in SECTIONS:
         if name not in sections:

@@ -742,20 +742,28 @@ def dropout_keep_mask(
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _configs(blocks: list[tuple[int, int, int, int]]) -> list[triton.Config]:
-    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in blocks]
+def _configs(blocks: list[tuple[int, ...]]) -> list[triton.Config]:
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages[, maxnreg]) -> triton.Config."""
+    return [
+        triton.Config({"BLOCK_M": b[0], "BLOCK_N": b[1]}, num_warps=b[2], num_stages=b[3], maxnreg=(b[4:] or [None])[0])
+        for b in blocks
+    ]
 
 
-# (BLOCK_M, BLOCK_N, num_warps, num_stages). The first entry of each list is the "default" config whose
+# (BLOCK_M, BLOCK_N, num_warps, num_stages[, maxnreg]). The first entry of each list is the "default" config whose
 # registers and spills the compile report lists; the last is the smallest, kept when the pruner drops everything.
 # Kept short: every entry is autotuned on a GPU and compiled twice by the compile check. Dropped after the compile
 # report: (128, 32, 4, 3) fwd and (64, 32, 4, 3) dq (spill on sm_80 or duplicate a better tile), (32, 64, 8, 3) and
-# (64, 64, 4, 3) dK/dV (spill on sm_80).
-FWD_CONFIGS = _configs([(128, 64, 8, 3), (128, 64, 4, 3), (128, 128, 8, 2), (64, 64, 4, 3), (64, 32, 4, 2)])
+# (64, 64, 4, 3) dK/dV (spill on sm_80). The 128-register twins of the 8-warp forward and dQ tiles: ptxas gives the
+# key-mask and frames variants 136-183 registers on sm_90, so one 256-thread program per SM, where 128 fit two and
+# spill at most 56 B there (0 for the text forward and the frames dQ); the autotuner keeps whichever runs faster.
+FWD_CONFIGS = _configs(
+    [(128, 64, 8, 3), (128, 64, 8, 3, 128), (128, 64, 4, 3), (128, 128, 8, 2), (64, 64, 4, 3), (64, 32, 4, 2)]
+)
 # dK/dV holds two fp32 (BLOCK_N, D) accumulators: wide key blocks with narrow query blocks (FA2's choice), and
 # 8 warps at D=128 so the accumulators fit the registers
 DKDV_CONFIGS = _configs([(64, 128, 8, 2), (64, 64, 8, 2), (32, 64, 4, 3), (32, 32, 4, 2)])
-DQ_CONFIGS = _configs([(128, 64, 8, 2), (64, 64, 8, 2), (64, 64, 4, 3), (32, 32, 4, 2)])
+DQ_CONFIGS = _configs([(128, 64, 8, 2), (128, 64, 8, 2, 128), (64, 64, 8, 2), (64, 64, 4, 3), (32, 32, 4, 2)])
 _INTERPRET_CONFIGS = _configs([(64, 64, 4, 1)])
 _PREPROCESS_BLOCK_M = 64
 _SMEM_BUDGET = 160 * 1024  # A100 allows 163 KiB per block, H100/H200 227 KiB: prune to what both run

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -54,6 +55,24 @@ def test_smoke_writes_json_markdown_png(smoke: tuple[dict, Path]) -> None:
     png = (out / "report.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
     assert result["ceilings"]["copy_gbps"] > 0 and result["ceilings"]["matmul_tflops"] > 0
+    # no triton attention on the CPU: the three autotuners are listed with nothing chosen
+    assert result["autotuned"] == {"fwd": {}, "bwd_dkdv": {}, "bwd_dq": {}}
+
+
+def test_autotuned_configs_lists_each_choice() -> None:
+    """What a GPU run's autotuners chose goes into report.json and report.md, one row per autotune key."""
+    import triton
+
+    chosen = triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=8, num_stages=3, maxnreg=128)
+    attention = SimpleNamespace(_attn_fwd=SimpleNamespace(cache={(512, 1024, 64, True): chosen}),
+                                _attn_bwd_dkdv=SimpleNamespace(cache={}), _attn_bwd_dq=SimpleNamespace())
+    picks = gpu_report.autotuned_configs(SimpleNamespace(attention=attention))
+    assert picks == {"fwd": {"(512, 1024, 64, True)": str(chosen)}, "bwd_dkdv": {}, "bwd_dq": {}}
+    assert "maxnreg: 128" in picks["fwd"]["(512, 1024, 64, True)"]
+    env = {"torch": "t", "triton": "x", "cuda": "c", "date_utc": "d", "command": "c"}
+    md = gpu_report.to_markdown({"environment": env, "ceilings": {}, "notes": [], "rows": [], "wall_s": 1.0,
+                                 "autotuned": picks})
+    assert "## Autotuned attention configs" in md and "| fwd | `(512, 1024, 64, True)` |" in md
 
 
 def test_smoke_rows_are_measured_and_correct(smoke: tuple[dict, Path]) -> None:
