@@ -2,8 +2,9 @@
 # Everything a short GPU lease should check, in one call, most valuable first, each step time-boxed:
 #   1. environment (nvidia-smi, versions)                                  -> OUT/env.txt
 #   2. numerics of the compiled kernels on the GPU, bf16 included          -> OUT/numerics.log
-#      (tests/kernels/test_gpu_numerics.py: every attention case of the interpreter suite in its dtype and in
-#      bf16, the model's shapes, info_nce / cosine_recovery; one config per shape: SCL_KERNELS_AUTOTUNE=0)
+#      (tests/kernels/test_gpu_numerics.py, most valuable first: info_nce / cosine_recovery, the model's attention
+#      shapes, every attention case of the interpreter suite in its dtype, then in bf16; one config per shape for
+#      every autotuned kernel: SCL_KERNELS_AUTOTUNE=0)
 #   3. python -m benchmarks.gpu_report: ceilings, attention vs SDPA / SDPA flash / FlexAttention / xformers,
 #      info_nce, masking, the training step                                -> OUT/report.{json,md,png}, OUT/report.log
 #

@@ -1,4 +1,4 @@
-"""Host-side integer arithmetic for kernel launches, shared by the kernel modules.
+"""Host-side helpers of the kernel launches, shared by the kernel modules.
 
 ``triton.cdiv`` and ``triton.next_power_of_2`` are constexpr functions (callable inside kernels too); from the host
 each call goes through their wrapper, 3-4 us apiece with triton 3.6 and 3.9 on this repository's CPU, and one
@@ -7,6 +7,14 @@ launch paths use these plain-int versions.
 """
 
 from __future__ import annotations
+
+import os
+
+
+def autotune_enabled() -> bool:
+    """False under ``SCL_KERNELS_AUTOTUNE=0``: each autotuned kernel keeps its first fitting config and times
+    nothing, so a test run over many shapes compiles one kernel per shape instead of one per config."""
+    return os.environ.get("SCL_KERNELS_AUTOTUNE", "1") != "0"
 
 
 def cdiv(a: int, b: int) -> int:

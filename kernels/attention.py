@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import inspect
 import math
-import os
 
 import torch
 import triton
@@ -42,7 +41,7 @@ import triton.language as tl
 
 from ._compile import CompileSpec, specs_from_configs
 from ._dispatch import Backend, interpreting, record, resolve
-from ._launch import cdiv, dot_block, next_pow2
+from ._launch import autotune_enabled, cdiv, dot_block, next_pow2
 from .reference import attention_mask_ref, masked_attention_ref
 
 __all__ = ["masked_attention"]
@@ -814,9 +813,7 @@ def _make_prune(kind: str):  # noqa: ANN202 (triton's early_config_prune callbac
         fit = _fitting(configs, kind, args["BLOCK_D"], args["Q_ptr"].element_size())
         lq, lk = max(64, next_pow2(args["Lq"])), max(64, next_pow2(args["Lk"]))
         narrow = [c for c in fit if c.kwargs["BLOCK_M"] <= lq and c.kwargs["BLOCK_N"] <= lk] or fit
-        # SCL_KERNELS_AUTOTUNE=0: the first fitting config only, no timing runs (tests over many shapes compile
-        # one kernel per shape instead of one per config)
-        return narrow[:1] if os.environ.get("SCL_KERNELS_AUTOTUNE", "1") == "0" else narrow
+        return narrow if autotune_enabled() else narrow[:1]
 
     return prune
 

@@ -45,7 +45,7 @@ import triton.language as tl
 from . import reference
 from ._compile import CompileSpec, specs_from_configs
 from ._dispatch import interpreting, record, resolve
-from ._launch import cdiv, dot_block
+from ._launch import autotune_enabled, cdiv, dot_block
 
 _EPS = 1e-12  # F.normalize's eps: a row is divided by max(||x||, eps)
 _TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -57,10 +57,12 @@ def _configs(gpu: list[triton.Config], interp: triton.Config) -> list[triton.Con
 
 
 def _prune_by_d(configs: list[triton.Config], named_args: dict, **kwargs: object) -> list[triton.Config]:
-    """Drop configs whose D-blocks are wider than the (padded) feature dimension: they only add masked work."""
+    """Drop configs whose D-blocks are wider than the (padded) feature dimension: they only add masked work.
+    Only the first that is left under SCL_KERNELS_AUTOTUNE=0."""
     limit = dot_block(named_args["D"])
     kept = [c for c in configs if c.kwargs["BLOCK_K"] <= limit and c.kwargs.get("BLOCK_DO", 0) <= max(limit, 64)]
-    return kept or configs[:1]
+    kept = kept or configs[:1]
+    return kept if autotune_enabled() else kept[:1]
 
 
 def _precision(dtype: torch.dtype) -> str:

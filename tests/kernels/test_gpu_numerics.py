@@ -3,7 +3,8 @@ CPU interpreter, so this is where it is checked). Skipped without a GPU, like ev
 
 The attention cases are the interpreter suite's (every mask kind, odd lengths, D 8..128, cross-attention,
 empty rows), each in its own dtype and again in bf16, plus the shapes the model runs (4-frame 224 px video,
-padded text). Run with ``SCL_KERNELS_AUTOTUNE=0`` to compile one config per shape instead of autotuning each.
+padded text), and info_nce / cosine_recovery. Ordered most valuable first, as a GPU lease may stop the run part-way.
+Run with ``SCL_KERNELS_AUTOTUNE=0`` to compile one config per shape instead of autotuning each.
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ MODEL_CASES = [
     Case(3, 2, 50, 50, 64, BF16, key_mask=True),  # padded text
     Case(2, 2, 50, 325, 64, BF16, key_mask=True),  # co-attention text -> image
 ]
-GPU_CASES = CASES + [dataclasses.replace(c, dtype=BF16) for c in CASES if c.dtype != BF16] + MODEL_CASES
+# most valuable first (a GPU lease may stop the run part-way; pytest runs them in this order): the model's shapes,
+# then the interpreter suite in its own dtypes, then its bf16 copies
+GPU_CASES = MODEL_CASES + CASES + [dataclasses.replace(c, dtype=BF16) for c in CASES if c.dtype != BF16]
 
 
 @pytest.fixture
@@ -36,25 +39,6 @@ def poisoned(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every buffer the launchers allocate starts as NaN."""
     new_output = attn_mod._new_output
     monkeypatch.setattr(attn_mod, "_new_output", lambda *a, **k: poison_(new_output(*a, **k)))
-
-
-@pytest.mark.parametrize("case", GPU_CASES, ids=str)
-def test_attention_on_gpu(case: Case, poisoned: None) -> None:
-    gen = torch.Generator().manual_seed(zlib.crc32(str(case).encode()))
-    q, k, v = (t.cuda() for t in _inputs(case, gen))
-    key_mask, attn_mask = (m.cuda() if m is not None else None for m in _masks(case, gen))
-    if case in MODEL_CASES and key_mask is not None:  # text padding: a suffix of each row, never empty
-        lengths = torch.randint(1, case.lk + 1, (case.b,), generator=gen).cuda()
-        key_mask = torch.arange(case.lk, device="cuda")[None, :] < lengths[:, None]
-    masks = {"key_mask": key_mask, "frames": case.frames, "attn_mask": attn_mask}
-    g = torch.randn(case.b, case.h, case.lq, case.d, generator=gen).to(case.dtype).cuda()
-    out, grads = _run(scl_kernels.masked_attention, q, k, v, g, backend="triton", **masks)
-    ref, ref_grads = _run(masked_attention_ref, q.double(), k.double(), v.double(), g.double(), **masks)
-    base, base_grads = _run(masked_attention_ref, q, k, v, g, **masks)
-    rtol, atol = REL_TOL[case.dtype], ATOL[case.dtype]
-    assert_close(out, ref, rtol=rtol, atol=atol, baseline=base, name="out")
-    for name, got, want, bl in zip(("dq", "dk", "dv"), grads, ref_grads, base_grads, strict=True):
-        assert_close(got, want, rtol=GRAD_SLACK * rtol, atol=GRAD_SLACK * atol, baseline=bl, name=name)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, BF16], ids=str)
@@ -78,3 +62,22 @@ def test_contrastive_on_gpu(dtype: torch.dtype, n: int, d: int) -> None:
         assert_close(loss.detach(), want.detach(), rtol=rtol, name=f"{name} loss")
         assert_close(a.grad, a64.grad, rtol=GRAD_SLACK * rtol, atol=ATOL[dtype], name=f"{name} d/da")
         assert_close(b.grad, b64.grad, rtol=GRAD_SLACK * rtol, atol=ATOL[dtype], name=f"{name} d/db")
+
+
+@pytest.mark.parametrize("case", GPU_CASES, ids=str)
+def test_attention_on_gpu(case: Case, poisoned: None) -> None:
+    gen = torch.Generator().manual_seed(zlib.crc32(str(case).encode()))
+    q, k, v = (t.cuda() for t in _inputs(case, gen))
+    key_mask, attn_mask = (m.cuda() if m is not None else None for m in _masks(case, gen))
+    if case in MODEL_CASES and key_mask is not None:  # text padding: a suffix of each row, never empty
+        lengths = torch.randint(1, case.lk + 1, (case.b,), generator=gen).cuda()
+        key_mask = torch.arange(case.lk, device="cuda")[None, :] < lengths[:, None]
+    masks = {"key_mask": key_mask, "frames": case.frames, "attn_mask": attn_mask}
+    g = torch.randn(case.b, case.h, case.lq, case.d, generator=gen).to(case.dtype).cuda()
+    out, grads = _run(scl_kernels.masked_attention, q, k, v, g, backend="triton", **masks)
+    ref, ref_grads = _run(masked_attention_ref, q.double(), k.double(), v.double(), g.double(), **masks)
+    base, base_grads = _run(masked_attention_ref, q, k, v, g, **masks)
+    rtol, atol = REL_TOL[case.dtype], ATOL[case.dtype]
+    assert_close(out, ref, rtol=rtol, atol=atol, baseline=base, name="out")
+    for name, got, want, bl in zip(("dq", "dk", "dv"), grads, ref_grads, base_grads, strict=True):
+        assert_close(got, want, rtol=GRAD_SLACK * rtol, atol=GRAD_SLACK * atol, baseline=bl, name=name)
