@@ -1229,6 +1229,9 @@ def masked_attention(
     if torch.compiler.is_compiling():
         out, _ = _masked_attention_op(q, k, v, key_mask, attn_mask, frames, scale, float(dropout_p), seed, choice)
         return out
+    if not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)):
+        # inference (evaluation, retrieval): no graph to record, so no autograd.Function either
+        return _forward_impl(q, k, v, key_mask, attn_mask, frames, scale, float(dropout_p), seed, choice)[0]
     return _EagerMaskedAttention.apply(q, k, v, key_mask, attn_mask, frames, scale, float(dropout_p), seed, choice)
 
 
