@@ -129,6 +129,17 @@ def specs_from_configs(
     return specs
 
 
+def contiguous_strides(kernel: Any, unknown: tuple[str, ...] = ()) -> tuple[dict[str, int], tuple[str, ...]]:
+    """``kernel``'s stride parameters as a launch on contiguous tensors whose last dim is a multiple of 16 passes
+    them: ({last-dim stride: 1}, constants in Triton's specialisation, for the constexprs; the other strides, all
+    multiples of 16, for ``divisible``). Last-dim strides are the ``stride_*d`` parameters; those starting with a
+    prefix in ``unknown`` (a mask's, whose layout varies) are left out of both."""
+    params = inspect.signature(kernel.fn).parameters
+    strides = [p for p in params if p.startswith("stride_") and not p.startswith(unknown)]
+    unit = {p: 1 for p in strides if p.endswith("d")}
+    return unit, tuple(p for p in strides if p not in unit)
+
+
 def collect_specs(modules: Iterable[str] = KERNEL_MODULES) -> list[CompileSpec]:
     """COMPILE_SPECS of every kernel module that exists; names must be unique across modules."""
     specs: list[CompileSpec] = []

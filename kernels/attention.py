@@ -32,14 +32,13 @@ drawn per call from torch's CPU generator. ``dropout_keep_mask`` writes the same
 
 from __future__ import annotations
 
-import inspect
 import math
 
 import torch
 import triton
 import triton.language as tl
 
-from ._compile import CompileSpec, specs_from_configs
+from ._compile import CompileSpec, contiguous_strides, specs_from_configs
 from ._dispatch import Backend, interpreting, record, resolve
 from ._launch import autotune_enabled, cdiv, dot_block, next_pow2
 from .reference import attention_mask_ref, masked_attention_ref
@@ -1280,17 +1279,17 @@ def _compile_specs() -> list[CompileSpec]:
             kconsts = dict(consts)
             if kname == "fwd":
                 kconsts["COUNT_BLOCKS"] = False
-            strides = [p for p in inspect.signature(kernel.fn).parameters if p.startswith("stride_")]
-            kconsts.update({p: 1 for p in strides if p.endswith("d")})
-            # the other q/k/v/o and gradient strides are multiples of D; the masks' are not known
-            divisible = tuple(p for p in strides if p not in kconsts and not p.startswith(("stride_km", "stride_am")))
+            unit, divisible = contiguous_strides(kernel, unknown=("stride_km", "stride_am"))
+            kconsts.update(unit)
             fit = _fitting(configs, kname, dot_block(d), elt)  # what the pruner lets a GPU launch
             chosen = fit if which == "all" else fit[:1]
             specs += specs_from_configs(kernel, f"attention.{kname}/{dt}-d{d}-{mask}", types, kconsts, chosen,
                                         divisible=divisible)  # fmt: skip
-    pre_consts = {"HEAD_DIM": 128, "BLOCK_D": 128, "BLOCK_M": _PREPROCESS_BLOCK_M, "stride_od": 1, "stride_dod": 1}
+    unit, divisible = contiguous_strides(_attn_bwd_preprocess_kernel)
+    pre_consts = {"HEAD_DIM": 128, "BLOCK_D": 128, "BLOCK_M": _PREPROCESS_BLOCK_M, **unit}
     specs += specs_from_configs(_attn_bwd_preprocess_kernel, "attention.bwd_preprocess/bf16-d128",
-                                {"O_ptr": "*bf16", "DO_ptr": "*bf16", "DELTA_ptr": "*fp32"}, pre_consts)
+                                {"O_ptr": "*bf16", "DO_ptr": "*bf16", "DELTA_ptr": "*fp32"}, pre_consts,
+                                divisible=divisible)  # fmt: skip
     return specs
 
 

@@ -35,7 +35,6 @@ T = 0.01 a tf32 rounding of the cosine moves a logit by ~0.05). Every backend re
 
 from __future__ import annotations
 
-import inspect
 import math
 
 import torch
@@ -43,7 +42,7 @@ import triton
 import triton.language as tl
 
 from . import reference
-from ._compile import CompileSpec, specs_from_configs
+from ._compile import CompileSpec, contiguous_strides, specs_from_configs
 from ._dispatch import interpreting, record, resolve
 from ._launch import autotune_enabled, cdiv, dot_block
 
@@ -781,9 +780,8 @@ def _compile_specs() -> list[CompileSpec]:
     specs: list[CompileSpec] = []
 
     def add(kernel, name: str, types: dict[str, str], consts: dict, configs=(), default: bool = True) -> None:  # noqa: ANN001
-        strides = [p for p in inspect.signature(kernel.fn).parameters if p.startswith("stride_")]
-        consts = {**consts, **{p: 1 for p in strides if p.endswith("_d")}}
-        divisible = tuple(p for p in strides if p not in consts)
+        unit, divisible = contiguous_strides(kernel)
+        consts = {**consts, **unit}
         specs.extend(specs_from_configs(kernel, name, types, consts, configs, default=default, divisible=divisible))
 
     d = 512
