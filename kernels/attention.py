@@ -536,11 +536,12 @@ def _attn_bwd_dkdv_kernel(
         f_lo, f_hi = _frame_span(pid_n * BLOCK_N, Lk, n_frames, n_patches, BLOCK_N, True)
         for f in range(f_lo, tl.where(has_key, f_hi + 1, f_lo)):  # each frame alone: its key rows see it all
             lo = n_frames + f * n_patches
+            bias = _row_bias(row_frame == f)
             dk, dv = _bwd_dkdv_inner(
                 dk, dv, k, v, q_base, do_base, lse_base, delta_base, km_row_ptr, am_ptr, offs_n, lo,
                 tl.minimum(lo + n_patches, Lq),
                 stride_qm, stride_qd, stride_dom, stride_dod, stride_km_n, stride_am_m, stride_am_n,
-                Lq, Lk, n_frames, n_patches, row_frame, _row_bias(row_frame == f), qk_scale, seed, b * H + h, dropout_p,
+                Lq, Lk, n_frames, n_patches, row_frame, bias, qk_scale, seed, b * H + h, dropout_p,
                 HEAD_DIM, BLOCK_D, BLOCK_M, HAS_KEY_MASK, HAS_FRAMES, HAS_ATTN_MASK, HAS_DROPOUT, False,
             )
     else:
@@ -743,7 +744,8 @@ def dropout_keep_mask(
 def _configs(blocks: list[tuple[int, ...]]) -> list[triton.Config]:
     """(BLOCK_M, BLOCK_N, num_warps, num_stages[, maxnreg]) -> triton.Config."""
     return [
-        triton.Config({"BLOCK_M": b[0], "BLOCK_N": b[1]}, num_warps=b[2], num_stages=b[3], maxnreg=(b[4:] or [None])[0])
+        triton.Config({"BLOCK_M": b[0], "BLOCK_N": b[1]}, num_warps=b[2], num_stages=b[3],
+                      maxnreg=b[4] if len(b) > 4 else None)
         for b in blocks
     ]
 
