@@ -211,7 +211,7 @@ def test_attention_host_path(benchmark, monkeypatch: pytest.MonkeyPatch, backwar
     stubs = {name: _NoLaunch() for name in _LAUNCHERS}
     for name, stub in stubs.items():
         monkeypatch.setattr(attn_mod, name, stub)
-    shape = S.AttnShape("host_path", 2, 2, 50, 50, 64, key_mask=True)
+    shape = S.ATTN_HOST
     q, k, v, km = _inputs(shape, torch.float32, "cpu")
     fn = _impl("triton", shape, km, "cpu")
     call = _timed(fn, q, k, v, backward, "cpu")

@@ -11,7 +11,8 @@
 # Usage, from the repository root of a bare checkout on a CUDA machine (nothing installed but torch + triton):
 #   bash benchmarks/gpu_check.sh OUT_DIR
 # Wheels in .whl/ (e.g. xformers) are installed into /tmp/site first. Times: NUMERICS_S (default 150) and
-# REPORT_S (default 330) seconds; the whole script stays under 8 minutes.
+# REPORT_S (default 330) seconds; the whole script stays under 8 minutes. REPORT_ARGS adds gpu_report options
+# (e.g. "--sections ceilings,attention" for a first, shorter lease call).
 set -uo pipefail
 out=${1:?usage: bash benchmarks/gpu_check.sh OUT_DIR}
 mkdir -p "$out"
@@ -32,14 +33,31 @@ mkdir -p /tmp/scl_path && ln -sfn "$PWD/kernels" /tmp/scl_path/scl_kernels
 export PYTHONPATH=/tmp/scl_path:$PWD${PYTHONPATH:+:$PYTHONPATH}
 
 echo "== numerics on the GPU"
-# SIGINT, not SIGTERM, at the time limit: pytest then still prints the failures it has seen (a killed -q run
-# printed only its dots, 2026-11-29); -rfE lists each failure with its reason
-SCL_KERNELS_AUTOTUNE=0 timeout -s INT -k 20 "${NUMERICS_S:-150}" $py -m pytest -q -rfE --tb=line -p no:cacheprovider \
-    -o addopts="" tests/kernels/test_gpu_numerics.py 2>&1 | tee "$out/numerics.log" | tail -40
-echo "numerics exit ${PIPESTATUS[0]} after $(($(date +%s) - start)) s"
+# NUMERICS_SHARDS pytest processes (default 4) share the GPU, each taking every n-th test in the file's order (most
+# valuable first): compiling the kernels is what takes the time, on one CPU core per process; one process got
+# through 23 of 41 tests in 120 s (2026-11-30). SIGINT, not SIGTERM, at the time limit: pytest then still prints
+# the failures it has seen (a killed -q run printed only its dots, 2026-11-29); -rfE lists each failure with its
+# reason.
+shards=${NUMERICS_SHARDS:-4}
+mapfile -t ids < <($py -m pytest -q --collect-only -p no:cacheprovider -o addopts="" \
+    tests/kernels/test_gpu_numerics.py 2>/dev/null | grep "::")
+[ "${#ids[@]}" -gt 0 ] || { ids=(tests/kernels/test_gpu_numerics.py); shards=1; }
+: >"$out/numerics.log"
+for ((s = 0; s < shards; s++)); do
+    part=()
+    for ((i = s; i < ${#ids[@]}; i += shards)); do part+=("${ids[i]}"); done
+    SCL_KERNELS_AUTOTUNE=0 timeout -s INT -k 20 "${NUMERICS_S:-150}" $py -m pytest -q -rfE --tb=line \
+        -p no:cacheprovider -o addopts="" "${part[@]}" >"/tmp/numerics.$s.log" 2>&1 &
+done
+wait
+for ((s = 0; s < shards; s++)); do
+    { echo "-- shard $((s + 1)) of $shards"; cat "/tmp/numerics.$s.log"; } >>"$out/numerics.log"
+done
+grep -E "^(FAILED|ERROR)| passed| failed| skipped" "$out/numerics.log" | tail -40
+echo "numerics: ${#ids[@]} tests in $shards processes, done after $(($(date +%s) - start)) s"
 
 echo "== gpu_report"
 report_s=${REPORT_S:-330}
 timeout -k 20 "$report_s" $py -m benchmarks.gpu_report --out "$out" --budget-s $((report_s - 45)) --step-reserve-s 100 \
-    2>&1 | tee "$out/report.log" | grep -v "^  \[" | tail -60
+    ${REPORT_ARGS:-} 2>&1 | tee "$out/report.log" | grep -v "^  \[" | tail -60
 echo "report exit ${PIPESTATUS[0]} after $(($(date +%s) - start)) s"

@@ -91,6 +91,9 @@ class Ctx:
     ceilings: dict[str, float] = field(default_factory=dict)
     rows: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # attention autotuner -> autotune key -> config -> ms: every candidate's time, not only the winner's
+    tuning: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+    host_profile: list[dict[str, Any]] = field(default_factory=list)  # the fused fwd+bwd's top Python functions
 
     def left(self) -> float:
         return self.deadline - time.monotonic()
@@ -415,12 +418,16 @@ def _impl_errors(make: Callable, q, k, v, km, ref_out, ref_grads, g) -> tuple[fl
     return rel_err(out, ref_out), grad_err, max_abs(out, ref_out)
 
 
-def _attn_case(ctx: Ctx, shape: S.AttnShape, name: str, make: Callable, inputs: tuple, refs: tuple,
+def _attn_case(ctx: Ctx, kernels: Any, shape: S.AttnShape, name: str, make: Callable, inputs: tuple, refs: tuple,
                dname: str) -> None:
     """Errors, forward and forward+backward times, peak memory of one implementation on one shape."""
     q, k, v, km, g = inputs
     ref_out, ref_grads = refs
-    out_err, grad_err, abs_err = _impl_errors(make, q, k, v, km, ref_out, ref_grads, g)
+    tuners = _attention_autotuners(kernels) if name.startswith("scl") else {}
+    before = {kind: set(getattr(tuner, "cache", None) or {}) for kind, tuner in tuners.items()}
+    out_err, grad_err, abs_err = _impl_errors(make, q, k, v, km, ref_out, ref_grads, g)  # autotunes, if it does
+    for kind, timings in new_autotune_timings(tuners, before).items():
+        ctx.tuning.setdefault(kind, {}).update(timings)
     ms_f = time_ms(ctx, make(q, k, v, km))
     qg, kg, vg = (t.detach().clone().requires_grad_(True) for t in (q, k, v))
     fb_call = make(qg, kg, vg, km)
@@ -433,7 +440,8 @@ def _attn_case(ctx: Ctx, shape: S.AttnShape, name: str, make: Callable, inputs: 
         # fp16 errors of the fused kernel too (bf16 is the timed dtype)
         h = [t.half() for t in (q, k, v)]
         ref_h, grads_h = _attn_reference(*h, km, shape, g.half())
-        e_out, e_grad, _ = _impl_errors(make, *h, km, ref_h, grads_h, g.half())
+        with _autotune_off():  # the default config's errors: an fp16 autotune would cost a lease ~10 s per case
+            e_out, e_grad, _ = _impl_errors(make, *h, km, ref_h, grads_h, g.half())
         extra = {"rel_err_fp16": e_out, "grad_rel_err_fp16": e_grad}
     tf_f = shape.flops() / ms_f / 1e9
     tf_fb = shape.flops(backward=True) / ms_fb / 1e9
@@ -445,15 +453,54 @@ def _attn_case(ctx: Ctx, shape: S.AttnShape, name: str, make: Callable, inputs: 
             kernels=_top_kernels(per_fb), status="ok")
 
 
+_AUTOTUNERS = ("_attn_fwd", "_attn_bwd_dkdv", "_attn_bwd_dq")
+
+
+def _attention_autotuners(kernels: Any) -> dict[str, Any]:
+    """Short name ("fwd", "bwd_dkdv", "bwd_dq") -> the attention module's autotuner, for those it has."""
+    attention = getattr(kernels, "attention", None)
+    return {name.removeprefix("_attn_"): getattr(attention, name) for name in _AUTOTUNERS if hasattr(attention, name)}
+
+
 def autotuned_configs(kernels: Any) -> dict[str, dict[str, str]]:
     """The config each attention autotuner chose, per autotune key (length buckets, head dim, mask flags, dtypes):
     which tile, warps, stages and register cap won on this GPU, so the config lists can be pruned to those."""
     attention = getattr(kernels, "attention", None)
     chosen: dict[str, dict[str, str]] = {}
-    for name in ("_attn_fwd", "_attn_bwd_dkdv", "_attn_bwd_dq"):
+    for name in _AUTOTUNERS:
         cache = getattr(getattr(attention, name, None), "cache", None) or {}
         chosen[name.removeprefix("_attn_")] = {str(key): str(cfg) for key, cfg in cache.items()}
     return chosen
+
+
+def new_autotune_timings(tuners: dict[str, Any], before: dict[str, set]) -> dict[str, dict[str, dict[str, float]]]:
+    """Every candidate config's time (ms, the autotuner's median) for the one key each autotuner benchmarked since
+    ``before`` (its cache keys then): the losers' times say which configs a list can drop, and how close the
+    runner-up was. Triton keeps only its latest benchmark (``configs_timings``), so a kernel that added more than
+    one key, or none, is left out."""
+    found: dict[str, dict[str, dict[str, float]]] = {}
+    for kind, tuner in tuners.items():
+        new = set(getattr(tuner, "cache", None) or {}) - before.get(kind, set())
+        timings = getattr(tuner, "configs_timings", None)
+        if len(new) != 1 or not timings:
+            continue
+        per = {str(cfg): float(t[0] if isinstance(t, (list, tuple)) else t) for cfg, t in timings.items()}
+        found[kind] = {str(next(iter(new))): dict(sorted(per.items(), key=lambda kv: kv[1]))}
+    return found
+
+
+@contextlib.contextmanager
+def _autotune_off():  # noqa: ANN202
+    """SCL_KERNELS_AUTOTUNE=0 inside the block: each kernel launched there keeps its first fitting config."""
+    old = os.environ.get("SCL_KERNELS_AUTOTUNE")
+    os.environ["SCL_KERNELS_AUTOTUNE"] = "0"
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["SCL_KERNELS_AUTOTUNE"]
+        else:
+            os.environ["SCL_KERNELS_AUTOTUNE"] = old
 
 
 def run_attention(ctx: Ctx, kernels: Any, attn_shapes: list[S.AttnShape]) -> None:
@@ -485,13 +532,81 @@ def run_attention(ctx: Ctx, kernels: Any, attn_shapes: list[S.AttnShape]) -> Non
                 ctx.add(section="attention", case=shape.name, impl=name, status="skipped: time budget (compile)")
                 continue
             try:
-                _attn_case(ctx, shape, name, make, (q, k, v, km, g), (ref_out, ref_grads), dname)
+                _attn_case(ctx, kernels, shape, name, make, (q, k, v, km, g), (ref_out, ref_grads), dname)
             except Exception as err:  # noqa: BLE001 - one failing backend must not end the report
                 ctx.add(section="attention", case=shape.name, impl=name, dtype=dname,
                         status=f"error: {_error_text(err)}")
             finally:
                 _free(ctx)
         _free(ctx)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 2b. host time of one attention call
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _host_ms(ctx: Ctx, fn: Callable[[], Any], calls: int) -> float:
+    """Wall milliseconds per call of ``fn`` over ``calls`` back-to-back calls and one final sync: the host's time,
+    when the kernels are shorter than it (the GPU then waits on every launch)."""
+    for _ in range(10):
+        fn()
+    ctx.sync()
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    ctx.sync()
+    return (time.perf_counter() - t0) * 1e3 / calls
+
+
+def _profile_top(fn: Callable[[], Any], calls: int, n: int = 20) -> list[dict[str, Any]]:
+    """cProfile of ``calls`` calls: the ``n`` functions with the most own time, per call (us)."""
+    import cProfile
+    import pstats
+
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(calls):
+        fn()
+    prof.disable()
+    stats = pstats.Stats(prof).stats  # {(file, line, name): (primitive calls, calls, own s, cumulative s, callers)}
+    rows = [{"function": f"{Path(file).name}:{line}({name})", "calls": nc / calls, "own_us": tt / calls * 1e6,
+             "cum_us": ct / calls * 1e6} for (file, line, name), (_, nc, tt, ct, _) in stats.items()]
+    return sorted(rows, key=lambda r: -r["own_us"])[:n]
+
+
+def run_host(ctx: Ctx, kernels: Any, shape: S.AttnShape) -> None:
+    """Host time per attention call, fused against SDPA, at a shape so small (2 x 2 heads x 50 tokens) that the
+    GPU waits on the host throughout; then where the fused forward + backward spends it (cProfile). Short
+    sequences are bound by this time on a GPU (padded text: the fused kernels took 0.16 ms of a 0.99 ms
+    forward + backward on the H200, 2026-11-30), and the CI CPU's host-path benchmark does not transfer: it
+    stubs the launches and runs on another CPU."""
+    print("== host", flush=True)
+    dtype = torch.float32 if ctx.smoke else torch.bfloat16
+    dname = str(dtype).removeprefix("torch.")
+    calls = 20 if ctx.smoke else 300
+    q, k, v, km = _attn_inputs(shape, ctx.device, dtype, torch.Generator(device=ctx.device).manual_seed(0))
+    g = torch.randn_like(q)
+    impls = _attn_impls(ctx, kernels, shape)
+    for name in [n for n in impls if n.startswith("scl")] + ["sdpa"]:
+        make = impls[name]
+        if isinstance(make, str):
+            ctx.add(section="host", case=shape.name, impl=name, dtype=dname, status=make)
+            continue
+        qg, kg, vg = (t.detach().clone().requires_grad_(True) for t in (q, k, v))
+        fb_call = make(qg, kg, vg, km)
+
+        def fwd_bwd() -> None:
+            for t in (qg, kg, vg):
+                t.grad = None
+            fb_call().backward(g)
+
+        for pass_, fn in (("fwd", make(q, k, v, km)), ("fwd+bwd", fwd_bwd)):
+            ctx.add(section="host", case=shape.name, impl=name, pass_=pass_, dtype=dname, ms=_host_ms(ctx, fn, calls),
+                    status="ok")
+        if name.startswith("scl"):
+            ctx.host_profile = _profile_top(fwd_bwd, calls)
+            ctx.sync()
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -835,6 +950,19 @@ def to_markdown(result: dict[str, Any]) -> str:
         lines += ["## Autotuned attention configs", "", "| kernel | autotune key | chosen config |", "|---|---|---|"]
         lines += [f"| {kind} | `{key}` | `{cfg}` |" for kind, picks in tuned.items() for key, cfg in picks.items()]
         lines.append("")
+    top = result.get("host_profile", [])
+    if top:
+        lines += ["## Host profile: fused forward + backward, per call (cProfile, most own time first)", "",
+                  "| function | calls | own us | cumulative us |", "|---|---|---|---|"]
+        lines += [f"| `{r['function']}` | {r['calls']:.3g} | {r['own_us']:.3g} | {r['cum_us']:.3g} |" for r in top]
+        lines.append("")
+    timed = result.get("autotune_ms", {})
+    if timed:
+        lines += ["## Autotune candidates (ms, fastest first)", "", "| kernel | autotune key | config | ms |",
+                  "|---|---|---|---|"]
+        lines += [f"| {kind} | `{key}` | `{cfg}` | {ms:.4g} |" for kind, keys in timed.items()
+                  for key, per in keys.items() for cfg, ms in per.items()]
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -890,7 +1018,7 @@ def write(result: dict[str, Any], out: Path) -> None:
 # main
 # ----------------------------------------------------------------------------------------------------------------
 
-SECTIONS = ("ceilings", "attention", "info_nce", "masking", "step")
+SECTIONS = ("ceilings", "attention", "host", "info_nce", "masking", "step")
 
 
 def smoke_shapes() -> dict[str, list]:
@@ -962,6 +1090,7 @@ def _run(args: argparse.Namespace, sections: list[str], smoke: bool, argv: list[
     runners: dict[str, Callable[[], None]] = {
         "ceilings": lambda: run_ceilings(ctx),
         "attention": lambda: run_attention(ctx, kernels, sh["attn"]),
+        "host": lambda: run_host(ctx, kernels, S.ATTN_HOST),
         "info_nce": lambda: run_info_nce(ctx, kernels, sh["nce"]),
         "masking": lambda: run_masking(ctx, kernels, sh["mask"], sh["text"]),
         "step": lambda: run_step(ctx, sh["step"], reps=1 if smoke else args.step_reps),
@@ -971,12 +1100,13 @@ def _run(args: argparse.Namespace, sections: list[str], smoke: bool, argv: list[
 
     def snapshot(notes: list[str]) -> dict[str, Any]:
         return {"environment": env, "ceilings": ctx.ceilings, "notes": notes, "rows": ctx.rows,
-                "autotuned": autotuned_configs(kernels), "section_s": section_s, "wall_s": time.monotonic() - start}
+                "autotuned": autotuned_configs(kernels), "autotune_ms": ctx.tuning,
+                "host_profile": ctx.host_profile, "section_s": section_s, "wall_s": time.monotonic() - start}
 
     for name in SECTIONS:
         if name not in sections:
             continue
-        if kernels is None and name in ("attention", "info_nce", "masking"):
+        if kernels is None and name in ("attention", "host", "info_nce", "masking"):
             ctx.add(section=name, case="-", impl="-", status="missing: scl_kernels")
             continue
         t0 = time.monotonic()

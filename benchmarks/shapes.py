@@ -131,6 +131,10 @@ ATTN_GPU: list[AttnShape] = [  # most telling first: a GPU report that runs out 
     AttnShape("long_d128", batch=4, heads=16, lq=4096, lk=4096, head_dim=128),
 ]
 
+# the text encoder's shape scaled down until the kernels are shorter than the host's work on any GPU: what one
+# attention call costs in Python and launches (bench_attention's host path, gpu_report's host section)
+ATTN_HOST = AttnShape("host_text_b2", batch=2, heads=2, lq=50, lk=50, head_dim=64, key_mask=True)
+
 INFONCE_CPU: list[InfoNCEShape] = [
     InfoNCEShape("itc_256x512", n=256, dim=512),
     InfoNCEShape("scl_1024x256", n=1024, dim=256),

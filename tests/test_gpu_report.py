@@ -46,7 +46,9 @@ def smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
 def test_smoke_writes_json_markdown_png(smoke: tuple[dict, Path]) -> None:
     result, out = smoke
     sections = {r["section"] for r in result["rows"]}
-    assert {"ceilings", "attention", "info_nce", "random_masking", "mlm_mask", "scl_text_mask", "step"} <= sections
+    assert {"ceilings", "attention", "host", "info_nce", "random_masking", "mlm_mask", "scl_text_mask",
+            "step"} <= sections
+    assert result["host_profile"] and all(r["own_us"] > 0 for r in result["host_profile"])
     md = (out / "report.md").read_text()
     for section in sections:
         assert f"## {section}" in md
@@ -73,6 +75,37 @@ def test_autotuned_configs_lists_each_choice() -> None:
     md = gpu_report.to_markdown({"environment": env, "ceilings": {}, "notes": [], "rows": [], "wall_s": 1.0,
                                  "autotuned": picks})
     assert "## Autotuned attention configs" in md and "| fwd | `(512, 1024, 64, True)` |" in md
+
+
+def test_autotune_timings_of_the_new_key_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each candidate's time goes to the one key an autotuner benchmarked since the snapshot; a kernel whose
+    cache did not grow (its timings are an older key's) or grew by two is left out. The fp16 check runs with
+    autotuning off, and the switch is restored afterwards."""
+    import triton
+
+    fast, slow = (triton.Config({"BLOCK_M": m}, num_warps=4, num_stages=3) for m in (64, 128))
+    fwd = SimpleNamespace(cache={"old": fast, "new": fast}, configs_timings={slow: [0.5, 0.4, 0.6], fast: [0.2]})
+    dq = SimpleNamespace(cache={"old": fast}, configs_timings={fast: [0.1]})
+    dkdv = SimpleNamespace(cache={"a": fast, "b": slow}, configs_timings={fast: 0.3})
+    got = gpu_report.new_autotune_timings({"fwd": fwd, "bwd_dq": dq, "bwd_dkdv": dkdv},
+                                          {"fwd": {"old"}, "bwd_dq": {"old"}, "bwd_dkdv": set()})
+    assert got == {"fwd": {"new": {str(fast): 0.2, str(slow): 0.5}}}
+    assert list(got["fwd"]["new"]) == [str(fast), str(slow)]  # fastest first
+    env = {"torch": "t", "triton": "x", "cuda": "c", "date_utc": "d", "command": "c"}
+    md = gpu_report.to_markdown({"environment": env, "ceilings": {}, "notes": [], "rows": [], "wall_s": 1.0,
+                                 "autotune_ms": got})
+    assert f"| fwd | `new` | `{fast}` | 0.2 |" in md
+
+    monkeypatch.setenv("SCL_KERNELS_AUTOTUNE", "1")
+    from scl_kernels._launch import autotune_enabled
+
+    with gpu_report._autotune_off():
+        assert not autotune_enabled()
+    assert autotune_enabled()
+    monkeypatch.delenv("SCL_KERNELS_AUTOTUNE")
+    with gpu_report._autotune_off():
+        assert not autotune_enabled()
+    assert "SCL_KERNELS_AUTOTUNE" not in os.environ
 
 
 def test_smoke_rows_are_measured_and_correct(smoke: tuple[dict, Path]) -> None:
