@@ -741,33 +741,37 @@ def dropout_keep_mask(
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _configs(blocks: list[tuple[int, ...]]) -> list[triton.Config]:
-    """(BLOCK_M, BLOCK_N, num_warps, num_stages[, maxnreg]) -> triton.Config."""
-    return [
-        triton.Config({"BLOCK_M": b[0], "BLOCK_N": b[1]}, num_warps=b[2], num_stages=b[3],
-                      maxnreg=b[4] if len(b) > 4 else None)
-        for b in blocks
-    ]
+def _configs(blocks: list[tuple[int, int, int, int]]) -> list[triton.Config]:
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages) -> triton.Config."""
+    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=st) for m, n, w, st in blocks]
 
 
-# (BLOCK_M, BLOCK_N, num_warps, num_stages[, maxnreg]). The first entry of each list is the "default" config whose
-# registers and spills the compile report lists; the last is the smallest, kept when the pruner drops everything.
-# Kept short: every entry is autotuned on a GPU and compiled twice by the compile check. Dropped after the compile
-# report: (128, 32, 4, 3) fwd and (64, 32, 4, 3) dq (spill on sm_80 or duplicate a better tile), (32, 64, 8, 3) and
-# (64, 64, 4, 3) dK/dV (spill on sm_80). The 128-register twins of the 8-warp forward and dQ tiles: ptxas gives the
-# key-mask and frames variants 136-183 registers on sm_90, so one 256-thread program per SM, where 128 fit two and
-# spill at most 56 B there (0 for the text forward and the frames dQ); the autotuner keeps whichever runs faster.
-FWD_CONFIGS = _configs(
-    [(128, 64, 8, 3), (128, 64, 8, 3, 128), (128, 64, 4, 3), (128, 128, 8, 2), (64, 64, 4, 3), (64, 32, 4, 2)]
-)
-# dK/dV holds two fp32 (BLOCK_N, D) accumulators: wide key blocks with narrow query blocks (FA2's choice), and
-# 8 warps at D=128 so the accumulators fit the registers
-DKDV_CONFIGS = _configs([(64, 128, 8, 2), (64, 64, 8, 2), (32, 64, 4, 3), (32, 32, 4, 2)])
-DQ_CONFIGS = _configs([(128, 64, 8, 2), (128, 64, 8, 2, 128), (64, 64, 8, 2), (64, 64, 4, 3), (32, 32, 4, 2)])
+# (BLOCK_M, BLOCK_N, num_warps, num_stages). The first entry of each list is the "default" config whose registers
+# and spills the compile report lists (and the one SCL_KERNELS_AUTOTUNE=0 launches); the last is the smallest, kept
+# when the pruner drops everything. Kept short: every entry is autotuned on a GPU and compiled twice by the compile
+# check. Chosen from every candidate's time on an H200 (bf16, D=64 and 128, all mask kinds: the "Autotune
+# candidates" table of benchmarks/results/gpu-h200-2026-11-30): 4-warp programs with 32- and 64-row tiles won
+# every D=64 key there, by 10-40% over the 8-warp 128-row tiles; an 8-warp tile won only at D=128. Dropped then:
+# (128, 128, 8, 2) and (128, 64, 4, 3) forward, (64, 64, 8, 2) dK/dV and dQ (last or near it on every key), and
+# the 128-register twins of the 8-warp tiles (never first). Earlier, from the compile report: (128, 32, 4, 3)
+# forward and (32, 64, 8, 3) dK/dV (spill on sm_80).
+FWD_CONFIGS = _configs([(64, 64, 4, 3), (128, 64, 8, 3), (64, 64, 4, 4), (64, 128, 4, 3), (64, 32, 4, 3),
+                        (64, 32, 4, 2)])  # fmt: skip
+# dK/dV holds two fp32 (BLOCK_N, D) accumulators: wide key blocks over narrow query blocks (FA2's choice, and the
+# Triton tutorial's Hopper backward: dK/dV 32 x 128, dQ 128 x 32, 4 warps). The 4-warp 128-key tile is over
+# sm_80's register budget and within sm_90's (``_REG_BUDGET_SM90``), so only a Hopper tunes over it; it won the
+# dense 512- and 1024-token keys there, the 64-key tile the masked ones.
+DKDV_CONFIGS = _configs([(32, 64, 4, 3), (32, 128, 4, 3), (64, 128, 8, 2), (32, 64, 4, 2), (32, 128, 4, 2),
+                         (32, 32, 4, 2)])  # fmt: skip
+DQ_CONFIGS = _configs([(64, 32, 4, 5), (64, 64, 4, 3), (128, 64, 8, 2), (64, 32, 4, 3), (64, 64, 4, 4),
+                       (32, 32, 4, 2)])  # fmt: skip
 _INTERPRET_CONFIGS = _configs([(64, 64, 4, 1)])
 _PREPROCESS_BLOCK_M = 64
 _SMEM_BUDGET = 160 * 1024  # A100 allows 163 KiB per block, H100/H200 227 KiB: prune to what both run
 _REG_BUDGET = 128  # 32-bit values per thread in accumulators and resident tiles; above it sm_80 spills
+# sm_90's wgmma keeps the accumulators in registers with less staging: the compile report shows the tutorial's
+# 4-warp tiles (estimate 160-224) at 176-255 registers with at most 56 B of spill there
+_REG_BUDGET_SM90 = 224
 
 
 def _tile_sizes(cfg: triton.Config, kind: str) -> tuple[int, int]:
@@ -798,20 +802,30 @@ def _reg_estimate(cfg: triton.Config, kind: str, block_d: int, elt: int) -> int:
     return (n_acc * rows * block_d + rows * cols + n_in * rows * block_d * elt // 4) // threads
 
 
-def _fitting(configs: list[triton.Config], kind: str, block_d: int, elt: int) -> list[triton.Config]:
-    """The configs that fit shared memory on both sm_80 and sm_90 and the register file without spilling; the
-    smallest (last) if none does."""
+def _fitting(configs: list[triton.Config], kind: str, block_d: int, elt: int,
+             reg_budget: int = _REG_BUDGET) -> list[triton.Config]:
+    """The configs that fit shared memory on both sm_80 and sm_90 and ``reg_budget`` registers (sm_80's unless the
+    GPU is a Hopper); the smallest (last) if none does."""
     kept = [c for c in configs if _smem_estimate(c, kind, block_d, elt) <= _SMEM_BUDGET
-            and _reg_estimate(c, kind, block_d, elt) <= _REG_BUDGET]  # fmt: skip
+            and _reg_estimate(c, kind, block_d, elt) <= reg_budget]  # fmt: skip
     return kept or configs[-1:]
+
+
+def _reg_budget(device: torch.device) -> int:
+    """The register budget of the pruner on ``device``: sm_90's on a Hopper (or newer) GPU, sm_80's elsewhere."""
+    if device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 9:
+        return _REG_BUDGET_SM90
+    return _REG_BUDGET
 
 
 def _make_prune(kind: str):  # noqa: ANN202 (triton's early_config_prune callback)
     def prune(configs: list[triton.Config], named_args: dict, **kwargs: object) -> list[triton.Config]:
-        """Drop configs whose tiles would not fit shared memory, or are wider than the sequence (a 64-row tile
-        already covers short text). Always keeps at least one; only one with SCL_KERNELS_AUTOTUNE=0."""
+        """Drop configs whose tiles would not fit shared memory or the GPU's registers, or are wider than the
+        sequence (a 64-row tile already covers short text). Always keeps at least one; only one with
+        SCL_KERNELS_AUTOTUNE=0."""
         args = {**named_args, **kwargs}
-        fit = _fitting(configs, kind, args["BLOCK_D"], args["Q_ptr"].element_size())
+        q = args["Q_ptr"]
+        fit = _fitting(configs, kind, args["BLOCK_D"], q.element_size(), _reg_budget(q.device))
         lq, lk = max(64, next_pow2(args["Lq"])), max(64, next_pow2(args["Lk"]))
         narrow = [c for c in fit if c.kwargs["BLOCK_M"] <= lq and c.kwargs["BLOCK_N"] <= lk] or fit
         return narrow if autotune_enabled() else narrow[:1]
@@ -1283,10 +1297,14 @@ def _compile_specs() -> list[CompileSpec]:
                 kconsts["COUNT_BLOCKS"] = False
             unit, divisible = contiguous_strides(kernel, unknown=("stride_km", "stride_am"))
             kconsts.update(unit)
-            fit = _fitting(configs, kname, dot_block(d), elt)  # what the pruner lets a GPU launch
-            chosen = fit if which == "all" else fit[:1]
-            specs += specs_from_configs(kernel, f"attention.{kname}/{dt}-d{d}-{mask}", types, kconsts, chosen,
-                                        divisible=divisible)  # fmt: skip
+            # what the pruner lets a GPU launch: every config a Hopper tunes over (its budget is the wider), or
+            # the default of each budget (the first fitting config, the one SCL_KERNELS_AUTOTUNE=0 launches)
+            fit = _fitting(configs, kname, dot_block(d), elt, _REG_BUDGET_SM90)
+            groups = [fit] if which == "all" else [[c] for c in dict.fromkeys(
+                _fitting(configs, kname, dot_block(d), elt)[:1] + fit[:1])]  # fmt: skip
+            for chosen in groups:
+                specs += specs_from_configs(kernel, f"attention.{kname}/{dt}-d{d}-{mask}", types, kconsts, chosen,
+                                            divisible=divisible)  # fmt: skip
     unit, divisible = contiguous_strides(_attn_bwd_preprocess_kernel)
     pre_consts = {"HEAD_DIM": 128, "BLOCK_D": 128, "BLOCK_M": _PREPROCESS_BLOCK_M, **unit}
     specs += specs_from_configs(_attn_bwd_preprocess_kernel, "attention.bwd_preprocess/bf16-d128",
