@@ -575,6 +575,19 @@ def _profile_top(fn: Callable[[], Any], calls: int, n: int = 20) -> list[dict[st
     return sorted(rows, key=lambda r: -r["own_us"])[:n]
 
 
+def _fwd_bwd_call(make: Callable, q, k, v, km, g) -> Callable[[], None]:  # noqa: ANN001
+    """One forward + backward of ``make``'s implementation on fresh leaves, their gradients cleared each call."""
+    qg, kg, vg = (t.detach().clone().requires_grad_(True) for t in (q, k, v))
+    call = make(qg, kg, vg, km)
+
+    def fwd_bwd() -> None:
+        for t in (qg, kg, vg):
+            t.grad = None
+        call().backward(g)
+
+    return fwd_bwd
+
+
 def run_host(ctx: Ctx, kernels: Any, shape: S.AttnShape) -> None:
     """Host time per attention call, fused against SDPA, at a shape so small (2 x 2 heads x 50 tokens) that the
     GPU waits on the host throughout; then where the fused forward + backward spends it (cProfile). Short
@@ -593,14 +606,7 @@ def run_host(ctx: Ctx, kernels: Any, shape: S.AttnShape) -> None:
         if isinstance(make, str):
             ctx.add(section="host", case=shape.name, impl=name, dtype=dname, status=make)
             continue
-        qg, kg, vg = (t.detach().clone().requires_grad_(True) for t in (q, k, v))
-        fb_call = make(qg, kg, vg, km)
-
-        def fwd_bwd() -> None:
-            for t in (qg, kg, vg):
-                t.grad = None
-            fb_call().backward(g)
-
+        fwd_bwd = _fwd_bwd_call(make, q, k, v, km, g)
         for pass_, fn in (("fwd", make(q, k, v, km)), ("fwd+bwd", fwd_bwd)):
             ctx.add(section="host", case=shape.name, impl=name, pass_=pass_, dtype=dname, ms=_host_ms(ctx, fn, calls),
                     status="ok")
