@@ -186,16 +186,19 @@ _LAUNCHERS = ("_attn_fwd", "_attn_bwd_preprocess_kernel", "_attn_bwd_dkdv", "_at
 
 
 class _NoLaunch:
-    """Stands in for a Triton kernel: ``kernel[grid](...)`` counts the launch and runs nothing."""
+    """Stands in for a Triton kernel: ``kernel[grid](...)`` (or ``kernel.run(...)``, as an autotuner calls it)
+    counts the launch, keeps its arguments and runs nothing."""
 
     def __init__(self) -> None:
         self.launches = 0
+        self.last: tuple[tuple, dict] = ((), {})
+
+    def run(self, *args: object, **kwargs: object) -> None:
+        self.launches += 1
+        self.last = (args, kwargs)
 
     def __getitem__(self, grid: object) -> Callable[..., None]:
-        def launch(*args: object, **kwargs: object) -> None:
-            self.launches += 1
-
-        return launch
+        return self.run
 
 
 @pytest.mark.parametrize("backward", [False, True], ids=["fwd", "fwd+bwd"])
@@ -219,3 +222,38 @@ def test_attention_host_path(benchmark, monkeypatch: pytest.MonkeyPatch, backwar
     assert sum(s.launches for s in stubs.values()) == (4 if backward else 1)
     benchmark.group = "attention host path (launches stubbed)"
     benchmark(call)
+
+
+@pytest.mark.parametrize("launcher", ["Autotuner.run", "TunedLaunch"])
+def test_autotuned_launch_host_cost(benchmark, monkeypatch: pytest.MonkeyPatch, launcher: str) -> None:  # noqa: ANN001
+    """Python time of one launch of an autotuned kernel whose key is tuned already: the forward kernel with its
+    40 arguments at the host shape and the GPU's config list, the kernel itself a no-op. Triton's
+    ``Autotuner.run`` rebuilds its key from every argument on each call; ``TunedLaunch`` (what the attention
+    launchers use) looks the config up by a key it builds from a few arguments. The check: both launch the
+    config the (stubbed) timing chose."""
+    import triton
+
+    from scl_kernels import _dispatch
+    from scl_kernels import attention as attn_mod
+    from scl_kernels._launch import TunedLaunch
+
+    monkeypatch.setattr(_dispatch, "interpreting", lambda: True)  # the triton backend on CPU tensors
+    capture = _NoLaunch()
+    monkeypatch.setattr(attn_mod, "_attn_fwd", capture)
+    q, k, v, km = _inputs(S.ATTN_HOST, torch.float32, "cpu")
+    attn_mod._attention_forward(q, k, v, km, None, None, 0.125)
+    args, kwargs = capture.last
+    kernel = _NoLaunch()
+    tuner = triton.autotune(attn_mod.FWD_CONFIGS, key=attn_mod._KEY)(attn_mod._attn_fwd_kernel)
+    tuner.fn = kernel
+    winner = attn_mod.FWD_CONFIGS[2]
+    tuner._bench = lambda *a, config, **kw: [0.0 if config is winner else 1.0]  # no GPU to time on
+    launch = tuner if launcher == "Autotuner.run" else TunedLaunch(tuner, ("LQ_BUCKET", "LK_BUCKET"))
+    grid = (1, 1, 1)
+    launch[grid](*args, **kwargs)  # the first launch tunes
+    launch[grid](*args, **kwargs)
+    assert kernel.launches == 2 and len(kernel.last[0]) == len(args) == 40
+    assert {key: kernel.last[1][key] for key in ("BLOCK_M", "BLOCK_N", "num_warps", "num_stages")} == {
+        **winner.kwargs, "num_warps": winner.num_warps, "num_stages": winner.num_stages}
+    benchmark.group = "autotuned launch, key tuned (kernel stubbed)"
+    benchmark(lambda: launch[grid](*args, **kwargs))
