@@ -50,6 +50,9 @@ class TunedLaunch:
         self.tuner = tuner
         names = list(tuner.arg_names)
         self._n_ptr = next(i for i, name in enumerate(names) if not name.endswith("_ptr"))
+        if self._n_ptr == 0:  # the key would miss the tensors' dtypes, which select the compiled kernel
+            raise ValueError(f"TunedLaunch: {names[0]!r} is not a *_ptr parameter; the kernel's leading "
+                             "parameters must be its tensors, named *_ptr")
         self._positions = [names.index(name) for name in key_args]
         self._chosen: dict[tuple, dict[str, Any]] = {}
 

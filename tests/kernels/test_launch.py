@@ -3,6 +3,8 @@ path), the autotune switch, and the per-key config memory of TunedLaunch."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 import triton
@@ -93,3 +95,5 @@ def test_tuned_launch_keeps_the_chosen_config_per_key() -> None:
     go(k32, 7, 128, HAS_MASK=True)
     assert tuner.fn.launches[-1][2]["BLOCK_M"] == 128
     assert launch.cache == {"seen": "by the report"}  # the autotuner's state stays readable
+    with pytest.raises(ValueError, match="not a \\*_ptr parameter"):
+        TunedLaunch(SimpleNamespace(arg_names=("n", "Q_ptr")), key_args=())
