@@ -769,8 +769,8 @@ _INTERPRET_CONFIGS = _configs([(64, 64, 4, 1)])
 _PREPROCESS_BLOCK_M = 64
 _SMEM_BUDGET = 160 * 1024  # A100 allows 163 KiB per block, H100/H200 227 KiB: prune to what both run
 _REG_BUDGET = 128  # 32-bit values per thread in accumulators and resident tiles; above it sm_80 spills
-# sm_90's wgmma keeps the accumulators in registers with less staging: the compile report shows the tutorial's
-# 4-warp tiles (estimate 160-224) at 176-255 registers with at most 56 B of spill there
+# 16-bit inputs on sm_90: the compile report shows the tutorial's 4-warp tiles (estimate 160-224) at 176-255
+# registers with at most 56 B of spill there
 _REG_BUDGET_SM90 = 224
 
 
@@ -803,19 +803,22 @@ def _reg_estimate(cfg: triton.Config, kind: str, block_d: int, elt: int) -> int:
 
 
 def _fitting(configs: list[triton.Config], kind: str, block_d: int, elt: int,
-             reg_budget: int = _REG_BUDGET) -> list[triton.Config]:
-    """The configs that fit shared memory on both sm_80 and sm_90 and ``reg_budget`` registers (sm_80's unless the
-    GPU is a Hopper); the smallest (last) if none does."""
+             reg_budget: int) -> list[triton.Config]:
+    """The configs that fit shared memory on both sm_80 and sm_90 and ``reg_budget`` (``_reg_budget``); the
+    smallest (last) if none does."""
     kept = [c for c in configs if _smem_estimate(c, kind, block_d, elt) <= _SMEM_BUDGET
             and _reg_estimate(c, kind, block_d, elt) <= reg_budget]  # fmt: skip
     return kept or configs[-1:]
 
 
-def _reg_budget(device: torch.device) -> int:
-    """The register budget of the pruner on ``device``: sm_90's on a Hopper (or newer) GPU, sm_80's elsewhere."""
-    if device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 9:
-        return _REG_BUDGET_SM90
-    return _REG_BUDGET
+def _reg_budget(hopper: bool, elt: int) -> int:
+    """The pruner's register budget: sm_90's for 16-bit inputs on a Hopper (or newer) GPU, sm_80's otherwise.
+    fp32 tiles keep sm_80's: at sm_90's they spilled 1.3-8 KB per thread in the compile report."""
+    return _REG_BUDGET_SM90 if hopper and elt == 2 else _REG_BUDGET
+
+
+def _is_hopper(device: torch.device) -> bool:
+    return device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 9
 
 
 def _make_prune(kind: str):  # noqa: ANN202 (triton's early_config_prune callback)
@@ -825,7 +828,8 @@ def _make_prune(kind: str):  # noqa: ANN202 (triton's early_config_prune callbac
         SCL_KERNELS_AUTOTUNE=0."""
         args = {**named_args, **kwargs}
         q = args["Q_ptr"]
-        fit = _fitting(configs, kind, args["BLOCK_D"], q.element_size(), _reg_budget(q.device))
+        elt = q.element_size()
+        fit = _fitting(configs, kind, args["BLOCK_D"], elt, _reg_budget(_is_hopper(q.device), elt))
         lq, lk = max(64, next_pow2(args["Lq"])), max(64, next_pow2(args["Lk"]))
         narrow = [c for c in fit if c.kwargs["BLOCK_M"] <= lq and c.kwargs["BLOCK_N"] <= lk] or fit
         return narrow if autotune_enabled() else narrow[:1]
@@ -1312,9 +1316,9 @@ def _compile_specs() -> list[CompileSpec]:
             kconsts.update(unit)
             # what the pruner lets a GPU launch: every config a Hopper tunes over (its budget is the wider), or
             # the default of each budget (the first fitting config, the one SCL_KERNELS_AUTOTUNE=0 launches)
-            fit = _fitting(configs, kname, dot_block(d), elt, _REG_BUDGET_SM90)
+            fit = _fitting(configs, kname, dot_block(d), elt, _reg_budget(True, elt))
             groups = [fit] if which == "all" else [[c] for c in dict.fromkeys(
-                _fitting(configs, kname, dot_block(d), elt)[:1] + fit[:1])]  # fmt: skip
+                _fitting(configs, kname, dot_block(d), elt, _reg_budget(False, elt))[:1] + fit[:1])]  # fmt: skip
             for chosen in groups:
                 specs += specs_from_configs(kernel, f"attention.{kname}/{dt}-d{d}-{mask}", types, kconsts, chosen,
                                             divisible=divisible)  # fmt: skip

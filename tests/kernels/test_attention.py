@@ -519,6 +519,16 @@ def test_gpu_config_pruning() -> None:
     # the production case keeps several candidates to tune over
     bf16 = torch.empty(0, dtype=torch.bfloat16)
     assert len(attn_mod._make_prune("fwd")(attn_mod.FWD_CONFIGS, {"Q_ptr": bf16, "Lq": 325, "Lk": 325}, BLOCK_D=64)) > 2
+    # a Hopper also tunes over the tutorial's 4-warp 128-key dK/dV tile in 16-bit; fp32 keeps sm_80's budget there
+    # (at sm_90's, the D=128 dQ default spilled 8 KB per thread)
+    tile = [c for c in attn_mod.DKDV_CONFIGS if (c.kwargs["BLOCK_N"], c.num_warps) == (128, 4)]
+    hopper = attn_mod._fitting(attn_mod.DKDV_CONFIGS, "dkdv", 64, 2, attn_mod._reg_budget(True, 2))
+    ampere = attn_mod._fitting(attn_mod.DKDV_CONFIGS, "dkdv", 64, 2, attn_mod._reg_budget(False, 2))
+    assert tile and all(c in hopper and c not in ampere for c in tile) and set(ampere) <= set(hopper)
+    for kind, configs in (("fwd", attn_mod.FWD_CONFIGS), ("dkdv", attn_mod.DKDV_CONFIGS), ("dq", attn_mod.DQ_CONFIGS)):
+        for d in (32, 64, 128):
+            fits = [attn_mod._fitting(configs, kind, d, 4, attn_mod._reg_budget(h, 4)) for h in (True, False)]
+            assert fits[0] == fits[1], (kind, d)
 
 
 def _fake_module(monkeypatch: pytest.MonkeyPatch, name: str, **attrs: object) -> None:
