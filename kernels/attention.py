@@ -749,22 +749,19 @@ def _configs(blocks: list[tuple[int, int, int, int]]) -> list[triton.Config]:
 # (BLOCK_M, BLOCK_N, num_warps, num_stages). The first entry of each list is the "default" config whose registers
 # and spills the compile report lists (and the one SCL_KERNELS_AUTOTUNE=0 launches); the last is the smallest, kept
 # when the pruner drops everything. Kept short: every entry is autotuned on a GPU and compiled twice by the compile
-# check. Chosen from every candidate's time on an H200 (bf16, D=64 and 128, all mask kinds: the "Autotune
-# candidates" table of benchmarks/results/gpu-h200-2026-11-30): 4-warp programs with 32- and 64-row tiles won
-# every D=64 key there, by 10-40% over the 8-warp 128-row tiles; an 8-warp tile won only at D=128. Dropped then:
-# (128, 128, 8, 2) and (128, 64, 4, 3) forward, (64, 64, 8, 2) dK/dV and dQ (last or near it on every key), and
-# the 128-register twins of the 8-warp tiles (never first). Earlier, from the compile report: (128, 32, 4, 3)
-# forward and (32, 64, 8, 3) dK/dV (spill on sm_80).
-FWD_CONFIGS = _configs([(64, 64, 4, 3), (128, 64, 8, 3), (64, 64, 4, 4), (64, 128, 4, 3), (64, 32, 4, 3),
-                        (64, 32, 4, 2)])  # fmt: skip
+# check. Chosen from every candidate's time on an H200 (bf16, D=64 and 128, every mask kind: the "Autotune
+# candidates" tables of benchmarks/results/gpu-h200-2026-11-30*): 4-warp programs with 32- and 64-row tiles won
+# every D=64 key, by 10-40% over the 8-warp 128-row tiles that used to head these lists; each config kept won at
+# least one key there, except the 8-warp forward and dQ tiles, kept for D=128 (second and first there) and for
+# sm_80, which has not been timed. Dropped: everything that never came first, among them the 128-register caps of
+# the 8-warp tiles and the forward's (64, 128, 4, 3), last on three keys and spilling on both architectures.
+FWD_CONFIGS = _configs([(64, 64, 4, 3), (128, 64, 8, 3), (64, 32, 4, 3), (64, 32, 4, 2)])
 # dK/dV holds two fp32 (BLOCK_N, D) accumulators: wide key blocks over narrow query blocks (FA2's choice, and the
 # Triton tutorial's Hopper backward: dK/dV 32 x 128, dQ 128 x 32, 4 warps). The 4-warp 128-key tile is over
 # sm_80's register budget and within sm_90's (``_REG_BUDGET_SM90``), so only a Hopper tunes over it; it won the
-# dense 512- and 1024-token keys there, the 64-key tile the masked ones.
-DKDV_CONFIGS = _configs([(32, 64, 4, 3), (32, 128, 4, 3), (64, 128, 8, 2), (32, 64, 4, 2), (32, 128, 4, 2),
-                         (32, 32, 4, 2)])  # fmt: skip
-DQ_CONFIGS = _configs([(64, 32, 4, 5), (64, 64, 4, 3), (128, 64, 8, 2), (64, 32, 4, 3), (64, 64, 4, 4),
-                       (32, 32, 4, 2)])  # fmt: skip
+# dense 512-token key there, the 64-key tiles the others at D=64, the 8-warp tile D=128.
+DKDV_CONFIGS = _configs([(32, 64, 4, 3), (32, 128, 4, 3), (64, 128, 8, 2), (32, 64, 4, 2), (32, 32, 4, 2)])
+DQ_CONFIGS = _configs([(64, 32, 4, 3), (64, 64, 4, 3), (128, 64, 8, 2), (64, 64, 4, 4), (32, 32, 4, 2)])
 _INTERPRET_CONFIGS = _configs([(64, 64, 4, 1)])
 _PREPROCESS_BLOCK_M = 64
 _SMEM_BUDGET = 160 * 1024  # A100 allows 163 KiB per block, H100/H200 227 KiB: prune to what both run
