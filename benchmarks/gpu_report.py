@@ -423,8 +423,8 @@ def _attn_case(ctx: Ctx, kernels: Any, shape: S.AttnShape, name: str, make: Call
     """Errors, forward and forward+backward times, peak memory of one implementation on one shape."""
     q, k, v, km, g = inputs
     ref_out, ref_grads = refs
-    tuners = _attention_autotuners(kernels) if name.startswith("scl") else {}
-    before = {kind: set(getattr(tuner, "cache", None) or {}) for kind, tuner in tuners.items()}
+    tuners = _autotuners(kernels, "attention") if name.startswith("scl") else {}
+    before = _tuning_before(tuners)
     out_err, grad_err, abs_err = _impl_errors(make, q, k, v, km, ref_out, ref_grads, g)  # autotunes, if it does
     for kind, timings in new_autotune_timings(tuners, before).items():
         ctx.tuning.setdefault(kind, {}).update(timings)
@@ -453,24 +453,33 @@ def _attn_case(ctx: Ctx, kernels: Any, shape: S.AttnShape, name: str, make: Call
             kernels=_top_kernels(per_fb), status="ok")
 
 
-_AUTOTUNERS = ("_attn_fwd", "_attn_bwd_dkdv", "_attn_bwd_dq")
+# report name -> (scl_kernels module, autotuned kernel): attention's through its TunedLaunch, info_nce's directly
+_AUTOTUNERS = {"fwd": ("attention", "_attn_fwd"), "bwd_dkdv": ("attention", "_attn_bwd_dkdv"),
+               "bwd_dq": ("attention", "_attn_bwd_dq"), "info_nce_fwd": ("contrastive", "_fwd_tuned"),
+               "info_nce_bwd": ("contrastive", "_bwd_tuned")}  # fmt: skip
 
 
-def _attention_autotuners(kernels: Any) -> dict[str, Any]:
-    """Short name ("fwd", "bwd_dkdv", "bwd_dq") -> the attention module's autotuner, for those it has."""
-    attention = getattr(kernels, "attention", None)
-    return {name.removeprefix("_attn_"): getattr(attention, name) for name in _AUTOTUNERS if hasattr(attention, name)}
+def _autotuners(kernels: Any, module: str | None = None) -> dict[str, Any]:
+    """Report name -> autotuner, for those ``kernels`` has (only ``module``'s if given)."""
+    found = {}
+    for kind, (mod, name) in _AUTOTUNERS.items():
+        tuner = getattr(getattr(kernels, mod, None), name, None)
+        if tuner is not None and module in (None, mod):
+            found[kind] = tuner
+    return found
 
 
 def autotuned_configs(kernels: Any) -> dict[str, dict[str, str]]:
-    """The config each attention autotuner chose, per autotune key (length buckets, head dim, mask flags, dtypes):
-    which tile, warps, stages and register cap won on this GPU, so the config lists can be pruned to those."""
-    attention = getattr(kernels, "attention", None)
-    chosen: dict[str, dict[str, str]] = {}
-    for name in _AUTOTUNERS:
-        cache = getattr(getattr(attention, name, None), "cache", None) or {}
-        chosen[name.removeprefix("_attn_")] = {str(key): str(cfg) for key, cfg in cache.items()}
-    return chosen
+    """The config each autotuner chose, per autotune key (attention: length buckets, head dim, mask flags, dtypes;
+    info_nce: the feature dim and dtypes): which tile, warps and stages won on this GPU, so the config lists can be
+    pruned to those."""
+    return {kind: {str(key): str(cfg) for key, cfg in (getattr(tuner, "cache", None) or {}).items()}
+            for kind, tuner in _autotuners(kernels).items()}  # fmt: skip
+
+
+def _tuning_before(tuners: dict[str, Any]) -> dict[str, set]:
+    """Each autotuner's cache keys now, for ``new_autotune_timings`` after the next call."""
+    return {kind: set(getattr(tuner, "cache", None) or {}) for kind, tuner in tuners.items()}
 
 
 def new_autotune_timings(tuners: dict[str, Any], before: dict[str, set]) -> dict[str, dict[str, dict[str, float]]]:
@@ -620,13 +629,17 @@ def run_host(ctx: Ctx, kernels: Any, shape: S.AttnShape) -> None:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _nce_case(ctx: Ctx, shape: S.InfoNCEShape, name: str, fn: Callable, a: torch.Tensor, b: torch.Tensor,
-              refs: tuple, dname: str) -> None:
+def _nce_case(ctx: Ctx, kernels: Any, shape: S.InfoNCEShape, name: str, fn: Callable, a: torch.Tensor,
+              b: torch.Tensor, refs: tuple, dname: str) -> None:
     ref, a64, b64, t64 = refs
     ag, bg = (x.detach().clone().requires_grad_(True) for x in (a, b))
     temp = torch.tensor(0.07, device=ctx.device, requires_grad=True)
+    tuners = _autotuners(kernels, "contrastive") if name.startswith("scl") else {}
+    before = _tuning_before(tuners)
     loss = fn(ag, bg, temp)
-    loss.backward()
+    loss.backward()  # autotunes, if it does
+    for kind, timings in new_autotune_timings(tuners, before).items():
+        ctx.tuning.setdefault(kind, {}).update(timings)
     grad_err = max(rel_err(ag.grad, a64.grad), rel_err(bg.grad, b64.grad), rel_err(temp.grad, t64.grad))
     loss_err = rel_err(loss, ref)
     ms_f = time_ms(ctx, lambda: fn(a, b, 0.07))
@@ -670,7 +683,7 @@ def run_info_nce(ctx: Ctx, kernels: Any, nce_shapes: list[S.InfoNCEShape]) -> No
                 ctx.add(section="info_nce", case=shape.name, impl=name, dtype=dname, status=fn)
                 continue
             try:
-                _nce_case(ctx, shape, name, fn, a, b, (ref, a64, b64, t64), dname)
+                _nce_case(ctx, kernels, shape, name, fn, a, b, (ref, a64, b64, t64), dname)
             except Exception as err:  # noqa: BLE001
                 ctx.add(section="info_nce", case=shape.name, impl=name, dtype=dname,
                         status=f"error: {_error_text(err)}")
@@ -953,7 +966,7 @@ def to_markdown(result: dict[str, Any]) -> str:
         lines.append("")
     tuned = {kind: picks for kind, picks in result.get("autotuned", {}).items() if picks}
     if tuned:
-        lines += ["## Autotuned attention configs", "", "| kernel | autotune key | chosen config |", "|---|---|---|"]
+        lines += ["## Autotuned configs", "", "| kernel | autotune key | chosen config |", "|---|---|---|"]
         lines += [f"| {kind} | `{key}` | `{cfg}` |" for kind, picks in tuned.items() for key, cfg in picks.items()]
         lines.append("")
     top = result.get("host_profile", [])

@@ -57,8 +57,8 @@ def test_smoke_writes_json_markdown_png(smoke: tuple[dict, Path]) -> None:
     png = (out / "report.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
     assert result["ceilings"]["copy_gbps"] > 0 and result["ceilings"]["matmul_tflops"] > 0
-    # no triton attention on the CPU: the three autotuners are listed with nothing chosen
-    assert result["autotuned"] == {"fwd": {}, "bwd_dkdv": {}, "bwd_dq": {}}
+    # no triton kernel on the CPU: the autotuners of attention and info_nce are listed with nothing chosen
+    assert result["autotuned"] == dict.fromkeys(("fwd", "bwd_dkdv", "bwd_dq", "info_nce_fwd", "info_nce_bwd"), {})
 
 
 def test_autotuned_configs_lists_each_choice() -> None:
@@ -74,7 +74,7 @@ def test_autotuned_configs_lists_each_choice() -> None:
     env = {"torch": "t", "triton": "x", "cuda": "c", "date_utc": "d", "command": "c"}
     md = gpu_report.to_markdown({"environment": env, "ceilings": {}, "notes": [], "rows": [], "wall_s": 1.0,
                                  "autotuned": picks})
-    assert "## Autotuned attention configs" in md and "| fwd | `(512, 1024, 64, True)` |" in md
+    assert "## Autotuned configs" in md and "| fwd | `(512, 1024, 64, True)` |" in md
 
 
 def test_autotune_timings_of_the_new_key_only(monkeypatch: pytest.MonkeyPatch) -> None:
