@@ -192,10 +192,13 @@ def _error_text(err: BaseException) -> str:
     return text[:200]
 
 
-def kernel_ms(ctx: Ctx, fn: Callable[[], Any], *, reps: int = 5) -> tuple[float | None, dict[str, float]]:
+def kernel_ms(ctx: Ctx, fn: Callable[[], Any], *, reps: int = 5,
+              grad_to_none: list[torch.Tensor] | None = None) -> tuple[float | None, dict[str, float]]:
     """Device time of the kernels one call of ``fn`` launches (CUDA profiler: busy time only), total and per
     kernel name. Against the event-timed ms the difference is time the GPU sat idle waiting for the host, which
-    is what bounds short sequences."""
+    is what bounds short sequences. ``grad_to_none`` as in ``time_ms``: without it each backward after the first
+    adds into the leaves' gradients, an elementwise kernel the timed calls do not run (0.08 ms a call at 788
+    tokens, in every implementation's kernel_ms of the 2026-11-30 reports)."""
     if ctx.device.type != "cuda":
         return None, {}
     from torch.profiler import ProfilerActivity, profile
@@ -206,6 +209,8 @@ def kernel_ms(ctx: Ctx, fn: Callable[[], Any], *, reps: int = 5) -> tuple[float 
     try:
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
             for _ in range(reps):
+                for t in grad_to_none or ():
+                    t.grad = None
                 fn()
             ctx.sync()
         for event in prof.key_averages():
@@ -434,7 +439,7 @@ def _attn_case(ctx: Ctx, kernels: Any, shape: S.AttnShape, name: str, make: Call
     ms_fb = time_ms(ctx, lambda: fb_call().backward(g), grad_to_none=[qg, kg, vg])
     mem = peak_mb(ctx, lambda: fb_call().backward(g))
     busy_f, _ = kernel_ms(ctx, make(q, k, v, km))
-    busy_fb, per_fb = kernel_ms(ctx, lambda: fb_call().backward(g))
+    busy_fb, per_fb = kernel_ms(ctx, lambda: fb_call().backward(g), grad_to_none=[qg, kg, vg])
     extra: dict[str, Any] = {}
     if name.startswith("scl") and ctx.device.type == "cuda":
         # fp16 errors of the fused kernel too (bf16 is the timed dtype)
