@@ -49,7 +49,6 @@ class CompileSpec:
     constexprs: dict[str, int | bool | None]
     num_warps: int = 4
     num_stages: int = 3
-    maxnreg: int | None = None  # register cap per thread passed to ptxas (None: ptxas chooses)
     default: bool = False  # the config the report's register/spill table lists
     divisible: tuple[str, ...] = ()  # integer parameters a real launch passes as multiples of 16
 
@@ -90,16 +89,15 @@ def specs_from_configs(
         types: Triton types of the runtime parameters; parameters missing here default to "i32", except pointers
             (names ending in ``_ptr``), which must be given.
         constexprs: values of the constexpr parameters that the configs do not set.
-        configs: autotune configs; their kwargs, num_warps, num_stages and maxnreg complete the spec.
+        configs: autotune configs; their kwargs, num_warps and num_stages complete the spec.
         default: whether the first config is a default one (listed in the report's register table).
         divisible: integer parameters that a typical launch passes as multiples of 16 (strides of contiguous
             tensors whose last dim is a multiple of 16); Triton compiles such a launch with that knowledge.
     """
     params = list(inspect.signature(kernel.fn).parameters)
-    entries = [(dict(c.kwargs), c.num_warps, c.num_stages, c.maxnreg) for c in configs]
-    entries = entries or [({}, num_warps, num_stages, None)]
+    entries = [(dict(c.kwargs), c.num_warps, c.num_stages) for c in configs] or [({}, num_warps, num_stages)]
     specs = []
-    for i, (kwargs, warps, stages, maxnreg) in enumerate(entries):
+    for i, (kwargs, warps, stages) in enumerate(entries):
         consts = {**constexprs, **kwargs}
         signature = {}
         for p in params:
@@ -112,7 +110,6 @@ def specs_from_configs(
             else:
                 signature[p] = "i32"
         tag = ",".join(f"{k}={v}" for k, v in kwargs.items()) + (f",w{warps},s{stages}" if kwargs else "")
-        tag += f",r{maxnreg}" if maxnreg else ""
         specs.append(
             CompileSpec(
                 name=f"{name}[{tag}]" if tag else name,
@@ -121,7 +118,6 @@ def specs_from_configs(
                 constexprs=consts,
                 num_warps=warps,
                 num_stages=stages,
-                maxnreg=maxnreg,
                 default=default and i == 0,
                 divisible=divisible,
             )
@@ -199,8 +195,7 @@ def compile_spec(spec: CompileSpec, arch: int) -> CompileResult:
         compiled = triton.compile(
             src,
             target=GPUTarget("cuda", arch, 32),
-            options={"num_warps": spec.num_warps, "num_stages": spec.num_stages}
-            | ({"maxnreg": spec.maxnreg} if spec.maxnreg else {}),
+            options={"num_warps": spec.num_warps, "num_stages": spec.num_stages},
         )
         regs, spill, instructions = _resource_usage(compiled.asm["cubin"])
         shared = compiled.metadata.shared
