@@ -192,13 +192,10 @@ def _error_text(err: BaseException) -> str:
     return text[:200]
 
 
-def kernel_ms(ctx: Ctx, fn: Callable[[], Any], *, reps: int = 5,
-              grad_to_none: list[torch.Tensor] | None = None) -> tuple[float | None, dict[str, float]]:
+def kernel_ms(ctx: Ctx, fn: Callable[[], Any], *, reps: int = 5) -> tuple[float | None, dict[str, float]]:
     """Device time of the kernels one call of ``fn`` launches (CUDA profiler: busy time only), total and per
     kernel name. Against the event-timed ms the difference is time the GPU sat idle waiting for the host, which
-    is what bounds short sequences. ``grad_to_none`` as in ``time_ms``: without it each backward after the first
-    adds into the leaves' gradients, an elementwise kernel the timed calls do not run (0.08 ms a call at 788
-    tokens, in every implementation's kernel_ms of the 2026-11-30 reports)."""
+    is what bounds short sequences."""
     if ctx.device.type != "cuda":
         return None, {}
     from torch.profiler import ProfilerActivity, profile
@@ -209,8 +206,6 @@ def kernel_ms(ctx: Ctx, fn: Callable[[], Any], *, reps: int = 5,
     try:
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
             for _ in range(reps):
-                for t in grad_to_none or ():
-                    t.grad = None
                 fn()
             ctx.sync()
         for event in prof.key_averages():
@@ -428,18 +423,17 @@ def _attn_case(ctx: Ctx, kernels: Any, shape: S.AttnShape, name: str, make: Call
     """Errors, forward and forward+backward times, peak memory of one implementation on one shape."""
     q, k, v, km, g = inputs
     ref_out, ref_grads = refs
-    tuners = _autotuners(kernels, "attention") if name.startswith("scl") else {}
-    before = _tuning_before(tuners)
-    out_err, grad_err, abs_err = _impl_errors(make, q, k, v, km, ref_out, ref_grads, g)  # autotunes, if it does
-    for kind, timings in new_autotune_timings(tuners, before).items():
-        ctx.tuning.setdefault(kind, {}).update(timings)
+    with _tuning_recorded(ctx, kernels, "attention"):  # the first call of our kernels autotunes them
+        out_err, grad_err, abs_err = _impl_errors(make, q, k, v, km, ref_out, ref_grads, g)
     ms_f = time_ms(ctx, make(q, k, v, km))
     qg, kg, vg = (t.detach().clone().requires_grad_(True) for t in (q, k, v))
     fb_call = make(qg, kg, vg, km)
     ms_fb = time_ms(ctx, lambda: fb_call().backward(g), grad_to_none=[qg, kg, vg])
     mem = peak_mb(ctx, lambda: fb_call().backward(g))
     busy_f, _ = kernel_ms(ctx, make(q, k, v, km))
-    busy_fb, per_fb = kernel_ms(ctx, lambda: fb_call().backward(g), grad_to_none=[qg, kg, vg])
+    # gradients cleared before each call, as time_ms does: else each backward adds into them, an elementwise
+    # kernel the timed calls do not run (0.04-0.08 ms in every implementation's kernel_ms of the 2026-11-30 runs)
+    busy_fb, per_fb = kernel_ms(ctx, _fwd_bwd_call(make, q, k, v, km, g))
     extra: dict[str, Any] = {}
     if name.startswith("scl") and ctx.device.type == "cuda":
         # fp16 errors of the fused kernel too (bf16 is the timed dtype)
@@ -482,9 +476,15 @@ def autotuned_configs(kernels: Any) -> dict[str, dict[str, str]]:
             for kind, tuner in _autotuners(kernels).items()}  # fmt: skip
 
 
-def _tuning_before(tuners: dict[str, Any]) -> dict[str, set]:
-    """Each autotuner's cache keys now, for ``new_autotune_timings`` after the next call."""
-    return {kind: set(getattr(tuner, "cache", None) or {}) for kind, tuner in tuners.items()}
+@contextlib.contextmanager
+def _tuning_recorded(ctx: Ctx, kernels: Any, module: str):  # noqa: ANN202
+    """Every candidate's time of the autotune keys that ``module``'s autotuners benchmark inside the block, into
+    ``ctx.tuning`` (other implementations' calls add no key to them, so nothing)."""
+    tuners = _autotuners(kernels, module)
+    before = {kind: set(getattr(tuner, "cache", None) or {}) for kind, tuner in tuners.items()}
+    yield
+    for kind, timings in new_autotune_timings(tuners, before).items():
+        ctx.tuning.setdefault(kind, {}).update(timings)
 
 
 def new_autotune_timings(tuners: dict[str, Any], before: dict[str, set]) -> dict[str, dict[str, dict[str, float]]]:
@@ -639,12 +639,9 @@ def _nce_case(ctx: Ctx, kernels: Any, shape: S.InfoNCEShape, name: str, fn: Call
     ref, a64, b64, t64 = refs
     ag, bg = (x.detach().clone().requires_grad_(True) for x in (a, b))
     temp = torch.tensor(0.07, device=ctx.device, requires_grad=True)
-    tuners = _autotuners(kernels, "contrastive") if name.startswith("scl") else {}
-    before = _tuning_before(tuners)
-    loss = fn(ag, bg, temp)
-    loss.backward()  # autotunes, if it does
-    for kind, timings in new_autotune_timings(tuners, before).items():
-        ctx.tuning.setdefault(kind, {}).update(timings)
+    with _tuning_recorded(ctx, kernels, "contrastive"):  # the first call of our kernels autotunes them
+        loss = fn(ag, bg, temp)
+        loss.backward()
     grad_err = max(rel_err(ag.grad, a64.grad), rel_err(bg.grad, b64.grad), rel_err(temp.grad, t64.grad))
     loss_err = rel_err(loss, ref)
     ms_f = time_ms(ctx, lambda: fn(a, b, 0.07))
