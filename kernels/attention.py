@@ -16,8 +16,10 @@ cross-attention with the three mask kinds of the SCL model (True = may attend):
 
 The forward keeps the softmax state online (``m_i``, ``l_i``, ``acc``) in base 2 (log2(e) folded into the
 scale), stores the log-sum-exp per row, and never holds an Lq x Lk matrix. The backward recomputes the
-probabilities from that log-sum-exp: a preprocess pass for ``delta = rowsum(dO * O)``, then one pass over
-key blocks for dK/dV and one over query blocks for dQ, so no atomics and deterministic gradients.
+probabilities from that log-sum-exp in two passes, so no atomics and deterministic gradients: one over query
+blocks for dQ, which also computes and stores ``delta = rowsum(dO * O)`` for its rows, then one over key blocks
+for dK/dV, which reads that delta. Two launches, not FA2's three (a separate preprocess for delta): on a GPU a
+short sequence's backward is bound by the host's launch cost, not by the kernels.
 
 Rows that see no key get ``lse = +inf``: their probabilities are exp2(s - inf) = 0 in the backward, and the
 forward divides by a guarded ``l_i``, so they return zeros and zero gradients, never NaN.
@@ -371,32 +373,6 @@ def _attn_fwd_kernel(
 
 
 @triton.jit
-def _attn_bwd_preprocess_kernel(
-    O_ptr,  # (B, H, Lq, D)
-    DO_ptr,  # (B, H, Lq, D)
-    DELTA_ptr,  # (B, H, Lq) fp32
-    stride_ob, stride_oh, stride_om, stride_od,
-    stride_dob, stride_doh, stride_dom, stride_dod,
-    H, Lq,
-    HEAD_DIM: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-):
-    """delta = rowsum(dO * O): the softmax-Jacobian term both gradient passes need per query row."""
-    pid_m = tl.program_id(0)
-    h = tl.program_id(1).to(tl.int64)
-    b = tl.program_id(2).to(tl.int64)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
-    o = _load_tile(O_ptr + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od,
-                   offs_m < Lq, offs_d, HEAD_DIM, BLOCK_D)
-    do = _load_tile(DO_ptr + b * stride_dob + h * stride_doh + offs_m[:, None] * stride_dom
-                    + offs_d[None, :] * stride_dod, offs_m < Lq, offs_d, HEAD_DIM, BLOCK_D)
-    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
-    tl.store(DELTA_ptr + (b * H + h) * Lq + offs_m, delta, mask=offs_m < Lq)
-
-
-@triton.jit
 def _bwd_dkdv_inner(
     dk,
     dv,
@@ -630,15 +606,17 @@ def _attn_bwd_dq_kernel(
     Q_ptr,  # (B, H, Lq, D)
     K_ptr,  # (B, H, Lk, D)
     V_ptr,  # (B, H, Lk, D)
+    O_ptr,  # (B, H, Lq, D): the forward's output, for delta
     DO_ptr,  # (B, H, Lq, D)
     LSE_ptr,  # (B, H, Lq) fp32
-    DELTA_ptr,  # (B, H, Lq) fp32
+    DELTA_ptr,  # (B, H, Lq) fp32, written here for the dK/dV pass
     DQ_ptr,  # (B, H, Lq, D)
     KM_ptr,  # (B, Lk) u8
     AM_ptr,  # broadcast view of (B, H, Lq, Lk) u8
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
+    stride_ob, stride_oh, stride_om, stride_od,
     stride_dob, stride_doh, stride_dom, stride_dod,
     stride_dqb, stride_dqh, stride_dqm, stride_dqd,
     stride_km_b, stride_km_n,
@@ -666,7 +644,13 @@ def _attn_bwd_dq_kernel(
     do = _load_tile(DO_ptr + b * stride_dob + h * stride_doh + offs_m[:, None] * stride_dom
                     + offs_d[None, :] * stride_dod, offs_m < Lq, offs_d, HEAD_DIM, BLOCK_D)
     lse = tl.load(LSE_ptr + (b * H + h) * Lq + offs_m, mask=offs_m < Lq, other=float("inf"))
-    delta = tl.load(DELTA_ptr + (b * H + h) * Lq + offs_m, mask=offs_m < Lq, other=0.0)
+    # delta = rowsum(dO * O), the softmax-Jacobian term of both gradient passes: this pass needs it for its own
+    # rows only, so it computes it (one O tile more) and stores it for the dK/dV pass, launched after this one,
+    # instead of a preprocess kernel launched before both
+    o = _load_tile(O_ptr + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od,
+                   offs_m < Lq, offs_d, HEAD_DIM, BLOCK_D)
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+    tl.store(DELTA_ptr + (b * H + h) * Lq + offs_m, delta, mask=offs_m < Lq)
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     k_base = K_ptr + b * stride_kb + h * stride_kh
     v_base = V_ptr + b * stride_vb + h * stride_vh
@@ -763,7 +747,6 @@ FWD_CONFIGS = _configs([(64, 64, 4, 3), (128, 64, 8, 3), (64, 32, 4, 3), (64, 32
 DKDV_CONFIGS = _configs([(32, 64, 4, 3), (32, 128, 4, 3), (64, 128, 8, 2), (32, 64, 4, 2), (32, 32, 4, 2)])
 DQ_CONFIGS = _configs([(64, 32, 4, 3), (64, 64, 4, 3), (128, 64, 8, 2), (64, 64, 4, 4), (32, 32, 4, 2)])
 _INTERPRET_CONFIGS = _configs([(64, 64, 4, 1)])
-_PREPROCESS_BLOCK_M = 64
 _SMEM_BUDGET = 160 * 1024  # A100 allows 163 KiB per block, H100/H200 227 KiB: prune to what both run
 _REG_BUDGET = 128  # 32-bit values per thread in accumulators and resident tiles; above it sm_80 spills
 # 16-bit inputs on sm_90: the compile report shows the tutorial's 4-warp tiles (estimate 160-224) at 176-255
@@ -967,21 +950,17 @@ def _attention_backward(
     dropout_p: float = 0.0,
     seed: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Launch preprocess, dK/dV and dQ passes. Returns (dq, dk, dv) in the layouts of q, k, v."""
+    """Launch the dQ pass (which also writes delta) and then the dK/dV pass. Returns (dq, dk, dv) in the layouts
+    of q, k, v."""
     b, h, lq, d = q.shape
     lk = k.shape[2]
-    block_d = dot_block(d)
     delta = _new_output(q, (b, h, lq), torch.float32)
-    _attn_bwd_preprocess_kernel[(cdiv(lq, _PREPROCESS_BLOCK_M), h, b)](
-        out, dout, delta, *out.stride(), *dout.stride(), h, lq,
-        HEAD_DIM=d, BLOCK_D=block_d, BLOCK_M=_PREPROCESS_BLOCK_M,
-    )  # fmt: skip
     dq, dk, dv = _new_output(q), _new_output(k), _new_output(v)
     km, km_strides, am, am_strides = _mask_args(q, k, key_mask, attn_mask)
     n_frames, n_patches = _frame_args(frames, lk)
     flags = {
         "HEAD_DIM": d,
-        "BLOCK_D": block_d,
+        "BLOCK_D": dot_block(d),
         "HAS_KEY_MASK": key_mask is not None,
         "HAS_FRAMES": frames is not None,
         "HAS_ATTN_MASK": attn_mask is not None,
@@ -989,14 +968,14 @@ def _attention_backward(
     }
     sizes = (h, lq, lk, n_frames, n_patches, scale * _LOG2E, scale, seed, dropout_p, next_pow2(lq),
              next_pow2(lk))  # fmt: skip
+    _attn_bwd_dq[_grid(lq, "BLOCK_M", b, h)](
+        q, k, v, out, dout, lse, delta, dq, km, am,
+        *q.stride(), *k.stride(), *v.stride(), *out.stride(), *dout.stride(), *dq.stride(), *km_strides,
+        *am_strides, *sizes, **flags,
+    )  # fmt: skip
     _attn_bwd_dkdv[_grid(lk, "BLOCK_N", b, h)](
         q, k, v, dout, lse, delta, dk, dv, km, am,
         *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dk.stride(), *dv.stride(), *km_strides, *am_strides,
-        *sizes, **flags,
-    )  # fmt: skip
-    _attn_bwd_dq[_grid(lq, "BLOCK_M", b, h)](
-        q, k, v, dout, lse, delta, dq, km, am,
-        *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dq.stride(), *km_strides, *am_strides,
         *sizes, **flags,
     )  # fmt: skip
     return dq, dk, dv
@@ -1319,11 +1298,6 @@ def _compile_specs() -> list[CompileSpec]:
             for chosen in groups:
                 specs += specs_from_configs(kernel, f"attention.{kname}/{dt}-d{d}-{mask}", types, kconsts, chosen,
                                             divisible=divisible)  # fmt: skip
-    unit, divisible = contiguous_strides(_attn_bwd_preprocess_kernel)
-    pre_consts = {"HEAD_DIM": 128, "BLOCK_D": 128, "BLOCK_M": _PREPROCESS_BLOCK_M, **unit}
-    specs += specs_from_configs(_attn_bwd_preprocess_kernel, "attention.bwd_preprocess/bf16-d128",
-                                {"O_ptr": "*bf16", "DO_ptr": "*bf16", "DELTA_ptr": "*fp32"}, pre_consts,
-                                divisible=divisible)  # fmt: skip
     return specs
 
 
