@@ -12,6 +12,10 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from triton import knobs
+from triton.compiler import CompiledKernel
+from triton.runtime import JITFunction, driver
+
 
 def autotune_enabled() -> bool:
     """False under ``SCL_KERNELS_AUTOTUNE=0``: each autotuned kernel keeps its first fitting config and times
@@ -35,16 +39,34 @@ def dot_block(n: int) -> int:
 
 
 class TunedLaunch:
-    """``kernel[grid](*args, **kwargs)`` for a ``triton.autotune`` kernel that remembers the config chosen for each
-    key, so that later launches go straight to the kernel.
+    """``kernel[grid](*args, **kwargs)`` for a ``triton.autotune`` kernel, with two memories that take Triton's
+    Python out of the repeated launch.
 
-    Triton's ``Autotuner.run`` rebuilds its key from every argument on every call (a dict of ~50 arguments and a
-    ``hasattr`` each): ~60 us of Python per launch on the H200's host (cProfile, gpu_report's host section,
-    2026-11-30), the largest item of an attention forward + backward's 0.79 ms of host time there, against
-    0.26 ms for SDPA's. This key is cheaper and at least as fine as the autotuner's: the dtypes of the leading
-    pointer arguments (``*_ptr``), the first one's device (the pruner's budget depends on the GPU), the
-    positional arguments named in ``key_args`` and every keyword argument (the launch's constexpr flags).
+    Short sequences on a GPU are bound by host time: on the H200 (gpu_report's host section, 2026-11-30) an
+    attention forward + backward took 0.79 ms of it against SDPA's 0.26 ms, most of it in Triton's launch path.
+    On this repository's CPU one launch costs ~74 us through ``Autotuner.run``, ~47 us through
+    ``JITFunction.run`` and ~20 us launched directly as below (the forward's added host time, minimum, under the
+    offline driver: ``pytest benchmarks/bench_attention.py -k host_path --benchmark-only``).
+
+    1. The config chosen per key. ``Autotuner.run`` rebuilds its key from every argument on every call; this key
+       is cheaper and at least as fine: the dtypes of the leading pointer arguments (``*_ptr``), the first one's
+       device (the pruner's budget depends on the GPU), the positional arguments named in ``key_args`` and every
+       keyword argument (the launch's constexpr flags).
+    2. The compiled kernel per specialisation. ``JITFunction.run`` binds the arguments, specialises each one
+       (pointer alignment, integers equal to 1 or divisible by 16) and hashes that into its cache key on every
+       call. Here the first launch of a specialisation goes through it and returns the ``CompiledKernel``; later
+       launches with the same key call that kernel's launcher with the arguments ``JITFunction.run`` passes
+       (triton 3.6 and 3.9 alike; ``tests/kernels/test_launch.py`` compares the two under the offline driver).
+       The key holds every scalar argument's exact value and type and every pointer's 16-byte alignment, so it
+       is finer than Triton's specialisation: a new sequence length makes a new entry that Triton's own cache
+       resolves, never a wrong kernel. Arguments marked ``do_not_specialize`` (a per-call dropout seed) enter
+       the key by their integer width only, as in Triton. A callable grid gets the launch's keyword arguments
+       and the chosen config (its constexprs), not the positional arguments. Skipped: Triton's check that the
+       kernel's global constants did not change since it compiled (module constants here), and every launch of
+       a kernel with pre-run hooks goes through ``JITFunction.run``.
     """
+
+    _MAX_COMPILED = 512  # specialisations kept per kernel; past it the memory restarts (a shape-varying workload)
 
     def __init__(self, tuner: Any, key_args: Sequence[str]) -> None:
         self.tuner = tuner
@@ -53,8 +75,13 @@ class TunedLaunch:
         if self._n_ptr == 0:  # the key would miss the tensors' dtypes, which select the compiled kernel
             raise ValueError(f"TunedLaunch: {names[0]!r} is not a *_ptr parameter; the kernel's leading "
                              "parameters must be its tensors, named *_ptr")
+        self._names = names
         self._positions = [names.index(name) for name in key_args]
+        # the interpreter's functions (and test doubles) have no launcher to call: those launch through fn[grid]
+        self._direct = isinstance(tuner.fn, JITFunction)
+        self._free = [p.num - self._n_ptr for p in tuner.fn.params if p.do_not_specialize] if self._direct else []
         self._chosen: dict[tuple, dict[str, Any]] = {}
+        self._compiled: dict[tuple, tuple[Any, tuple, dict[str, Any]]] = {}
 
     def __getitem__(self, grid: Any) -> Callable[..., None]:
         def launch(*args: Any, **kwargs: Any) -> None:
@@ -64,10 +91,44 @@ class TunedLaunch:
             if chosen is None:  # the autotuner times its configs (or takes its only one) and launches the best
                 self.tuner[grid](*args, **kwargs)
                 self._chosen[key] = self.tuner.best_config.all_kwargs()
-            else:
+            elif not self._direct:
                 self.tuner.fn[grid](*args, **kwargs, **chosen)
+            else:
+                self._launch_compiled(key, grid, args, kwargs, chosen)
 
         return launch
+
+    def _launch_compiled(self, key: tuple, grid: Any, args: tuple, kwargs: dict[str, Any],
+                         chosen: dict[str, Any]) -> None:
+        """Launch the kernel this specialisation compiled, or go through ``JITFunction.run`` and keep what it
+        returns with the values of the parameters after the positional ones (constexprs, in signature order)."""
+        scalars = list(args[self._n_ptr :])
+        for i in self._free:
+            scalars[i] = isinstance(scalars[i], int) and -(2**31) <= scalars[i] < 2**31
+        device = driver.active.get_current_device()
+        spec = (key, device, tuple([a.data_ptr() % 16 == 0 for a in args[: self._n_ptr]]), tuple(scalars),
+                tuple(map(type, scalars)))  # fmt: skip
+        compiled = self._compiled.get(spec)
+        if compiled is None or self.tuner.fn.pre_run_hooks:
+            kernel = self.tuner.fn[grid](*args, **kwargs, **chosen)
+            given = {**kwargs, **chosen}
+            tail = self._names[len(args) :]
+            if isinstance(kernel, CompiledKernel) and all(name in given for name in tail):
+                if len(self._compiled) >= self._MAX_COMPILED:
+                    self._compiled.clear()
+                self._compiled[spec] = (kernel, tuple(given[name] for name in tail), given)
+            return
+        kernel, constants, meta = compiled
+        if callable(grid):
+            grid = grid(meta)
+        grid_1 = grid[1] if len(grid) > 1 else 1
+        grid_2 = grid[2] if len(grid) > 2 else 1
+        stream = driver.active.get_current_stream(device)
+        enter_hook = knobs.runtime.launch_enter_hook
+        # what CompiledKernel.launch_metadata returns without an enter hook (profilers set one): None
+        metadata = kernel.launch_metadata(grid, stream, *args, *constants) if enter_hook is not None else None
+        kernel.run(grid[0], grid_1, grid_2, stream, kernel.function, kernel.packed_metadata, metadata, enter_hook,
+                   knobs.runtime.launch_exit_hook, *args, *constants)  # fmt: skip
 
     def __getattr__(self, name: str) -> Any:
         """The autotuner's own state (``cache``, ``configs_timings``, ``fn``), for reports and tests."""

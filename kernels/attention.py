@@ -280,7 +280,7 @@ def _fwd_inner(
     return acc, l_i, m_i, n_visited
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["seed"])  # a new dropout seed per call: no recompile, no new key
 def _attn_fwd_kernel(
     Q_ptr,  # (B, H, Lq, D)
     K_ptr,  # (B, H, Lk, D)
@@ -446,7 +446,7 @@ def _bwd_dkdv_inner(
     return dk, dv
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["seed"])
 def _attn_bwd_dkdv_kernel(
     Q_ptr,  # (B, H, Lq, D)
     K_ptr,  # (B, H, Lk, D)
@@ -601,7 +601,7 @@ def _bwd_dq_inner(
     return dq
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["seed"])
 def _attn_bwd_dq_kernel(
     Q_ptr,  # (B, H, Lq, D)
     K_ptr,  # (B, H, Lk, D)

@@ -1,8 +1,14 @@
 """The host-side launch helpers: arithmetic equal to Triton's (it replaces triton.cdiv / next_power_of_2 on the call
-path), the autotune switch, and the per-key config memory of TunedLaunch."""
+path), the autotune switch, and TunedLaunch's memories (the config per key, the compiled kernel per
+specialisation)."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -97,3 +103,35 @@ def test_tuned_launch_keeps_the_chosen_config_per_key() -> None:
     assert launch.cache == {"seen": "by the report"}  # the autotuner's state stays readable
     with pytest.raises(ValueError, match="not a \\*_ptr parameter"):
         TunedLaunch(SimpleNamespace(arg_names=("n", "Q_ptr")), key_args=())
+
+
+@pytest.mark.slow  # compiles 24 kernels for sm_90 in a child process: ~30 s on 2 cores
+def test_direct_launches_pass_what_jit_function_run_passes() -> None:
+    """TunedLaunch launches a remembered ``CompiledKernel`` itself instead of through ``JITFunction.run``. Under
+    the offline driver (real compilation for sm_90, launches recorded), ``launch_scenario`` runs ten attention
+    forward + backward calls three times: every launch through ``JITFunction.run``, then with direct launches
+    twice. Each launch must reach the same compiled kernel with the same grid and arguments, and the last pass
+    must not enter ``JITFunction.run`` at all. The calls vary what Triton specialises on (pointer alignment,
+    lengths divisible by 16, dtype) so that a key coarser than Triton's would launch a wrong kernel here."""
+    from tests.kernels import launch_scenario
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.update(SCL_KERNELS_AUTOTUNE="0")  # one config per kernel: nothing to time without a GPU
+    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # triton 3.9 warns when unset; 1 is its current default
+    proc = subprocess.run([sys.executable, "-c", "from tests.kernels.launch_scenario import main; main()"],
+                          cwd=Path(__file__).resolve().parents[2], env=env, capture_output=True, text=True,
+                          timeout=900)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    through_run, remembering, direct = json.loads(proc.stdout.splitlines()[-1]).values()
+    n_launches = 3 * len(launch_scenario.CALLS)  # forward, dQ, dK/dV
+    assert through_run["jit_runs"] == through_run["launches"] == n_launches
+    assert direct["jit_runs"] == 0 and direct["launches"] == n_launches
+    assert 0 < remembering["jit_runs"] < n_launches
+    for call, records in through_run["records"].items():
+        assert remembering["records"][call] == records, call
+        assert direct["records"][call] == records, call
+    # the calls do reach different compiled kernels wherever Triton specialises differently
+    kernels = {call: tuple(r["hash"] for r in records) for call, records in through_run["records"].items()}
+    assert kernels["key mask again"] == kernels["key mask"]
+    assert kernels["dropout, another seed"] == kernels["dropout"]  # the seed is not specialised on
+    assert len(set(kernels.values())) == len(kernels) - 2, kernels

@@ -1,0 +1,101 @@
+"""Child process of ``test_launch.py``'s offline launch test: runs attention calls under the offline driver and
+prints one JSON document with what each launch passed to the launcher.
+
+Run without ``TRITON_INTERPRET`` and with ``SCL_KERNELS_AUTOTUNE=0``:
+``python -c "from tests.kernels.launch_scenario import main; main()"``. The calls are run three times: with
+``TunedLaunch``'s direct launches off (every launch through ``JITFunction.run``), then on twice (the first pass
+remembers each specialisation, the second launches them all directly). Each call varies one thing that Triton
+specialises on or that the kernels branch on: pointer alignment, lengths divisible by 16, masks, dropout seeds
+(1 and a multiple of 16 among them), dtype, cross-attention.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+import torch
+from triton.runtime.jit import JITFunction
+
+import scl_kernels
+from scl_kernels import _dispatch
+from scl_kernels import attention as attn_mod
+from scl_kernels._offline import Launch, offline_driver
+
+
+def _qkv(b: int, h: int, lq: int, lk: int, d: int, dtype: torch.dtype, offset: int = 0) -> list[torch.Tensor]:
+    """(B, H, L, D) views of (B, L, H, D) buffers, as the model passes them; ``offset`` elements shift q's start
+    (an fp16 offset of 1 leaves it 2 bytes off Triton's 16-byte alignment)."""
+    q = torch.randn(b * lq * h * d + offset, dtype=dtype)[offset:].view(b, lq, h, d).transpose(1, 2)
+    k, v = (torch.randn(b, lk, h, d, dtype=dtype).transpose(1, 2) for _ in range(2))
+    return [t.requires_grad_(True) for t in (q, k, v)]
+
+
+def _call(lq: int = 50, lk: int = 50, dtype: torch.dtype = torch.float16, offset: int = 0, seed: int = 0,
+          key_mask: bool = False, **options: object) -> Callable[[], None]:
+    def run() -> None:
+        torch.manual_seed(seed)  # the dropout seed masked_attention draws
+        q, k, v = _qkv(2, 2, lq, lk, 32, dtype, offset)
+        km = None
+        if key_mask:
+            km = torch.ones(2, lk, dtype=torch.bool)
+            km[1, lk - 9 :] = False
+        out = scl_kernels.masked_attention(q, k, v, key_mask=km, backend="triton", **options)
+        torch.autograd.grad(out, (q, k, v), torch.randn_like(out))
+
+    return run
+
+
+CALLS: dict[str, Callable[[], None]] = {
+    "key mask": _call(key_mask=True),
+    "key mask again": _call(key_mask=True),
+    "q 2 bytes off alignment": _call(key_mask=True, offset=1),
+    "L 64 (multiples of 16)": _call(lq=64, lk=64, key_mask=True),
+    "frames": _call(lq=48, lk=48, frames=2),
+    "dropout": _call(key_mask=True, dropout_p=0.1, seed=3),
+    "dropout, another seed": _call(key_mask=True, dropout_p=0.1, seed=4),
+    "attn_mask": _call(attn_mask=torch.rand(50, 50) > 0.3),
+    "cross-attention": _call(lq=7, lk=50, key_mask=True),
+    "fp32": _call(dtype=torch.float32, key_mask=True),
+}
+
+
+def _plain(value: object) -> object:
+    """A launch argument as JSON: tensors by what a kernel's specialisation sees of them."""
+    if isinstance(value, torch.Tensor):
+        return ["tensor", str(value.dtype), list(value.shape), list(value.stride()), value.data_ptr() % 16]
+    return [type(value).__name__, value]
+
+
+def _record(launch: Launch) -> dict[str, object]:
+    return {"kernel": launch.name, "hash": launch.kernel_hash, "grid": list(launch.grid),
+            "args": [_plain(a) for a in launch.kernel_args]}  # fmt: skip
+
+
+def main() -> None:
+    _dispatch.interpreting = lambda: True  # the triton backend on CPU tensors
+    launchers = (attn_mod._attn_fwd, attn_mod._attn_bwd_dq, attn_mod._attn_bwd_dkdv)
+    runs = [0]
+    jit_run = JITFunction.run
+
+    def counted(self: JITFunction, *args: object, **kwargs: object) -> object:
+        runs[0] += 1
+        return jit_run(self, *args, **kwargs)
+
+    JITFunction.run = counted
+    passes: dict[str, dict[str, object]] = {}
+    with offline_driver() as driver:
+        for call in CALLS.values():  # the first launch of each key tunes: not compared
+            call()
+        for name, direct in (("through JITFunction.run", False), ("remembering", True), ("direct", True)):
+            for launcher in launchers:
+                launcher._direct = direct
+            driver.launches.clear()
+            runs[0] = 0
+            records = {}
+            for call_name, call in CALLS.items():
+                start = len(driver.launches)
+                call()
+                records[call_name] = [_record(launch) for launch in driver.launches[start:]]
+            passes[name] = {"jit_runs": runs[0], "launches": len(driver.launches), "records": records}
+    print(json.dumps(passes))
