@@ -218,6 +218,24 @@ def kernel_ms(ctx: Ctx, fn: Callable[[], Any], *, reps: int = 5) -> tuple[float 
     return (sum(per.values()) if per else None), per
 
 
+def graph_ms(ctx: Ctx, fn: Callable[[], Any], *, grad_to_none: list[torch.Tensor] | None = None) -> float | None:
+    """Median milliseconds of one call of ``fn`` replayed from a CUDA graph (``triton.testing.do_bench_cudagraph``:
+    the calls captured once, unrolled, then replayed): the time with no host in it, as a training loop captured
+    whole (CUDA graphs, ``torch.compile(mode="reduce-overhead")``) would see. Where ``ms`` is far above
+    ``kernel_ms`` the host bounded the call; this says how the implementations compare without it. None off
+    CUDA, and None with the reason printed if the call cannot be captured."""
+    if ctx.device.type != "cuda":
+        return None
+    try:
+        from triton.testing import do_bench_cudagraph
+
+        return float(do_bench_cudagraph(fn, rep=20, grad_to_none=grad_to_none, return_mode="median"))
+    except Exception as err:  # noqa: BLE001 - a capture problem must not cost the case its other timings
+        print(f"    CUDA graph timing failed: {_error_text(err)}", flush=True)
+        ctx.sync()
+        return None
+
+
 def _top_kernels(per: dict[str, float], n: int = 4) -> str | None:
     """'name ms, ...' of the n longest kernels, names cut to 40 characters."""
     if not per:
@@ -434,6 +452,8 @@ def _attn_case(ctx: Ctx, kernels: Any, shape: S.AttnShape, name: str, make: Call
     # gradients cleared before each call, as time_ms does: else each backward adds into them, an elementwise
     # kernel the timed calls do not run (0.04-0.08 ms in every implementation's kernel_ms of the 2026-11-30 runs)
     busy_fb, per_fb = kernel_ms(ctx, _fwd_bwd_call(make, q, k, v, km, g))
+    graph_f = graph_ms(ctx, make(q, k, v, km))
+    graph_fb = graph_ms(ctx, lambda: fb_call().backward(g), grad_to_none=[qg, kg, vg])
     extra: dict[str, Any] = {}
     if name.startswith("scl") and ctx.device.type == "cuda":
         # fp16 errors of the fused kernel too (bf16 is the timed dtype)
@@ -445,11 +465,11 @@ def _attn_case(ctx: Ctx, kernels: Any, shape: S.AttnShape, name: str, make: Call
     tf_f = shape.flops() / ms_f / 1e9
     tf_fb = shape.flops(backward=True) / ms_fb / 1e9
     ctx.add(section="attention", case=shape.name, impl=name, pass_="fwd", dtype=dname, ms=ms_f, kernel_ms=busy_f,
-            tflops=tf_f, frac_ceiling=_frac(ctx, tflops=tf_f), rel_err=out_err, max_abs_err=abs_err, status="ok",
-            **extra)
+            graph_ms=graph_f, tflops=tf_f, frac_ceiling=_frac(ctx, tflops=tf_f), rel_err=out_err,
+            max_abs_err=abs_err, status="ok", **extra)
     ctx.add(section="attention", case=shape.name, impl=name, pass_="fwd+bwd", dtype=dname, ms=ms_fb,
-            kernel_ms=busy_fb, tflops=tf_fb, frac_ceiling=_frac(ctx, tflops=tf_fb), rel_err=grad_err, peak_mb=mem,
-            kernels=_top_kernels(per_fb), status="ok")
+            kernel_ms=busy_fb, graph_ms=graph_fb, tflops=tf_fb, frac_ceiling=_frac(ctx, tflops=tf_fb),
+            rel_err=grad_err, peak_mb=mem, kernels=_top_kernels(per_fb), status="ok")
 
 
 # report name -> (scl_kernels module, autotuned kernel): attention's through its TunedLaunch, info_nce's directly
@@ -870,9 +890,9 @@ def run_step(ctx: Ctx, step_shapes: list[S.StepShape], *, reps: int) -> None:
 # Output
 # ----------------------------------------------------------------------------------------------------------------
 
-COLUMNS = ["case", "impl", "pass_", "dtype", "ms", "kernel_ms", "tflops", "gbps", "frac_ceiling", "samples_per_s",
-           "mfu", "speedup", "peak_mb", "rel_err", "max_abs_err", "rel_err_fp16", "grad_rel_err_fp16", "exact", "loss",
-           "loss_diff", "kernels", "status"]
+COLUMNS = ["case", "impl", "pass_", "dtype", "ms", "kernel_ms", "graph_ms", "tflops", "gbps", "frac_ceiling",
+           "samples_per_s", "mfu", "speedup", "peak_mb", "rel_err", "max_abs_err", "rel_err_fp16", "grad_rel_err_fp16",
+           "exact", "loss", "loss_diff", "kernels", "status"]
 
 
 def _cell(v: Any) -> str:
@@ -938,6 +958,10 @@ def summary_lines(rows: list[dict[str, Any]]) -> list[str]:
                 line = f"- {section} {case} {pass_}: ours {mine[0][metric]:.4g} {metric}"
                 if peers:  # ours over each peer: the goals are stated per peer (SDPA flash, masked SDPA, Flex)
                     line += "; " + ", ".join(f"{mine[0][metric] / r[metric]:.2f}x {r['impl']}" for r in peers)
+                graphed = [r for r in peers if r.get("graph_ms")]
+                if mine[0].get("graph_ms") and graphed:  # the same ratios without the host (graph_ms)
+                    line += "; replayed from a CUDA graph: " + ", ".join(
+                        f"{r['graph_ms'] / mine[0]['graph_ms']:.2f}x {r['impl']}" for r in graphed)
                 out.append(line)
     return out or ["- nothing measured"]
 

@@ -191,3 +191,16 @@ def test_step_section_needs_no_data_stack(tmp_path: Path) -> None:
     rows = json.loads((tmp_path / "report.json").read_text())["rows"]
     assert {r["impl"] for r in rows if r["section"] == "step" and r["status"] == "ok"} == {"fused", "naive",
                                                                                         "fused/naive"}
+
+
+def test_summary_gives_ratios_by_wall_time_and_by_graph_replay() -> None:
+    """The summary's attention lines: ours over each peer (eager left out) by TFLOP/s, and where both were
+    replayed from a CUDA graph, by that time too (a peer without one is left out of that part)."""
+    def row(impl: str, tflops: float, graph: float | None) -> dict:
+        return {"section": "attention", "case": "frames", "impl": impl, "pass_": "fwd+bwd", "status": "ok",
+                "tflops": tflops, "graph_ms": graph}
+
+    rows = [row("scl_triton", 30.0, 0.5), row("sdpa", 20.0, 1.2), row("flex", 10.0, None), row("eager", 1.0, 9.0)]
+    (line,) = gpu_report.summary_lines(rows)
+    assert line == ("- attention frames fwd+bwd: ours 30 tflops; 1.50x sdpa, 3.00x flex; "
+                    "replayed from a CUDA graph: 2.40x sdpa")
