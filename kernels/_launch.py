@@ -125,8 +125,11 @@ class TunedLaunch:
         grid_2 = grid[2] if len(grid) > 2 else 1
         stream = driver.active.get_current_stream(device)
         enter_hook = knobs.runtime.launch_enter_hook
-        # what CompiledKernel.launch_metadata returns without an enter hook (profilers set one): None
-        metadata = kernel.launch_metadata(grid, stream, *args, *constants) if enter_hook is not None else None
+        # the dict the enter hooks get (a profiler's; triton 3.6 and 3.9 keep them in a HookChain, empty by
+        # default, which the launcher calls with whatever it is given): built only when some hook reads it
+        metadata = None
+        if enter_hook is not None and getattr(enter_hook, "calls", True):
+            metadata = kernel.launch_metadata(grid, stream, *args, *constants)
         kernel.run(grid[0], grid_1, grid_2, stream, kernel.function, kernel.packed_metadata, metadata, enter_hook,
                    knobs.runtime.launch_exit_hook, *args, *constants)  # fmt: skip
 

@@ -61,9 +61,14 @@ class _Launcher:
         offline = driver.active
         if not isinstance(offline, OfflineDriver):
             raise RuntimeError(f"{self.name}: compiled under the offline driver, launched outside it")
+        metadata, enter_hook, exit_hook = args[6:9]
+        if enter_hook is not None:  # as Triton's launcher: the hooks around the launch, given the launch metadata
+            enter_hook(metadata)
         offline.n_launches += 1
         if offline.record:
             offline.launches.append(Launch(self.name, self.hash, args))
+        if exit_hook is not None:
+            exit_hook(metadata)
 
 
 class OfflineDriver:

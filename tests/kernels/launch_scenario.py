@@ -5,8 +5,8 @@ Run without ``TRITON_INTERPRET`` and with ``SCL_KERNELS_AUTOTUNE=0``:
 ``python -c "from tests.kernels.launch_scenario import main; main()"``. The calls are run three times: with
 ``TunedLaunch``'s direct launches off (every launch through ``JITFunction.run``), then on twice (the first pass
 remembers each specialisation, the second launches them all directly). Each call varies one thing that Triton
-specialises on or that the kernels branch on: pointer alignment, lengths divisible by 16, masks, dropout seeds
-(1 and a multiple of 16 among them), dtype, cross-attention.
+specialises on or that the kernels branch on: pointer alignment, lengths divisible by 16, masks, dropout seeds,
+dtype, cross-attention; one call runs with a launch-enter hook set, which must get each launch's metadata.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import json
 from collections.abc import Callable
 
 import torch
+from triton import knobs
 from triton.runtime.jit import JITFunction
 
 import scl_kernels
@@ -31,8 +32,15 @@ def _qkv(b: int, h: int, lq: int, lk: int, d: int, dtype: torch.dtype, offset: i
     return [t.requires_grad_(True) for t in (q, k, v)]
 
 
+HOOK_SAW: list[str] = []  # the kernel names a launch-enter hook read from its launch metadata
+
+
+def _hook(metadata: object) -> None:
+    HOOK_SAW.append(metadata.get()["name"])  # a LazyDict, as Triton's profiler (proton) reads it
+
+
 def _call(lq: int = 50, lk: int = 50, dtype: torch.dtype = torch.float16, offset: int = 0, seed: int = 0,
-          key_mask: bool = False, **options: object) -> Callable[[], None]:
+          key_mask: bool = False, hooked: bool = False, **options: object) -> Callable[[], None]:
     def run() -> None:
         torch.manual_seed(seed)  # the dropout seed masked_attention draws
         q, k, v = _qkv(2, 2, lq, lk, 32, dtype, offset)
@@ -40,15 +48,21 @@ def _call(lq: int = 50, lk: int = 50, dtype: torch.dtype = torch.float16, offset
         if key_mask:
             km = torch.ones(2, lk, dtype=torch.bool)
             km[1, lk - 9 :] = False
-        out = scl_kernels.masked_attention(q, k, v, key_mask=km, backend="triton", **options)
-        torch.autograd.grad(out, (q, k, v), torch.randn_like(out))
+        if hooked:
+            knobs.runtime.launch_enter_hook.add(_hook)
+        try:
+            out = scl_kernels.masked_attention(q, k, v, key_mask=km, backend="triton", **options)
+            torch.autograd.grad(out, (q, k, v), torch.randn_like(out))
+        finally:
+            if hooked:
+                knobs.runtime.launch_enter_hook.remove(_hook)
 
     return run
 
 
 CALLS: dict[str, Callable[[], None]] = {
     "key mask": _call(key_mask=True),
-    "key mask again": _call(key_mask=True),
+    "key mask again, a launch hook set": _call(key_mask=True, hooked=True),
     "q 2 bytes off alignment": _call(key_mask=True, offset=1),
     "L 64 (multiples of 16)": _call(lq=64, lk=64, key_mask=True),
     "frames": _call(lq=48, lk=48, frames=2),
@@ -94,8 +108,9 @@ def main() -> None:
             runs[0] = 0
             records = {}
             for call_name, call in CALLS.items():
-                start = len(driver.launches)
+                start, hooked = len(driver.launches), len(HOOK_SAW)
                 call()
-                records[call_name] = [_record(launch) for launch in driver.launches[start:]]
+                records[call_name] = {"launches": [_record(launch) for launch in driver.launches[start:]],
+                                      "hook saw": HOOK_SAW[hooked:]}  # fmt: skip
             passes[name] = {"jit_runs": runs[0], "launches": len(driver.launches), "records": records}
     print(json.dumps(passes))

@@ -112,7 +112,8 @@ def test_direct_launches_pass_what_jit_function_run_passes() -> None:
     forward + backward calls three times: every launch through ``JITFunction.run``, then with direct launches
     twice. Each launch must reach the same compiled kernel with the same grid and arguments, and the last pass
     must not enter ``JITFunction.run`` at all. The calls vary what Triton specialises on (pointer alignment,
-    lengths divisible by 16, dtype) so that a key coarser than Triton's would launch a wrong kernel here."""
+    lengths divisible by 16, dtype) so that a key coarser than Triton's would launch a wrong kernel here; one
+    runs with a launch-enter hook (a profiler's), which must get each launch's metadata on every path."""
     from tests.kernels import launch_scenario
 
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
@@ -131,7 +132,11 @@ def test_direct_launches_pass_what_jit_function_run_passes() -> None:
         assert remembering["records"][call] == records, call
         assert direct["records"][call] == records, call
     # the calls do reach different compiled kernels wherever Triton specialises differently
-    kernels = {call: tuple(r["hash"] for r in records) for call, records in through_run["records"].items()}
-    assert kernels["key mask again"] == kernels["key mask"]
+    kernels = {call: tuple(r["hash"] for r in records["launches"]) for call, records in through_run["records"].items()}
+    assert kernels["key mask again, a launch hook set"] == kernels["key mask"]
     assert kernels["dropout, another seed"] == kernels["dropout"]  # the seed is not specialised on
     assert len(set(kernels.values())) == len(kernels) - 2, kernels
+    # the hook read every launch's metadata, in each pass (records compared above), and only while it was set
+    hooked = through_run["records"]["key mask again, a launch hook set"]
+    assert hooked["hook saw"] == [r["kernel"] for r in hooked["launches"]]
+    assert sum(len(records["hook saw"]) for records in through_run["records"].values()) == 3
