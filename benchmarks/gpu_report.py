@@ -622,6 +622,20 @@ def _fwd_bwd_call(make: Callable, q, k, v, km, g) -> Callable[[], None]:  # noqa
     return fwd_bwd
 
 
+@contextlib.contextmanager
+def _direct_launches_off(kernels: Any):  # noqa: ANN202
+    """Attention's launchers go through ``JITFunction.run`` inside the block (see ``TunedLaunch``)."""
+    launchers = list(_autotuners(kernels, "attention").values())  # TunedLaunch objects
+    before = [launcher._direct for launcher in launchers]
+    for launcher in launchers:
+        launcher._direct = False
+    try:
+        yield
+    finally:
+        for launcher, direct in zip(launchers, before, strict=True):
+            launcher._direct = direct
+
+
 def run_host(ctx: Ctx, kernels: Any, shape: S.AttnShape) -> None:
     """Host time per attention call, fused against SDPA, at a shape so small (2 x 2 heads x 50 tokens) that the
     GPU waits on the host throughout; then where the fused forward + backward spends it (cProfile). Short
@@ -647,6 +661,11 @@ def run_host(ctx: Ctx, kernels: Any, shape: S.AttnShape) -> None:
         if name.startswith("scl"):
             ctx.host_profile = _profile_top(fwd_bwd, calls)
             ctx.sync()
+            # the same calls with TunedLaunch's direct launches off: what launching through JITFunction.run costs
+            with _direct_launches_off(kernels):
+                for pass_, fn in (("fwd", make(q, k, v, km)), ("fwd+bwd", fwd_bwd)):
+                    ctx.add(section="host", case=shape.name, impl=f"{name}/JITFunction.run", pass_=pass_, dtype=dname,
+                            ms=_host_ms(ctx, fn, calls), status="ok")
 
 
 # ----------------------------------------------------------------------------------------------------------------

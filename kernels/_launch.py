@@ -12,8 +12,7 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from triton import knobs
-from triton.compiler import CompiledKernel
+import triton
 from triton.runtime import JITFunction, driver
 
 
@@ -36,6 +35,14 @@ def next_pow2(n: int) -> int:
 def dot_block(n: int) -> int:
     """A block dimension covering n: a power of two and at least 16, ``tl.dot``'s minimum on the GPU."""
     return max(16, next_pow2(n))
+
+
+DIRECT_LAUNCHES: bool = (3, 6) <= tuple(int(part) for part in triton.__version__.split(".")[:2]) <= (3, 9)
+"""Whether ``TunedLaunch`` calls compiled kernels' launchers itself: for the Triton versions whose launch call it
+was checked against (3.6 on the GPU image, 3.9 here); any other version launches through ``JITFunction.run``."""
+if DIRECT_LAUNCHES:  # internal API of those versions (older ones have no knobs module)
+    from triton import knobs
+    from triton.compiler import CompiledKernel
 
 
 class TunedLaunch:
@@ -78,7 +85,7 @@ class TunedLaunch:
         self._names = names
         self._positions = [names.index(name) for name in key_args]
         # the interpreter's functions (and test doubles) have no launcher to call: those launch through fn[grid]
-        self._direct = isinstance(tuner.fn, JITFunction)
+        self._direct = DIRECT_LAUNCHES and isinstance(tuner.fn, JITFunction)
         self._free = [p.num - self._n_ptr for p in tuner.fn.params if p.do_not_specialize] if self._direct else []
         self._chosen: dict[tuple, dict[str, Any]] = {}
         self._compiled: dict[tuple, tuple[Any, tuple, dict[str, Any]]] = {}

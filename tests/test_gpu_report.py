@@ -49,6 +49,8 @@ def test_smoke_writes_json_markdown_png(smoke: tuple[dict, Path]) -> None:
     assert {"ceilings", "attention", "host", "info_nce", "random_masking", "mlm_mask", "scl_text_mask",
             "step"} <= sections
     assert result["host_profile"] and all(r["own_us"] > 0 for r in result["host_profile"])
+    host = {(r["impl"], r["pass_"]) for r in result["rows"] if r["section"] == "host" and r.get("ms", 0) > 0}
+    assert {(impl, p) for impl in ("scl_auto", "scl_auto/JITFunction.run", "sdpa") for p in ("fwd", "fwd+bwd")} <= host
     md = (out / "report.md").read_text()
     for section in sections:
         assert f"## {section}" in md

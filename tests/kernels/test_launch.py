@@ -15,7 +15,7 @@ import pytest
 import torch
 import triton
 
-from scl_kernels._launch import TunedLaunch, cdiv, dot_block, next_pow2
+from scl_kernels._launch import DIRECT_LAUNCHES, TunedLaunch, cdiv, dot_block, next_pow2
 
 
 def test_matches_triton() -> None:
@@ -126,8 +126,9 @@ def test_direct_launches_pass_what_jit_function_run_passes() -> None:
     through_run, remembering, direct = json.loads(proc.stdout.splitlines()[-1]).values()
     n_launches = 3 * len(launch_scenario.CALLS)  # forward, dQ, dK/dV
     assert through_run["jit_runs"] == through_run["launches"] == n_launches
-    assert direct["jit_runs"] == 0 and direct["launches"] == n_launches
-    assert 0 < remembering["jit_runs"] < n_launches
+    # a Triton version the direct launches were not checked against launches through JITFunction.run
+    assert direct["jit_runs"] == (0 if DIRECT_LAUNCHES else n_launches) and direct["launches"] == n_launches
+    assert 0 < remembering["jit_runs"] < n_launches or not DIRECT_LAUNCHES
     for call, records in through_run["records"].items():
         assert remembering["records"][call] == records, call
         assert direct["records"][call] == records, call
