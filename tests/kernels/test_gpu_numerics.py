@@ -87,3 +87,8 @@ def test_attention_on_gpu(case: Case, poisoned: None) -> None:
     assert_close(out, ref, rtol=rtol, atol=atol, baseline=base, name="out")
     for name, got, want, bl in zip(("dq", "dk", "dv"), grads, ref_grads, base_grads, strict=True):
         assert_close(got, want, rtol=GRAD_SLACK * rtol, atol=GRAD_SLACK * atol, baseline=bl, name=name)
+    # the same call again launches the compiled kernels that TunedLaunch remembered from the first, past
+    # JITFunction.run (scl_kernels._launch.DIRECT_LAUNCHES): bit for bit the same results (no atomics)
+    again, grads_again = _run(scl_kernels.masked_attention, q, k, v, g, backend="triton", **masks)
+    for name, got, first in zip(("out", "dq", "dk", "dv"), (again, *grads_again), (out, *grads), strict=True):
+        assert torch.equal(got, first), f"{name}: the second (direct) launch differs from the first"
