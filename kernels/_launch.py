@@ -86,7 +86,9 @@ class TunedLaunch:
         self._positions = [names.index(name) for name in key_args]
         # the interpreter's functions (and test doubles) have no launcher to call: those launch through fn[grid]
         self._direct = DIRECT_LAUNCHES and isinstance(tuner.fn, JITFunction)
-        self._free = [p.num - self._n_ptr for p in tuner.fn.params if p.do_not_specialize] if self._direct else []
+        # scalar positions (after the pointers) of the arguments Triton does not specialise on by value
+        self._free = [p.num - self._n_ptr for p in getattr(tuner.fn, "params", ())
+                      if p.do_not_specialize and p.num >= self._n_ptr]  # fmt: skip
         self._chosen: dict[tuple, dict[str, Any]] = {}
         self._compiled: dict[tuple, tuple[Any, tuple, dict[str, Any]]] = {}
 

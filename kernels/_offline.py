@@ -25,7 +25,7 @@ _HOPPER = GPUTarget("cuda", 90, 32)
 
 
 class _Utils:
-    """The binary loader: every kernel loads (no module, a placeholder function handle) and fits."""
+    """The binary loader: every kernel "loads" (placeholder module and function handles) and fits the device."""
 
     def load_binary(self, name: str, kernel: bytes, shared: int, device: int) -> tuple[object, int, int, int, int]:
         return object(), 1, 0, 0, 1024  # module, function, registers, spills, max threads per block
