@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib.util
+import os
 from collections.abc import Callable
 
 import pytest
@@ -221,6 +222,8 @@ def _host_launches(path: str, monkeypatch: pytest.MonkeyPatch, stack: contextlib
     if not isinstance(attn_mod._attn_fwd_kernel, JITFunction):
         pytest.skip("TRITON_INTERPRET=1 replaces Triton's launch path: run the benchmarks in a process of their own")
     monkeypatch.setenv("SCL_KERNELS_AUTOTUNE", "0")  # one config per kernel: nothing to time without a GPU
+    if "TRITON_DEFAULT_FP_FUSION" not in os.environ:  # triton 3.9 warns when unset; 1 is its current default
+        monkeypatch.setenv("TRITON_DEFAULT_FP_FUSION", "1")
     for name in _LAUNCHERS:
         launcher = getattr(attn_mod, name)
         if path == "Autotuner.run":
