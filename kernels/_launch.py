@@ -69,8 +69,9 @@ class TunedLaunch:
        resolves, never a wrong kernel. Arguments marked ``do_not_specialize`` (a per-call dropout seed) enter
        the key by their integer width only, as in Triton. A callable grid gets the launch's keyword arguments
        and the chosen config (its constexprs), not the positional arguments. Skipped: Triton's check that the
-       kernel's global constants did not change since it compiled (module constants here), and every launch of
-       a kernel with pre-run hooks goes through ``JITFunction.run``.
+       kernel's global constants did not change since it compiled (module constants here), and Triton knobs
+       changed after a specialisation's first launch (``TRITON_DEBUG`` at run time) do not reach it. Every
+       launch of a kernel with pre-run hooks goes through ``JITFunction.run``.
     """
 
     _MAX_COMPILED = 512  # specialisations kept per kernel; past it the memory restarts (a shape-varying workload)
