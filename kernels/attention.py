@@ -746,12 +746,27 @@ FWD_CONFIGS = _configs([(64, 64, 4, 3), (128, 64, 8, 3), (64, 32, 4, 3), (64, 32
 # dense 512-token key there, the 64-key tiles the others at D=64, the 8-warp tile D=128.
 DKDV_CONFIGS = _configs([(32, 64, 4, 3), (32, 128, 4, 3), (64, 128, 8, 2), (32, 64, 4, 2), (32, 32, 4, 2)])
 DQ_CONFIGS = _configs([(64, 32, 4, 3), (64, 64, 4, 3), (128, 64, 8, 2), (64, 64, 4, 4), (32, 32, 4, 2)])
+# fp32 inputs multiply in full fp32 (``_mm``): on FMA units, which hold both operands of each product in registers,
+# a regime the tensor-core lists above do not fit. Their defaults spilled 7.1 KB per thread (forward, D=64, sm_80)
+# to 7.4 KB (D=128); these lists compiled spill-free on sm_80 and sm_90 at D=64 and within ``_REG_BUDGET_FP32`` at
+# D=128 (a compile sweep of 42 tiles per architecture, 2026-11-30; the compile report lists the defaults). fp32 is
+# the accurate path, not the timed one: the autotuner picks among these on the GPU.
+FWD_FP32_CONFIGS = _configs([(64, 32, 8, 2), (32, 32, 4, 2), (32, 32, 8, 2), (32, 16, 8, 2)])
+DKDV_FP32_CONFIGS = _configs([(32, 32, 8, 2), (16, 32, 8, 2), (16, 16, 4, 2)])
+DQ_FP32_CONFIGS = _configs([(64, 32, 8, 2), (32, 32, 4, 2), (32, 32, 8, 2)])
+# kind -> (16-bit list, fp32 list); an autotuner gets both, its pruner keeps the list of the inputs' dtype
+_CONFIG_LISTS = {"fwd": (FWD_CONFIGS, FWD_FP32_CONFIGS), "dkdv": (DKDV_CONFIGS, DKDV_FP32_CONFIGS),
+                 "dq": (DQ_CONFIGS, DQ_FP32_CONFIGS)}  # fmt: skip
 _INTERPRET_CONFIGS = _configs([(64, 64, 4, 1)])
 _SMEM_BUDGET = 160 * 1024  # A100 allows 163 KiB per block, H100/H200 227 KiB: prune to what both run
 _REG_BUDGET = 128  # 32-bit values per thread in accumulators and resident tiles; above it sm_80 spills
 # 16-bit inputs on sm_90: the compile report shows the tutorial's 4-warp tiles (estimate 160-224) at 176-255
 # registers with at most 56 B of spill there
 _REG_BUDGET_SM90 = 224
+# fp32 inputs, either architecture: the estimate does not count the FMA dot's operands, and in the sweep every tile
+# of the fp32 lists at or under 70 compiled spill-free; the forward's (64, 32, 8, 2) and (32, 32, 4, 2) at D=128
+# (72) spilled 16-680 B, dQ's at D=128 (104) used all 255 registers on sm_80
+_REG_BUDGET_FP32 = 70
 
 
 def _tile_sizes(cfg: triton.Config, kind: str) -> tuple[int, int]:
@@ -792,9 +807,24 @@ def _fitting(configs: list[triton.Config], kind: str, block_d: int, elt: int,
 
 
 def _reg_budget(hopper: bool, elt: int) -> int:
-    """The pruner's register budget: sm_90's for 16-bit inputs on a Hopper (or newer) GPU, sm_80's otherwise.
-    fp32 tiles keep sm_80's: at sm_90's they spilled 1.3-8 KB per thread in the compile report."""
-    return _REG_BUDGET_SM90 if hopper and elt == 2 else _REG_BUDGET
+    """The pruner's register budget: sm_90's for 16-bit inputs on a Hopper (or newer) GPU, sm_80's for 16-bit
+    inputs otherwise, fp32's own on both (see ``_REG_BUDGET_FP32``)."""
+    if elt == 4:
+        return _REG_BUDGET_FP32
+    return _REG_BUDGET_SM90 if hopper else _REG_BUDGET
+
+
+def _all_configs(kind: str) -> list[triton.Config]:
+    """Both of ``kind``'s lists, each tile once: what its autotuner gets on a GPU."""
+    half, fp32 = _CONFIG_LISTS[kind]
+    return half + [c for c in fp32 if c not in _dtype_configs(fp32, kind, 2)]
+
+
+def _dtype_configs(configs: list[triton.Config], kind: str, elt: int) -> list[triton.Config]:
+    """Those of ``configs`` (an autotuner's: both lists of ``kind``) in the list for ``elt``-byte inputs."""
+    wanted = {(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages)
+              for c in _CONFIG_LISTS[kind][elt == 4]}  # fmt: skip
+    return [c for c in configs if (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages) in wanted]
 
 
 def _is_hopper(device: torch.device) -> bool:
@@ -809,7 +839,8 @@ def _make_prune(kind: str):  # noqa: ANN202 (triton's early_config_prune callbac
         args = {**named_args, **kwargs}
         q = args["Q_ptr"]
         elt = q.element_size()
-        fit = _fitting(configs, kind, args["BLOCK_D"], elt, _reg_budget(_is_hopper(q.device), elt))
+        fit = _fitting(_dtype_configs(configs, kind, elt), kind, args["BLOCK_D"], elt,
+                       _reg_budget(_is_hopper(q.device), elt))
         lq, lk = max(64, next_pow2(args["Lq"])), max(64, next_pow2(args["Lk"]))
         narrow = [c for c in fit if c.kwargs["BLOCK_M"] <= lq and c.kwargs["BLOCK_N"] <= lk] or fit
         return narrow if autotune_enabled() else narrow[:1]
@@ -820,18 +851,20 @@ def _make_prune(kind: str):  # noqa: ANN202 (triton's early_config_prune callbac
 _KEY = ["LQ_BUCKET", "LK_BUCKET", "BLOCK_D", "HAS_KEY_MASK", "HAS_FRAMES", "HAS_ATTN_MASK", "HAS_DROPOUT"]
 
 
-def _autotuned(kernel: triton.JITFunction, configs: list[triton.Config], kind: str) -> TunedLaunch:
-    """Autotune over ``configs`` on a GPU; one config under the interpreter (the autotuner needs a GPU to time)."""
+def _autotuned(kernel: triton.JITFunction, kind: str) -> TunedLaunch:
+    """Autotune over ``kind``'s configs on a GPU (the pruner keeps the inputs' dtype's list); one config under the
+    interpreter (the autotuner needs a GPU to time)."""
     if interpreting():
         tuner = triton.autotune(_INTERPRET_CONFIGS, key=_KEY)(kernel)
     else:
-        tuner = triton.autotune(configs, key=_KEY, prune_configs_by={"early_config_prune": _make_prune(kind)})(kernel)
+        prune = {"early_config_prune": _make_prune(kind)}
+        tuner = triton.autotune(_all_configs(kind), key=_KEY, prune_configs_by=prune)(kernel)
     return TunedLaunch(tuner, key_args=("LQ_BUCKET", "LK_BUCKET"))
 
 
-_attn_fwd = _autotuned(_attn_fwd_kernel, FWD_CONFIGS, "fwd")
-_attn_bwd_dkdv = _autotuned(_attn_bwd_dkdv_kernel, DKDV_CONFIGS, "dkdv")
-_attn_bwd_dq = _autotuned(_attn_bwd_dq_kernel, DQ_CONFIGS, "dq")
+_attn_fwd = _autotuned(_attn_fwd_kernel, "fwd")
+_attn_bwd_dkdv = _autotuned(_attn_bwd_dkdv_kernel, "dkdv")
+_attn_bwd_dq = _autotuned(_attn_bwd_dq_kernel, "dq")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -1257,11 +1290,7 @@ def _compile_specs() -> list[CompileSpec]:
     specialises on both), so the register counts match the kernels that run.
     """
     specs: list[CompileSpec] = []
-    kernels = (
-        ("fwd", _attn_fwd_kernel, FWD_CONFIGS),
-        ("dkdv", _attn_bwd_dkdv_kernel, DKDV_CONFIGS),
-        ("dq", _attn_bwd_dq_kernel, DQ_CONFIGS),
-    )
+    kernels = (("fwd", _attn_fwd_kernel), ("dkdv", _attn_bwd_dkdv_kernel), ("dq", _attn_bwd_dq_kernel))
     masks = {
         "none": (False, False, False, False),
         "key": (True, False, False, False),
@@ -1272,7 +1301,7 @@ def _compile_specs() -> list[CompileSpec]:
     }
     variants = [("bf16", 64, "key", "all")]
     # each dtype and each head dim once (the compile check runs on 2 CPU cores: ~1 s per spec and arch)
-    variants += [(dt, d, "key", "default") for dt, d in (("fp16", 32), ("bf16", 128), ("fp32", 128))]
+    variants += [(dt, d, "key", "default") for dt, d in (("fp16", 32), ("bf16", 128), ("fp32", 64), ("fp32", 128))]
     variants += [("bf16", 64, m, "default") for m in ("none", "frames", "key+frames", "attn", "key+dropout")]
     for dt, d, mask, which in variants:
         has_key, has_frames, has_attn, has_dropout = masks[mask]
@@ -1284,7 +1313,8 @@ def _compile_specs() -> list[CompileSpec]:
                                                 "HAS_FRAMES": has_frames, "HAS_ATTN_MASK": has_attn,
                                                 "HAS_DROPOUT": has_dropout}  # fmt: skip
         elt = {"fp16": 2, "bf16": 2, "fp32": 4}[dt]
-        for kname, kernel, configs in kernels:
+        for kname, kernel in kernels:
+            configs = _CONFIG_LISTS[kname][elt == 4]
             kconsts = dict(consts)
             if kname == "fwd":
                 kconsts["COUNT_BLOCKS"] = False

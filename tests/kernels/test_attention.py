@@ -503,29 +503,39 @@ def test_opcheck(backend: str) -> None:
         torch.library.opcheck(torch.ops.scl.masked_attention.default, (*args[:7], 0.2, seed, backend))
 
 
+def _block(c) -> tuple[int, int, int, int]:  # noqa: ANN001
+    return c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages
+
+
 def test_gpu_config_pruning() -> None:
     """The autotuner's pruning (GPU only, so exercised here directly): never empty, keeps tiles that fit shared
-    memory and registers, and drops 128-row tiles for 50-token text."""
-    for kind, configs in (("fwd", attn_mod.FWD_CONFIGS), ("dkdv", attn_mod.DKDV_CONFIGS), ("dq", attn_mod.DQ_CONFIGS)):
-        prune = attn_mod._make_prune(kind)
+    memory and registers, drops 128-row tiles for 50-token text, and keeps each dtype to its own list (the
+    tensor-core tiles for 16-bit inputs, the FMA tiles for fp32)."""
+    for kind in ("fwd", "dkdv", "dq"):
+        prune, configs = attn_mod._make_prune(kind), attn_mod._all_configs(kind)
+        assert len(set(map(_block, configs))) == len(configs), kind  # each tile once
         for dtype, d in ((torch.bfloat16, 64), (torch.float16, 128), (torch.float32, 128), (torch.float32, 32)):
             q = torch.empty(0, dtype=dtype)
+            own = set(map(_block, attn_mod._CONFIG_LISTS[kind][dtype == torch.float32]))
             long_ = prune(configs, {"Q_ptr": q, "Lq": 4096, "Lk": 4096}, BLOCK_D=dot_block(d))
-            assert long_, (kind, dtype, d)
+            assert long_ and set(map(_block, long_)) <= own, (kind, dtype, d)
             for c in long_[:-1] if len(long_) > 1 else []:
                 assert attn_mod._smem_estimate(c, kind, dot_block(d), q.element_size()) <= 160 * 1024
             short = prune(configs, {"Q_ptr": q, "Lq": 50, "Lk": 50}, BLOCK_D=dot_block(d))
             assert short and all(c.kwargs["BLOCK_M"] <= 64 and c.kwargs["BLOCK_N"] <= 64 for c in short), short
     # the production case keeps several candidates to tune over
     bf16 = torch.empty(0, dtype=torch.bfloat16)
-    assert len(attn_mod._make_prune("fwd")(attn_mod.FWD_CONFIGS, {"Q_ptr": bf16, "Lq": 325, "Lk": 325}, BLOCK_D=64)) > 2
-    # a Hopper also tunes over the tutorial's 4-warp 128-key dK/dV tile in 16-bit; fp32 keeps sm_80's budget there
-    # (at sm_90's, the D=128 dQ default spilled 8 KB per thread)
+    fwd = attn_mod._make_prune("fwd")(attn_mod._all_configs("fwd"), {"Q_ptr": bf16, "Lq": 325, "Lk": 325}, BLOCK_D=64)
+    assert len(fwd) > 2
+    # fp32 at D=128: the compile sweep's spilling forward tiles (72 on the estimate) are pruned, the 8-warp ones kept
+    fp32 = attn_mod._fitting(attn_mod.FWD_FP32_CONFIGS, "fwd", 128, 4, attn_mod._reg_budget(True, 4))
+    assert [_block(c) for c in fp32] == [(32, 32, 8, 2), (32, 16, 8, 2)]
+    # a Hopper also tunes over the tutorial's 4-warp 128-key dK/dV tile in 16-bit; fp32 has one budget for both
     tile = [c for c in attn_mod.DKDV_CONFIGS if (c.kwargs["BLOCK_N"], c.num_warps) == (128, 4)]
     hopper = attn_mod._fitting(attn_mod.DKDV_CONFIGS, "dkdv", 64, 2, attn_mod._reg_budget(True, 2))
     ampere = attn_mod._fitting(attn_mod.DKDV_CONFIGS, "dkdv", 64, 2, attn_mod._reg_budget(False, 2))
     assert tile and all(c in hopper and c not in ampere for c in tile) and set(ampere) <= set(hopper)
-    for kind, configs in (("fwd", attn_mod.FWD_CONFIGS), ("dkdv", attn_mod.DKDV_CONFIGS), ("dq", attn_mod.DQ_CONFIGS)):
+    for kind, (_, configs) in attn_mod._CONFIG_LISTS.items():
         for d in (32, 64, 128):
             fits = [attn_mod._fitting(configs, kind, d, 4, attn_mod._reg_budget(h, 4)) for h in (True, False)]
             assert fits[0] == fits[1], (kind, d)

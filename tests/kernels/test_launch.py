@@ -34,10 +34,10 @@ def test_autotune_switch_reaches_every_pruner(monkeypatch: pytest.MonkeyPatch) -
     bf16 = torch.empty(0, dtype=torch.bfloat16)
     prunes = {
         "attention fwd": lambda: attention._make_prune("fwd")(
-            attention.FWD_CONFIGS, {"Q_ptr": bf16, "Lq": 788, "Lk": 788}, BLOCK_D=64
+            attention._all_configs("fwd"), {"Q_ptr": bf16, "Lq": 788, "Lk": 788}, BLOCK_D=64
         ),
         "attention dq": lambda: attention._make_prune("dq")(
-            attention.DQ_CONFIGS, {"Q_ptr": bf16, "Lq": 788, "Lk": 788}, BLOCK_D=64
+            attention._all_configs("dq"), {"Q_ptr": bf16, "Lq": 788, "Lk": 788}, BLOCK_D=64
         ),
         "info_nce fwd": lambda: contrastive._prune_by_d(contrastive._FWD_GPU_CONFIGS, {"D": 512}),
         "info_nce bwd": lambda: contrastive._prune_by_d(contrastive._BWD_GPU_CONFIGS, {"D": 512}),
