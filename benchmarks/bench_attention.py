@@ -15,6 +15,10 @@ TFLOP/s go into each benchmark's ``extra_info`` (``shapes.AttnShape.flops``: vis
 
 CPU cases (``shapes.ATTN_CPU``, fp32): the reference (``backend="reference"``, what the CPU default runs) against
 SDPA on the same inputs. The Triton kernels are not timed on CPU: the interpreter would time NumPy.
+
+Host path (``-k host_path``, CPU): the triton backend's host time per call at ``shapes.ATTN_HOST`` with the kernels
+compiled for sm_90 but not run (``scl_kernels._offline``), through each launch path: what bounds short sequences
+on a GPU.
 """
 
 from __future__ import annotations
