@@ -814,17 +814,23 @@ def _reg_budget(hopper: bool, elt: int) -> int:
     return _REG_BUDGET_SM90 if hopper else _REG_BUDGET
 
 
+def _tile(cfg: triton.Config) -> tuple[int, int, int, int]:
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages): a config as the lists spell it."""
+    return cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"], cfg.num_warps, cfg.num_stages
+
+
 def _all_configs(kind: str) -> list[triton.Config]:
     """Both of ``kind``'s lists, each tile once: what its autotuner gets on a GPU."""
     half, fp32 = _CONFIG_LISTS[kind]
-    return half + [c for c in fp32 if c not in _dtype_configs(fp32, kind, 2)]
+    half_tiles = {_tile(c) for c in half}
+    return half + [c for c in fp32 if _tile(c) not in half_tiles]
 
 
 def _dtype_configs(configs: list[triton.Config], kind: str, elt: int) -> list[triton.Config]:
-    """Those of ``configs`` (an autotuner's: both lists of ``kind``) in the list for ``elt``-byte inputs."""
-    wanted = {(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages)
-              for c in _CONFIG_LISTS[kind][elt == 4]}  # fmt: skip
-    return [c for c in configs if (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages) in wanted]
+    """Those of ``configs`` (an autotuner's: both lists of ``kind``) that the list for ``elt``-byte inputs holds,
+    in that list's order: its first fitting entry is the default the compile report lists."""
+    given = {_tile(c): c for c in configs}
+    return [given[_tile(c)] for c in _CONFIG_LISTS[kind][elt == 4] if _tile(c) in given]
 
 
 def _is_hopper(device: torch.device) -> bool:

@@ -503,22 +503,18 @@ def test_opcheck(backend: str) -> None:
         torch.library.opcheck(torch.ops.scl.masked_attention.default, (*args[:7], 0.2, seed, backend))
 
 
-def _block(c) -> tuple[int, int, int, int]:  # noqa: ANN001
-    return c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages
-
-
 def test_gpu_config_pruning() -> None:
     """The autotuner's pruning (GPU only, so exercised here directly): never empty, keeps tiles that fit shared
     memory and registers, drops 128-row tiles for 50-token text, and keeps each dtype to its own list (the
     tensor-core tiles for 16-bit inputs, the FMA tiles for fp32)."""
     for kind in ("fwd", "dkdv", "dq"):
         prune, configs = attn_mod._make_prune(kind), attn_mod._all_configs(kind)
-        assert len(set(map(_block, configs))) == len(configs), kind  # each tile once
+        assert len(set(map(attn_mod._tile, configs))) == len(configs), kind  # each tile once
         for dtype, d in ((torch.bfloat16, 64), (torch.float16, 128), (torch.float32, 128), (torch.float32, 32)):
             q = torch.empty(0, dtype=dtype)
-            own = set(map(_block, attn_mod._CONFIG_LISTS[kind][dtype == torch.float32]))
+            own = set(map(attn_mod._tile, attn_mod._CONFIG_LISTS[kind][dtype == torch.float32]))
             long_ = prune(configs, {"Q_ptr": q, "Lq": 4096, "Lk": 4096}, BLOCK_D=dot_block(d))
-            assert long_ and set(map(_block, long_)) <= own, (kind, dtype, d)
+            assert long_ and set(map(attn_mod._tile, long_)) <= own, (kind, dtype, d)
             for c in long_[:-1] if len(long_) > 1 else []:
                 assert attn_mod._smem_estimate(c, kind, dot_block(d), q.element_size()) <= 160 * 1024
             short = prune(configs, {"Q_ptr": q, "Lq": 50, "Lk": 50}, BLOCK_D=dot_block(d))
@@ -527,9 +523,20 @@ def test_gpu_config_pruning() -> None:
     bf16 = torch.empty(0, dtype=torch.bfloat16)
     fwd = attn_mod._make_prune("fwd")(attn_mod._all_configs("fwd"), {"Q_ptr": bf16, "Lq": 325, "Lk": 325}, BLOCK_D=64)
     assert len(fwd) > 2
+    # one config each under SCL_KERNELS_AUTOTUNE=0: the dtype's default, as the compile report lists it (the first
+    # config of the dtype's own list that fits sm_80's budget)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SCL_KERNELS_AUTOTUNE", "0")
+        for kind, lists in attn_mod._CONFIG_LISTS.items():
+            for dtype, d in ((torch.bfloat16, 64), (torch.bfloat16, 128), (torch.float32, 64), (torch.float32, 128)):
+                q, elt = torch.empty(0, dtype=dtype), dtype.itemsize
+                (first,) = attn_mod._make_prune(kind)(attn_mod._all_configs(kind), {"Q_ptr": q, "Lq": 788, "Lk": 788},
+                                                      BLOCK_D=d)  # fmt: skip
+                default = attn_mod._fitting(lists[elt == 4], kind, d, elt, attn_mod._reg_budget(False, elt))[0]
+                assert attn_mod._tile(first) == attn_mod._tile(default), (kind, dtype, d)
     # fp32 at D=128: the compile sweep's spilling forward tiles (72 on the estimate) are pruned, the 8-warp ones kept
     fp32 = attn_mod._fitting(attn_mod.FWD_FP32_CONFIGS, "fwd", 128, 4, attn_mod._reg_budget(True, 4))
-    assert [_block(c) for c in fp32] == [(32, 32, 8, 2), (32, 16, 8, 2)]
+    assert [attn_mod._tile(c) for c in fp32] == [(32, 32, 8, 2), (32, 16, 8, 2)]
     # a Hopper also tunes over the tutorial's 4-warp 128-key dK/dV tile in 16-bit; fp32 has one budget for both
     tile = [c for c in attn_mod.DKDV_CONFIGS if (c.kwargs["BLOCK_N"], c.num_warps) == (128, 4)]
     hopper = attn_mod._fitting(attn_mod.DKDV_CONFIGS, "dkdv", 64, 2, attn_mod._reg_budget(True, 2))
