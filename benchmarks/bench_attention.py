@@ -24,7 +24,6 @@ on a GPU.
 from __future__ import annotations
 
 import contextlib
-import functools
 import importlib.util
 import os
 from collections.abc import Callable
@@ -209,8 +208,8 @@ class _NoLaunch:
         return launch
 
 
-def _host_launches(path: str, monkeypatch: pytest.MonkeyPatch, stack: contextlib.ExitStack) -> Callable[[], tuple]:
-    """Route the attention launches as ``path`` says; returns a counter of (launches, ``JITFunction.run`` calls)."""
+def _host_launches(path: str, monkeypatch: pytest.MonkeyPatch, stack: contextlib.ExitStack) -> Callable[[], int]:
+    """Route the attention launches as ``path`` says; returns a counter of the launches so far."""
     from triton.runtime.jit import JITFunction
 
     from scl_kernels import _dispatch
@@ -222,7 +221,7 @@ def _host_launches(path: str, monkeypatch: pytest.MonkeyPatch, stack: contextlib
         stubs = [_NoLaunch() for _ in _LAUNCHERS]
         for name, stub in zip(_LAUNCHERS, stubs, strict=True):
             monkeypatch.setattr(attn_mod, name, stub)
-        return lambda: (sum(stub.launches for stub in stubs), 0)
+        return lambda: sum(stub.launches for stub in stubs)
     if not isinstance(attn_mod._attn_fwd_kernel, JITFunction):
         pytest.skip("TRITON_INTERPRET=1 replaces Triton's launch path: run the benchmarks in a process of their own")
     monkeypatch.setenv("SCL_KERNELS_AUTOTUNE", "0")  # one config per kernel: nothing to time without a GPU
@@ -233,18 +232,9 @@ def _host_launches(path: str, monkeypatch: pytest.MonkeyPatch, stack: contextlib
         if path == "Autotuner.run":
             monkeypatch.setattr(attn_mod, name, launcher.tuner)
         else:
-            monkeypatch.setattr(launcher, "_direct", path == "direct")
+            monkeypatch.setattr(launcher, "direct", path == "direct")
     offline = stack.enter_context(offline_driver(record=False))
-    runs = [0]
-    jit_run = JITFunction.run
-
-    @functools.wraps(jit_run)
-    def counted(self: JITFunction, *args: object, **kwargs: object) -> object:
-        runs[0] += 1
-        return jit_run(self, *args, **kwargs)
-
-    monkeypatch.setattr(JITFunction, "run", counted)
-    return lambda: (offline.n_launches, runs[0])
+    return lambda: offline.n_launches
 
 
 @pytest.mark.parametrize("backward", [False, True], ids=["fwd", "fwd+bwd"])
@@ -255,21 +245,20 @@ def test_attention_host_path(benchmark, monkeypatch: pytest.MonkeyPatch, path: s
     speed there (an H200 took 0.79 ms of host time for this forward + backward on 2026-11-30, SDPA 0.26 ms).
     ``path`` routes the launches (``_HOST_PATHS``). The check: a call launched 1 kernel (forward) or 3
     (forward + backward), and the direct path did not enter ``JITFunction.run``."""
-    from triton.runtime.jit import JITFunction
+    from scl_kernels._offline import counting_jit_runs
 
     with contextlib.ExitStack() as stack:
-        counts = _host_launches(path, monkeypatch, stack)
+        launches = _host_launches(path, monkeypatch, stack)
         shape = S.ATTN_HOST
         q, k, v, km = _inputs(shape, torch.float16, "cpu")
         call = _timed(_impl("triton", shape, km, "cpu"), q, k, v, backward, "cpu")
-        for _ in range(3):  # compile, tune, remember
+        with counting_jit_runs() as runs:  # the count checked, the timed calls run the plain JITFunction.run
+            for _ in range(3):  # compile, tune, remember
+                call()
+            before, runs_before = launches(), runs[0]
             call()
-        launches, runs = counts()
-        call()
-        assert counts()[0] - launches == (3 if backward else 1)
-        if path == "direct":
-            assert counts()[1] == runs
-        if path != "stubbed":  # the count checked, the timed calls run the plain JITFunction.run
-            monkeypatch.setattr(JITFunction, "run", JITFunction.run.__wrapped__)
+            assert launches() - before == (3 if backward else 1)
+            if path == "direct":
+                assert runs[0] == runs_before
         benchmark.group = f"attention host path {'fwd+bwd' if backward else 'fwd'} (CPU, no kernel runs)"
         benchmark(call)

@@ -626,14 +626,14 @@ def _fwd_bwd_call(make: Callable, q, k, v, km, g) -> Callable[[], None]:  # noqa
 def _direct_launches_off(kernels: Any):  # noqa: ANN202
     """Attention's launchers go through ``JITFunction.run`` inside the block (see ``TunedLaunch``)."""
     launchers = list(_autotuners(kernels, "attention").values())  # TunedLaunch objects
-    before = [launcher._direct for launcher in launchers]
+    before = [launcher.direct for launcher in launchers]
     for launcher in launchers:
-        launcher._direct = False
+        launcher.direct = False
     try:
         yield
     finally:
         for launcher, direct in zip(launchers, before, strict=True):
-            launcher._direct = direct
+            launcher.direct = direct
 
 
 def run_host(ctx: Ctx, kernels: Any, shape: S.AttnShape) -> None:

@@ -85,8 +85,9 @@ class TunedLaunch:
                              "parameters must be its tensors, named *_ptr")
         self._names = names
         self._positions = [names.index(name) for name in key_args]
-        # the interpreter's functions (and test doubles) have no launcher to call: those launch through fn[grid]
-        self._direct = DIRECT_LAUNCHES and isinstance(tuner.fn, JITFunction)
+        # whether remembered kernels are launched directly: off for the interpreter's functions (and test doubles),
+        # which have no launcher to call; benchmarks switch it off to time the launch through JITFunction.run
+        self.direct = DIRECT_LAUNCHES and isinstance(tuner.fn, JITFunction)
         # scalar positions (after the pointers) of the arguments Triton does not specialise on by value
         self._free = [p.num - self._n_ptr for p in getattr(tuner.fn, "params", ())
                       if p.do_not_specialize and p.num >= self._n_ptr]  # fmt: skip
@@ -101,7 +102,7 @@ class TunedLaunch:
             if chosen is None:  # the autotuner times its configs (or takes its only one) and launches the best
                 self.tuner[grid](*args, **kwargs)
                 self._chosen[key] = self.tuner.best_config.all_kwargs()
-            elif not self._direct:
+            elif not self.direct:
                 self.tuner.fn[grid](*args, **kwargs, **chosen)
             else:
                 self._launch_compiled(key, grid, args, kwargs, chosen)

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 from triton.backends.compiler import GPUTarget
-from triton.runtime import driver
+from triton.runtime import JITFunction, driver
 
 _HOPPER = GPUTarget("cuda", 90, 32)
 
@@ -120,3 +120,21 @@ def offline_driver(record: bool = True) -> Iterator[OfflineDriver]:
         yield offline
     finally:
         driver._active = before  # noqa: SLF001
+
+
+@contextlib.contextmanager
+def counting_jit_runs() -> Iterator[list[int]]:
+    """Count the calls of ``JITFunction.run`` inside the block into the yielded one-element list: what
+    ``TunedLaunch``'s direct launches must not enter (tests and benchmarks check it)."""
+    runs = [0]
+    plain = JITFunction.run
+
+    def counted(self: JITFunction, *args: Any, **kwargs: Any) -> Any:
+        runs[0] += 1
+        return plain(self, *args, **kwargs)
+
+    JITFunction.run = counted
+    try:
+        yield runs
+    finally:
+        JITFunction.run = plain

@@ -16,12 +16,11 @@ from collections.abc import Callable
 
 import torch
 from triton import knobs
-from triton.runtime.jit import JITFunction
 
 import scl_kernels
 from scl_kernels import _dispatch
 from scl_kernels import attention as attn_mod
-from scl_kernels._offline import Launch, offline_driver
+from scl_kernels._offline import Launch, counting_jit_runs, offline_driver
 
 
 def _qkv(b: int, h: int, lq: int, lk: int, d: int, dtype: torch.dtype, offset: int = 0) -> list[torch.Tensor]:
@@ -89,21 +88,13 @@ def _record(launch: Launch) -> dict[str, object]:
 def main() -> None:
     _dispatch.interpreting = lambda: True  # the triton backend on CPU tensors
     launchers = (attn_mod._attn_fwd, attn_mod._attn_bwd_dq, attn_mod._attn_bwd_dkdv)
-    runs = [0]
-    jit_run = JITFunction.run
-
-    def counted(self: JITFunction, *args: object, **kwargs: object) -> object:
-        runs[0] += 1
-        return jit_run(self, *args, **kwargs)
-
-    JITFunction.run = counted
     passes: dict[str, dict[str, object]] = {}
-    with offline_driver() as driver:
+    with offline_driver() as driver, counting_jit_runs() as runs:
         for call in CALLS.values():  # the first launch of each key tunes: not compared
             call()
         for name, direct in (("through JITFunction.run", False), ("remembering", True), ("direct", True)):
             for launcher in launchers:
-                launcher._direct = direct
+                launcher.direct = direct
             driver.launches.clear()
             runs[0] = 0
             records = {}
