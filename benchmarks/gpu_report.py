@@ -640,8 +640,9 @@ def run_host(ctx: Ctx, kernels: Any, shape: S.AttnShape) -> None:
     """Host time per attention call, fused against SDPA, at a shape so small (2 x 2 heads x 50 tokens) that the
     GPU waits on the host throughout; then where the fused forward + backward spends it (cProfile). Short
     sequences are bound by this time on a GPU (padded text: the fused kernels took 0.16 ms of a 0.99 ms
-    forward + backward on the H200, 2026-11-30), and the CI CPU's host-path benchmark does not transfer: it
-    stubs the launches and runs on another CPU."""
+    forward + backward on the H200, 2026-11-30), and the CI CPU's host-path benchmark does not transfer: another
+    CPU, and an offline driver's launcher in place of CUDA's. Ours is timed again with ``TunedLaunch``'s direct
+    launches off."""
     print("== host", flush=True)
     dtype = torch.float32 if ctx.smoke else torch.bfloat16
     dname = str(dtype).removeprefix("torch.")
