@@ -3,7 +3,7 @@
 Torch must already be installed (its CMake package is found through ``torch.utils.cmake_prefix_path``),
 so install with ``pip install --no-build-isolation``: build isolation would pull a multi-GB CUDA torch
 just to compile CPU kernels. If the native build fails the package still works: every op falls back to
-its plain PyTorch reference (see kernels/_dispatch.py), and ``SCL_REQUIRE_NATIVE=1`` makes that an error.
+its plain PyTorch reference (see kernels/scl_kernels/_dispatch.py), and ``SCL_REQUIRE_NATIVE=1`` makes that an error.
 """
 
 from __future__ import annotations

@@ -28,9 +28,8 @@ if compgen -G ".whl/*.whl" >/dev/null; then
     $py -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
         && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
-# the checkout is not installed there: kernels/ is importable as scl_kernels through a link
-mkdir -p /tmp/scl_path && ln -sfn "$PWD/kernels" /tmp/scl_path/scl_kernels
-export PYTHONPATH=/tmp/scl_path:$PWD${PYTHONPATH:+:$PYTHONPATH}
+# the checkout is not installed there: kernels/ is the source root of scl_kernels, the repository root that of the rest
+export PYTHONPATH=$PWD/kernels:$PWD${PYTHONPATH:+:$PYTHONPATH}
 
 echo "== numerics on the GPU"
 # NUMERICS_SHARDS pytest processes (default 4) share the GPU, each taking every n-th test in the file's order (most

@@ -59,20 +59,13 @@ NO_GPU_MESSAGE = "gpu_report: no CUDA GPU is present on this machine; nothing to
 
 
 def import_kernels() -> Any:
-    """``scl_kernels``, installed or straight from the checkout's ``kernels/`` (the GPU machine runs the report on
-    a bare copy of the repository, where the package may not be installed)."""
+    """``scl_kernels``, installed or straight from the checkout's ``kernels/`` source root (the GPU machine runs the
+    report on a bare copy of the repository, where the package may not be installed)."""
     try:
         return importlib.import_module("scl_kernels")
     except ImportError:
-        spec = importlib.util.spec_from_file_location(
-            "scl_kernels", ROOT / "kernels" / "__init__.py", submodule_search_locations=[str(ROOT / "kernels")]
-        )
-        if spec is None or spec.loader is None:
-            raise
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["scl_kernels"] = module
-        spec.loader.exec_module(module)
-        return module
+        sys.path.insert(0, str(ROOT / "kernels"))
+        return importlib.import_module("scl_kernels")
 
 
 # ----------------------------------------------------------------------------------------------------------------

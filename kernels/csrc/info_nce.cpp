@@ -13,7 +13,7 @@
 // task at a time; each task runs its GEMMs single-threaded (nested inside at::parallel_for). Results do not
 // depend on the thread count: every tile's work is fixed and the accumulation order per block is step order.
 //
-// Numerics match the Triton kernels (kernels/contrastive.py): fp32 accumulation; q = 1 - p_ii is kept from the
+// Numerics match the Triton kernels (kernels/scl_kernels/contrastive.py): fp32 accumulation; q = 1 - p_ii is kept from the
 // off-diagonal mass, so the diagonal of G = softmax - I is -q exactly (no cancellation at T = 0.01, where
 // p_ii rounds to 1); the per-row loss is -log1p(-q) when q < 0.5.
 #include <ATen/ATen.h>

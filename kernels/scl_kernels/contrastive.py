@@ -767,7 +767,7 @@ def cosine_recovery(
 
 
 # --------------------------------------------------------------------------------------------------------------
-# what a GPU launches, for the sm_80 / sm_90 compile check (kernels/_compile.py)
+# what a GPU launches, for the sm_80 / sm_90 compile check (kernels/scl_kernels/_compile.py)
 # --------------------------------------------------------------------------------------------------------------
 
 
