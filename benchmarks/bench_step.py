@@ -71,7 +71,7 @@ def make_batch(cfg: Any, shape: S.StepShape, device: torch.device, seed: int = 0
     lengths = torch.randint(max(4, length // 3), length + 1, (shape.batch,), generator=gen)
     col = torch.arange(length)[None, :]
     attention_mask = col < lengths[:, None]
-    ids = torch.randint(1000, mc.text.vocab_size, (shape.batch, length), generator=gen)
+    ids = torch.randint(104, mc.text.vocab_size, (shape.batch, length), generator=gen)  # past BERT's special ids
     ids[:, 0] = 101  # [CLS]
     ids = torch.where(col == lengths[:, None] - 1, torch.full_like(ids, 102), ids)  # [SEP]
     ids = torch.where(attention_mask, ids, torch.full_like(ids, mc.text.pad_token_id))

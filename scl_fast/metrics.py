@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from scl_fast._optional import missing
+
 log = logging.getLogger("scl_fast.train")
 
 # Dense bf16/fp16 tensor-core peak (no sparsity) and dense TF32 peak, FLOP/s, from the vendors' data sheets.
@@ -85,7 +87,7 @@ class MetricsLogger:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
-                log.info("tensorboard is not installed: TensorBoard logs skipped (pip install tensorboard)")
+                log.info("%s; skipped", missing("tensorboard", "TensorBoard logging"))
             else:
                 self._tb = SummaryWriter(str(run_dir / "tensorboard"))
         if progress:

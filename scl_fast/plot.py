@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from scl_fast._optional import MissingDependency, require
 from scl_fast.metrics import read_metrics
 
 
@@ -33,8 +34,7 @@ def _last_eval(run_dir: Path) -> dict[str, Any]:
 
 def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     """Draw the run's curves and retrieval bars into a PNG; returns its path."""
-    import matplotlib
-
+    matplotlib = require("matplotlib", "python -m scl_fast.plot")
     matplotlib.use("Agg")  # no display needed: this runs on servers
     import matplotlib.pyplot as plt
 
@@ -88,7 +88,10 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("run_dir", help="a run folder of scl_fast.train (holding metrics.jsonl)")
     parser.add_argument("--out", default=None, help="PNG path (default RUN_DIR/curves.png)")
     args = parser.parse_args(argv)
-    path = plot_run(args.run_dir, args.out)
+    try:
+        path = plot_run(args.run_dir, args.out)
+    except (FileNotFoundError, MissingDependency) as err:
+        raise SystemExit(f"error: {err}") from None
     print(path)
     return path
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import sys
 
+from scl_fast._optional import MissingDependency
 from scl_fast.config import parse_args
 
 
@@ -23,7 +24,10 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"error: {err}") from None
     from scl_fast.trainer import Trainer
 
-    trainer = Trainer(cfg)
+    try:
+        trainer = Trainer(cfg)
+    except MissingDependency as err:
+        raise SystemExit(f"error: {err}") from None
     try:
         return trainer.train()
     finally:

@@ -140,6 +140,11 @@ class Trainer:
                  progress: bool = True) -> None:
         self.cfg = cfg
         tc = cfg.train
+        from scl_fast.data.text import check_fits, load_tokenizer
+
+        text = cfg.model.text  # a mismatch would train on wrong ids without an error: refuse before anything starts
+        check_fits(load_tokenizer(cfg.data.tokenizer, cfg.data.max_text_len), vocab_size=text.vocab_size,
+                   pad_token_id=text.pad_token_id, mask_token_id=text.mask_token_id)
         self.info = dist_util.init_distributed(device)
         self.device = self.info.device
         self.precision = resolve_precision(tc.precision, self.device)

@@ -1,4 +1,4 @@
-"""Data pipeline: WebDataset shards / JSONL manifests -> DALI decode + augment -> tokenised batches."""
+"""Data pipeline: WebDataset shards / JSONL manifests -> decode + augment (DALI, or PIL/PyAV) -> tokenised batches."""
 
 from __future__ import annotations
 

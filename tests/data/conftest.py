@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import pytest
 
+from scl_fast.data.dali import dali_available
 from scl_fast.data.demo import write_demo_corpus
+
+
+@pytest.fixture(params=["dali", "host"])
+def decoder(request: pytest.FixtureRequest) -> str:
+    """Each decoder a test asks for: DALI (the ``dali`` extra, installed by ``.[dev]``) and the host's PIL/PyAV."""
+    if request.param == "dali" and not dali_available():
+        pytest.skip("NVIDIA DALI is not installed (pip install 'scl_fast[dali]')")
+    return request.param
 
 
 @pytest.fixture(scope="session")

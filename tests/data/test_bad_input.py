@@ -18,7 +18,7 @@ import torch
 
 from scl_fast.config import parse_args
 from scl_fast.data import BadSampleError, DataConfig, build_loader
-from scl_fast.data.dali import CLIP_MEAN, CLIP_STD
+from scl_fast.data.host import CLIP_MEAN, CLIP_STD
 from scl_fast.data.shards import REPAIRED, SKIPPED
 
 from .media import caption_json, image_bytes, noise_jpeg, video_bytes, write_tar
@@ -162,21 +162,25 @@ def _check_delivered(batches: list, bad_set: dict) -> None:
         assert {round(v / 25) for v in values.tolist()} <= {1, 2}, (key, values)
 
 
-def test_every_bad_case_skipped_or_repaired_with_exact_counts(bad_set: dict) -> None:
-    loader = build_loader(_cfg(bad_set["spec"]), "val")
+def test_every_bad_case_skipped_or_repaired_with_exact_counts(bad_set: dict, decoder: str) -> None:
+    loader = build_loader(_cfg(bad_set["spec"], decoder=decoder), "val")
     batches = list(loader)
     _check_delivered(batches, bad_set)
     stats = loader.stats
     assert stats.good == len(bad_set["good"])
     assert dict(stats.bad) == dict(bad_set["bad"])
     assert dict(stats.repaired) == dict(bad_set["repaired"])
-    assert stats.info["pyav_fallback"] == 1  # the MPEG-4 clip: DALI's CPU decoder lacks the codec
-    assert stats.info["host_decode"] >= 1  # the batch DALI rejected over the cut JPEG body
+    if decoder == "dali":
+        assert stats.info["pyav_fallback"] == 1  # the MPEG-4 clip: DALI's CPU decoder lacks the codec
+        assert stats.info["host_decode"] >= 1  # the batch DALI rejected over the cut JPEG body
+    else:  # no fallback: PIL and PyAV read every delivered sample in the workers
+        videos = sum(c.members[0][0] in ("webm", "mp4") for c in bad_set["good"].values())
+        assert dict(stats.info) == {"pil": len(bad_set["good"]) - videos, "pyav": videos}
 
 
-def test_bad_set_through_workers_and_shuffle(bad_set: dict) -> None:
+def test_bad_set_through_workers_and_shuffle(bad_set: dict, decoder: str) -> None:
     """Training order (shuffle buffer, augmentation) with 2 loader workers: same samples, same counts."""
-    loader = build_loader(_cfg(bad_set["spec"], num_workers=2), "train", epochs=1, drop_last=False)
+    loader = build_loader(_cfg(bad_set["spec"], num_workers=2, decoder=decoder), "train", epochs=1, drop_last=False)
     batches = list(loader)
     assert sorted(k for b in batches for k in b.keys) == sorted(bad_set["good"])
     for b in batches:
@@ -214,8 +218,9 @@ def test_strict_from_the_command_line(bad_set: dict) -> None:
 
 
 @pytest.mark.parametrize("key", ["corrupt_jpeg_body", "truncated_webm", "non_utf8_txt", "missing_media", "cut"])
-def test_strict_names_each_kind(bad_set: dict, tmp_path, key: str) -> None:
-    """Strict mode on one bad case at a time, including the one only DALI detects and the truncated shard."""
+def test_strict_names_each_kind(bad_set: dict, tmp_path, key: str, decoder: str) -> None:
+    """Strict mode on one bad case at a time, including the one DALI detects only when decoding (the host decoder
+    when it decodes in the worker) and the truncated shard."""
     if key == "cut":
         spec, shard, want = bad_set["spec"].replace("{00000..00003}", "00002"), "bad-00002.tar", "truncated_shard"
     else:
@@ -223,10 +228,10 @@ def test_strict_names_each_kind(bad_set: dict, tmp_path, key: str) -> None:
         spec, shard, want = str(tmp_path / "one.tar"), "one.tar", rf"key '{key}': {case.outcome}"
         write_tar(spec, [(f"{c.key}.{ext}", p) for c in (good, case) for ext, p in c.members])
     with pytest.raises(BadSampleError, match=rf"{shard}.*{want}"):
-        for _ in build_loader(_cfg(spec, strict=True), "val"):
+        for _ in build_loader(_cfg(spec, strict=True, decoder=decoder), "val"):
             pass
     # Without strict the same input is read to the end.
-    loader = build_loader(_cfg(spec), "val")
+    loader = build_loader(_cfg(spec, decoder=decoder), "val")
     list(loader)
     assert sum(loader.stats.bad.values()) == 1 and loader.stats.good >= 1
 
