@@ -9,6 +9,8 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
+from scl_fast.errors import UserError
+
 # import name -> (what pip installs, the scl_fast extra that brings it)
 EXTRAS = {
     "nvidia.dali": ("NVIDIA DALI", "dali"),
@@ -19,7 +21,7 @@ EXTRAS = {
 }
 
 
-class MissingDependency(ImportError):
+class MissingDependency(UserError, ImportError):
     """An optional package a requested feature needs is not installed; the message says how to install it."""
 
 

@@ -13,6 +13,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from scl_fast.errors import run_cli
+
 DIRECTIONS = ("text->image", "image->text", "text->video", "video->text")
 
 
@@ -57,4 +59,4 @@ def main(argv: list[str] | None = None) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -28,6 +28,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from scl_fast.errors import UserError
+
 CKPT_DIR = "checkpoints"
 WEIGHTS = "model.safetensors"
 STATE = "train_state.pt"
@@ -37,7 +39,7 @@ FORMAT_VERSION = 1
 _STEP_RE = re.compile(r"^step_(\d{8})$")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint is missing, incomplete, corrupt, or does not match the run that loads it."""
 
 
@@ -165,8 +167,10 @@ def save(
     config: dict[str, Any],
     world_size: int,
     keep: int,
+    run_id: str | None = None,
 ) -> Path:
-    """Write checkpoint ``step`` atomically and delete all but the newest ``keep`` (rank 0 only)."""
+    """Write checkpoint ``step`` atomically, then delete all but the newest ``keep`` checkpoints of run ``run_id``
+    (rank 0 only). Checkpoints of other runs in the folder are never deleted."""
     final = checkpoint_path(run_dir, step)
     root = final.parent
     root.mkdir(parents=True, exist_ok=True)
@@ -183,7 +187,7 @@ def save(
         with open(tmp / name, "rb+") as f:
             os.fsync(f.fileno())
         files[name] = {"bytes": (tmp / name).stat().st_size, "sha256": _sha256(tmp / name)}
-    meta = {"format": FORMAT_VERSION, "step": step, "world_size": world_size, "files": files}
+    meta = {"format": FORMAT_VERSION, "step": step, "world_size": world_size, "run_id": run_id, "files": files}
     (tmp / META).write_text(json.dumps(meta, indent=2))
     with open(tmp / META, "rb+") as f:
         os.fsync(f.fileno())
@@ -195,9 +199,18 @@ def save(
     else:
         os.rename(tmp, final)
     _fsync_dir(root)
-    for _, path in list_checkpoints(run_dir)[:-keep] if keep > 0 else []:
+    lineage = [path for _, path in list_checkpoints(run_dir) if _run_id(path) == run_id]
+    for path in lineage[:-keep] if keep > 0 else []:
         shutil.rmtree(path, ignore_errors=True)
     return final
+
+
+def _run_id(path: Path) -> str | None:
+    """The run a checkpoint belongs to (None for checkpoints written before run ids, or unreadable ones)."""
+    try:
+        return json.loads((path / META).read_text()).get("run_id")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def load_weights(path: str | Path) -> dict[str, torch.Tensor]:

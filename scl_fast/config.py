@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from scl_fast.data.config import DataConfig
+from scl_fast.errors import ConfigError
 from scl_fast.model.config import ModelConfig, model_preset
 
 T = TypeVar("T")
@@ -79,6 +80,9 @@ class TrainConfig:
     """Output folder; default runs/<preset>-<timestamp>."""
     resume: str | None = None
     """None = fresh run, 'auto' = latest good checkpoint in run_dir, or a checkpoint path."""
+    overwrite: bool = False
+    """Start a fresh run in a run_dir that holds another run: its contents are first moved to a sibling folder
+    ``<run_dir>.replaced-<time>`` (nothing is deleted). Without it such a run_dir is refused."""
 
     def __post_init__(self) -> None:
         if self.steps < 1:
@@ -284,21 +288,26 @@ def overrides_to_dict(pairs: list[tuple[str, str]], cls: type) -> dict[str, Any]
 
 
 def load_file(path: str | Path) -> dict[str, Any]:
-    """Read a YAML (.yaml/.yml) or JSON config file into a dict."""
+    """Read a YAML (.yaml/.yml) or JSON config file into a dict; a missing or malformed file is a ConfigError."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"config file not found: {path}")
+        raise ConfigError(f"config file not found: {path}")
+    if path.suffix not in (".yaml", ".yml", ".json"):
+        raise ConfigError(f"config file must be .yaml, .yml or .json, got {path}")
     text = path.read_text()
-    if path.suffix in (".yaml", ".yml"):
-        import yaml
+    try:
+        if path.suffix == ".json":
+            data = json.loads(text)
+        else:
+            import yaml
 
-        data = yaml.safe_load(text) or {}
-    elif path.suffix == ".json":
-        data = json.loads(text)
-    else:
-        raise ValueError(f"config file must be .yaml, .yml or .json, got {path}")
+            data = yaml.safe_load(text) or {}
+    except ValueError as err:  # json.JSONDecodeError
+        raise ConfigError(f"config file {path} is not valid JSON: {err}") from None
+    except Exception as err:  # yaml.YAMLError and its subclasses, whose messages span lines
+        raise ConfigError(f"config file {path} is not valid YAML: {' '.join(str(err).split())}") from None
     if not isinstance(data, dict):
-        raise ValueError(f"config file {path} must hold a mapping at the top level")
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
     return data
 
 
@@ -336,7 +345,20 @@ def help_text(prog: str, defaults: Config) -> str:
 
 
 def parse_args(argv: list[str], prog: str = "python -m scl_fast.train") -> Config:
-    """Resolve a ``Config`` from command-line arguments (raises SystemExit(0) after printing ``--help``)."""
+    """Resolve a ``Config`` from command-line arguments (raises SystemExit(0) after printing ``--help``).
+
+    Raises:
+        ConfigError: an unknown or malformed option, a bad config file, or a value its section refuses.
+    """
+    try:
+        return _parse_args(argv, prog)
+    except ConfigError:
+        raise
+    except ValueError as err:  # the sections' __post_init__ checks and the coercions
+        raise ConfigError(str(err)) from None
+
+
+def _parse_args(argv: list[str], prog: str) -> Config:
     config_file = None
     preset_name: str | None = None
     pairs: list[tuple[str, str]] = []

@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from scl_fast.errors import run_cli
 from scl_fast.model.config import ModelConfig, TextConfig, VisionConfig
 from scl_fast.model.text import TextEncoder
 from scl_fast.model.vision import VisionEncoder
@@ -643,4 +644,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -18,13 +18,14 @@ import contextlib
 import hashlib
 import json
 import math
-import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
+
+from scl_fast.errors import run_cli
 
 KS = (1, 5, 10)
 KIND_NAMES = {1: "image"}  # frame count -> name; any other count is a video set
@@ -236,4 +237,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_cli(main)

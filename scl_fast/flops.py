@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import argparse
 import copy
-import sys
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from scl_fast.errors import run_cli
 from scl_fast.model.config import ModelConfig, model_preset
 from scl_fast.model.scl import SCLModel
 
@@ -121,4 +121,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_cli(main)

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
-from scl_fast._optional import MissingDependency, require
+from scl_fast._optional import require
+from scl_fast.errors import PathError, run_cli
 from scl_fast.metrics import read_metrics
 
 
@@ -40,7 +40,7 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
 
     run_dir = Path(run_dir)
     if not (run_dir / "metrics.jsonl").is_file():
-        raise FileNotFoundError(f"{run_dir} has no metrics.jsonl (is it a run folder of scl_fast.train?)")
+        raise PathError(f"{run_dir} has no metrics.jsonl (is it a run folder of scl_fast.train?)")
     records = read_metrics(run_dir)
     series: dict[str, tuple[list[int], list[float]]] = {}
     for rec in records:
@@ -88,13 +88,10 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("run_dir", help="a run folder of scl_fast.train (holding metrics.jsonl)")
     parser.add_argument("--out", default=None, help="PNG path (default RUN_DIR/curves.png)")
     args = parser.parse_args(argv)
-    try:
-        path = plot_run(args.run_dir, args.out)
-    except (FileNotFoundError, MissingDependency) as err:
-        raise SystemExit(f"error: {err}") from None
+    path = plot_run(args.run_dir, args.out)
     print(path)
     return path
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_cli(main)

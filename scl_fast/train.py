@@ -9,27 +9,29 @@ Under ``torchrun`` every rank runs this same program (DDP by default, ``--train.
 from __future__ import annotations
 
 import logging
-import sys
 
-from scl_fast._optional import MissingDependency
 from scl_fast.config import parse_args
+from scl_fast.errors import EXIT_PREEMPTED, run_cli
+from scl_fast.preemption import Preempted
 
 
 def main(argv: list[str] | None = None) -> dict:
-    """Parse, build, train, and always release the process group and logs; returns the run summary."""
+    """The program: one-line errors for what a user can fix (``--debug`` for the traceback); returns the summary."""
+    return run_cli(_train, argv)
+
+
+def _train(argv: list[str]) -> dict:
+    """Parse, build, train, and always release the process group and logs."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
-    try:
-        cfg = parse_args(sys.argv[1:] if argv is None else argv)
-    except ValueError as err:
-        raise SystemExit(f"error: {err}") from None
+    cfg = parse_args(argv)
     from scl_fast.trainer import Trainer
 
-    try:
-        trainer = Trainer(cfg)
-    except MissingDependency as err:
-        raise SystemExit(f"error: {err}") from None
+    trainer = Trainer(cfg)
     try:
         return trainer.train()
+    except Preempted as stop:
+        print(f"{stop}: resume with --train.resume auto --train.run_dir {trainer.run_dir}", flush=True)
+        raise SystemExit(EXIT_PREEMPTED) from None
     finally:
         trainer.close()
 

@@ -21,6 +21,7 @@ import os
 import random
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
@@ -32,21 +33,24 @@ from torch import nn
 
 from scl_fast import checkpoint as ckpt
 from scl_fast import distributed as dist_util
+from scl_fast import runfolder
 from scl_fast.config import Config, to_dict
+from scl_fast.errors import UserError
 from scl_fast.evaluate import embed, evaluate_retrieval
 from scl_fast.metrics import MetricsLogger, peak_flops
 from scl_fast.optim import build_optimizer, build_scheduler
+from scl_fast.preemption import Preempted, StopSignals
 
 log = logging.getLogger("scl_fast.train")
 
 # Config keys that may change between an interrupted run and its resumption (they do not change the numbers).
 RESUMABLE_CHANGES = (
-    "train.resume", "train.run_dir", "train.log_every", "train.ckpt_every", "train.keep_ckpts", "train.eval_every",
-    "train.max_bad_steps", "train.compile", "data.cache_dir", "data.dali_threads",
+    "train.resume", "train.run_dir", "train.overwrite", "train.log_every", "train.ckpt_every", "train.keep_ckpts",
+    "train.eval_every", "train.max_bad_steps", "train.compile", "data.cache_dir", "data.dali_threads",
 )
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(UserError, RuntimeError):
     """Too many consecutive optimizer steps had a non-finite loss or gradient."""
 
 
@@ -138,6 +142,17 @@ class Trainer:
 
     def __init__(self, cfg: Config, *, device: str = "auto", model_factory: Callable[[Config], nn.Module] | None = None,
                  progress: bool = True) -> None:
+        # From the start, so a SIGUSR1 or SIGTERM during set-up is answered after the first step instead of killing
+        # the process; released by close(), or here if set-up fails.
+        self.signals = StopSignals().__enter__()
+        try:
+            self._setup(cfg, device, model_factory, progress)
+        except BaseException:
+            self.signals.__exit__(None, None, None)
+            raise
+
+    def _setup(self, cfg: Config, device: str, model_factory: Callable[[Config], nn.Module] | None,
+               progress: bool) -> None:
         self.cfg = cfg
         tc = cfg.train
         from scl_fast.data.text import check_fits, load_tokenizer
@@ -154,8 +169,8 @@ class Trainer:
         seed_everything(tc.seed + self.info.rank)
         self.run_dir = self._resolve_run_dir()
         self.config_dict = to_dict(cfg)
+        resume_from = self._claim_run_folder()  # refuses another run's folder before anything is written
         if self.info.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.json").write_text(json.dumps(self.config_dict, indent=2) + "\n")
             _print(f"run folder: {self.run_dir}")
             _print("resolved config (also in config.json):\n" + "\n".join(
@@ -184,7 +199,11 @@ class Trainer:
         self.loader = build_loader(cfg.data, "train", rank=self.info.rank, world_size=self.info.world_size,
                                    seed=tc.seed)
         self.has_val = cfg.data.val is not None or cfg.data.train is None
-        self._resume()
+        self.last_losses: dict[str, float] = {}
+        if resume_from is not None:
+            self.load_checkpoint(resume_from)
+            if self.info.is_main:
+                runfolder.truncate_logs(self.run_dir, self.counters.step)  # the steps after it are redone
         self.logger = MetricsLogger(self.run_dir, enabled=self.info.is_main, total_steps=tc.steps,
                                     start_step=self.counters.step, progress=progress)
         self.peak, peak_note = peak_flops(self.device, self.precision) if self.info.is_main else (None, "")
@@ -198,7 +217,6 @@ class Trainer:
         if model_factory is not None:
             self.peak = None
         self.last_eval: dict[str, Any] = {}
-        self.last_losses: dict[str, float] = {}
 
     # ------------------------------------------------------------------------------------------------------------
     # Set-up helpers
@@ -215,6 +233,42 @@ class Trainer:
         else:
             path = default_run_dir(self.cfg)
         return Path(dist_util.broadcast_object(str(path), self.info))
+
+    def _claim_run_folder(self) -> Path | None:
+        """Find the checkpoint to resume, if any, and claim the run folder for this run's lineage (rank 0 decides,
+        every rank gets its answer or its error); returns the checkpoint."""
+        outcome: Any = None
+        if self.info.is_main:
+            try:
+                outcome = self._claim_on_main()
+            except UserError as err:
+                outcome = err
+        outcome = dist_util.broadcast_object(outcome, self.info)
+        if isinstance(outcome, UserError):
+            raise outcome
+        path, self.run_id = outcome
+        return None if path is None else Path(path)
+
+    def _claim_on_main(self) -> tuple[str | None, str]:
+        tc = self.cfg.train
+        path = None
+        if tc.resume == "auto":
+            path = ckpt.latest_checkpoint(self.run_dir)
+            if path is None:
+                _print(f"resume auto: no checkpoint in {self.run_dir}, starting fresh")
+        elif tc.resume is not None:
+            path = Path(tc.resume)
+        if path is None:
+            # resume auto without a checkpoint: an attempt that died before its first one left only logs; they are
+            # moved aside with the rest, not mixed into this run's
+            run_id, aside = runfolder.claim_fresh(self.run_dir, overwrite=tc.overwrite or tc.resume == "auto")
+            if aside is not None:
+                _print(f"moved the earlier contents of {self.run_dir} to {aside}")
+            return None, run_id
+        meta = ckpt.verify(path)
+        run_id = meta.get("run_id") or runfolder.read_run_id(path.parent.parent) or uuid.uuid4().hex
+        runfolder.adopt(self.run_dir, run_id)
+        return str(path), run_id
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.precision == "fp32":
@@ -254,26 +308,14 @@ class Trainer:
                 "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict(),
                 "counters": self.counters.state_dict(),
+                "last_losses": self.last_losses,
                 "ranks": gathered,
             }
             path = ckpt.save(self.run_dir, self.counters.step, model_state=model_state, train_state=train_state,
-                             config=self.config_dict, world_size=self.info.world_size, keep=self.cfg.train.keep_ckpts)
+                             config=self.config_dict, world_size=self.info.world_size, keep=self.cfg.train.keep_ckpts,
+                             run_id=self.run_id)
         dist_util.barrier(self.info)
         return path
-
-    def _resume(self) -> None:
-        tc = self.cfg.train
-        if tc.resume is None:
-            return
-        if tc.resume == "auto":
-            path = ckpt.latest_checkpoint(self.run_dir)
-            if path is None:
-                if self.info.is_main:
-                    _print(f"resume auto: no checkpoint in {self.run_dir}, starting fresh")
-                return
-        else:
-            path = Path(tc.resume)
-        self.load_checkpoint(path)
 
     def load_checkpoint(self, path: str | Path) -> None:
         """Restore everything from ``path``; a corrupt or mismatched checkpoint raises ``CheckpointError``."""
@@ -311,6 +353,7 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.counters.load_state_dict(state["counters"])
+        self.last_losses = dict(state.get("last_losses", {}))
         mine = state["ranks"][self.info.rank]
         ckpt.set_rng_state(mine["rng"], self.generator)
         self.loader.load_state_dict(mine["data"])
@@ -346,7 +389,50 @@ class Trainer:
         return self._flops_cache[key]
 
     def train(self) -> dict[str, Any]:
-        """Run to ``train.steps``, checkpoint, evaluate, write ``summary.json``; returns the summary."""
+        """Run to ``train.steps``, checkpoint, evaluate, write ``summary.json``; returns the summary.
+
+        Raises:
+            Preempted: SIGTERM or SIGINT arrived; the checkpoint of the step reached is written (``preemption.py``).
+        """
+        if self.counters.step >= self.cfg.train.steps:
+            return self._already_finished()
+        self._run_steps(self.signals)
+        self.logger.close_bar()
+        if self.has_val:
+            self.evaluate()
+        summary = self.write_summary()
+        self.logger.close()
+        return summary
+
+    def _already_finished(self) -> dict[str, Any]:
+        """A resumed run that had reached ``train.steps``: report its stored summary without rewriting it (or, when
+        it was stopped between its last checkpoint and its summary, evaluate and write the summary now)."""
+        stored = None
+        if self.info.is_main and (self.run_dir / "summary.json").is_file():
+            stored = json.loads((self.run_dir / "summary.json").read_text())
+        stored = dist_util.broadcast_object(stored, self.info)
+        if stored is None:
+            if self.has_val:
+                self.evaluate()
+            return self.write_summary()
+        if self.info.is_main:
+            _print(f"the run had finished at step {self.counters.step}: nothing to train; its summary "
+                   f"({self.run_dir / 'summary.json'}) is unchanged")
+            _print(format_summary(stored))
+        return stored
+
+    def _stop_requests(self, signals: StopSignals) -> tuple[str | None, bool]:
+        """(the stop signal's name or None, whether a checkpoint was asked for), the same on every rank: a signal
+        that reached one rank stops them all at the same step, so they write one checkpoint together."""
+        stop, checkpoint_now = signals.stop, signals.take_checkpoint_request()
+        if self.info.distributed:
+            flags = torch.tensor([stop is not None, checkpoint_now], dtype=torch.float32, device=self.device)
+            dist_util.all_reduce_sum(flags, self.info)
+            asked, checkpoint_now = (bool(v > 0) for v in flags.tolist())
+            stop = (stop or "a signal on another rank") if asked else None
+        return stop, checkpoint_now
+
+    def _run_steps(self, signals: StopSignals) -> None:
         tc = self.cfg.train
         accum = tc.grad_accum
         batches: Iterator = iter(self.loader)
@@ -412,18 +498,14 @@ class Trainer:
                 self.logger.advance(0, {"loss": f"{record.get('loss/total', float('nan')):.3f}",
                                         "samples/s": f"{record['samples_per_s']:.0f}"})
             self.logger.advance(1)
-            if tc.ckpt_every and step % tc.ckpt_every == 0 and step < tc.steps:
-                self.save_checkpoint()
+            stop, checkpoint_now = self._stop_requests(signals)
+            if (tc.ckpt_every and step % tc.ckpt_every == 0) or checkpoint_now or stop or step == tc.steps:
+                path = self.save_checkpoint()
+            if stop:
+                raise Preempted(stop, step, str(path or ckpt.checkpoint_path(self.run_dir, step)))
             if tc.eval_every and step % tc.eval_every == 0 and step < tc.steps and self.has_val:
                 self.evaluate()
                 self.model.train()
-        self.save_checkpoint()
-        self.logger.close_bar()
-        if self.has_val:
-            self.evaluate()
-        summary = self.write_summary()
-        self.logger.close()
-        return summary
 
     def _optimizer_step(self, loss: torch.Tensor) -> bool:
         """Clip, check finiteness (one host sync), step; a non-finite step is skipped and counted."""
@@ -559,7 +641,9 @@ class Trainer:
         return summary
 
     def close(self) -> None:
-        """Release logs and the process group (called from ``finally``, also after an error)."""
+        """Release logs, loader workers, signal handlers and the process group (called from ``finally``, also after
+        an error)."""
+        self.signals.__exit__(None, None, None)
         logger = getattr(self, "logger", None)
         if logger is not None:
             logger.close()

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from scl_fast._optional import missing
+from scl_fast.errors import ConfigError
 
 from .host import CLIP_MEAN, CLIP_STD
 
@@ -42,7 +43,7 @@ def resolve_device(device: str) -> str:
     if device == "auto":
         return "gpu" if torch.cuda.is_available() else "cpu"
     if device == "gpu" and not torch.cuda.is_available():
-        raise ValueError("data.device='gpu' but CUDA is not available")
+        raise ConfigError("data.device='gpu' but CUDA is not available")
     return device
 
 
@@ -53,7 +54,7 @@ def resolve_decoder(decoder: str) -> str:
     if decoder == "auto":
         return "dali" if dali_available() else "host"
     if decoder == "dali" and not dali_available():
-        raise ValueError(DALI_MISSING)
+        raise ConfigError(DALI_MISSING)
     return decoder
 
 
@@ -88,7 +89,7 @@ class DaliPipelines:
         if device not in ("cpu", "gpu"):
             raise ValueError(f"device must be 'cpu' or 'gpu', got {device!r}")
         if not dali_available():
-            raise ValueError(DALI_MISSING)
+            raise ConfigError(DALI_MISSING)
         self.image_size = image_size
         self.batch_size = batch_size
         self.device = device

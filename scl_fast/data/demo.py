@@ -26,6 +26,8 @@ from PIL import Image, ImageDraw
 from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, processors
 from tokenizers.models import WordPiece
 
+from scl_fast.errors import ConfigError, run_cli
+
 VERSION = 1
 SHAPES = ("circle", "square", "triangle", "diamond")
 COLOURS = {"red": (220, 40, 40), "green": (40, 190, 60), "blue": (50, 90, 235), "yellow": (235, 220, 40),
@@ -173,10 +175,10 @@ def write_demo_corpus(out: str, *, train_images: int = 2000, train_videos: int =
     done = _read_complete(out)
     if done is not None:
         if done["params"] != params:
-            raise ValueError(f"{out} holds a demo corpus with other parameters {done['params']}, asked for {params}")
+            raise ConfigError(f"{out} holds a demo corpus with other parameters {done['params']}, asked for {params}")
         return done["specs"]
     if os.path.isdir(out) and os.listdir(out):
-        raise ValueError(f"{out} exists, is not empty and holds no complete demo corpus; give an empty folder")
+        raise ConfigError(f"{out} exists, is not empty and holds no complete demo corpus; give an empty folder")
     os.makedirs(os.path.dirname(out), exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.tmp-", dir=os.path.dirname(out))
     os.chmod(tmp, 0o755)  # mkdtemp makes it private; a shared cache should be readable
@@ -237,4 +239,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -13,6 +13,7 @@ has consumed".
 from __future__ import annotations
 
 import atexit
+import functools
 import io
 import logging
 import math
@@ -30,6 +31,9 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from scl_fast.errors import ConfigError
+from scl_fast.preemption import worker_init
 
 from . import host
 from .config import DataConfig
@@ -546,7 +550,8 @@ class Loader:
                                drop_last=self.drop_last, resume=dict(self._positions), first_worker=first,
                                capability=torch.cuda.get_device_capability() if self.device == "gpu" else None)
         loader = DataLoader(stream, batch_size=None, num_workers=self.cfg.num_workers, collate_fn=_identity,
-                            prefetch_factor=4 if self.cfg.num_workers else None)
+                            prefetch_factor=4 if self.cfg.num_workers else None,
+                            worker_init_fn=functools.partial(worker_init, trainer_pid=os.getpid()))
         # The iterator is made here, in the consumer's thread: making it draws the workers' base seed from torch's
         # global RNG, and the draw must not land at a random moment of the consumer's RNG stream.
         worker_batches = iter(loader)
@@ -568,7 +573,7 @@ class Loader:
             decoded.close()  # now, not at garbage collection: stops the prefetch thread and the workers
         self._positions, self._last_worker = {}, None  # finished: the next pass starts from the beginning
         if self.epochs is None:
-            raise ValueError(f"data {self.spec!r} has no usable samples for rank {self.rank} (stats: "
+            raise ConfigError(f"data {self.spec!r} has no usable samples for rank {self.rank} (stats: "
                              f"{self.stats.as_dict()})")
         if delivered == 0:
             log.warning("data: %r yielded no batch (stats: %s)", self.spec, self.stats.as_dict())
@@ -583,7 +588,7 @@ class Loader:
     def load_state_dict(self, state: dict) -> None:
         for name, mine in (("world_size", self.world_size), ("num_workers", self._workers), ("seed", self.seed)):
             if state.get(name) != mine:
-                raise ValueError(f"data state was saved with {name}={state.get(name)!r}, this loader has {mine!r}")
+                raise ConfigError(f"data state was saved with {name}={state.get(name)!r}, this loader has {mine!r}")
         self._positions = {int(k): dict(v) for k, v in state["positions"].items()}
         self._last_worker = state["last_worker"]
         self.stats = Stats.from_dict(state["stats"])
@@ -602,7 +607,7 @@ def build_loader(cfg: DataConfig, split: Literal["train", "val"], *, rank: int =
     spec = cfg.train if split == "train" else cfg.val
     if spec is None:
         if cfg.train is not None:
-            raise ValueError("data.val is not set (a val split comes from the demo corpus only when data.train "
+            raise ConfigError("data.val is not set (a val split comes from the demo corpus only when data.train "
                              "is None too)")
         from .demo import ensure_demo_corpus
 

@@ -44,6 +44,8 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+from scl_fast.errors import ConfigError, UserError
+
 log = logging.getLogger("scl_fast.data")
 
 IMAGE_EXTS = frozenset({"jpg", "jpeg", "png", "webp"})
@@ -72,7 +74,7 @@ REPAIRED = {
 }
 
 
-class BadSampleError(ValueError):
+class BadSampleError(UserError, ValueError):
     """A sample was rejected while ``strict`` is on. The message names the shard, the key and the reason."""
 
 
@@ -174,7 +176,7 @@ def expand_braces(pattern: str) -> list[str]:
     if rng:
         lo, hi = rng.groups()
         if int(hi) < int(lo):
-            raise ValueError(f"empty brace range {{{body}}} in {pattern!r}")
+            raise ConfigError(f"empty brace range {{{body}}} in {pattern!r}")
         width = len(lo) if lo.startswith("0") else 0
         choices = [str(i).zfill(width) for i in range(int(lo), int(hi) + 1)]
     else:
@@ -189,17 +191,17 @@ def expand_spec(spec: str) -> tuple[str, list[str]]:
     ``.jsonl`` manifest.
     """
     if not spec or not spec.strip():
-        raise ValueError(f"empty data spec: {spec!r}")
+        raise ConfigError(f"empty data spec: {spec!r}")
     if spec.endswith(".jsonl"):
         if not os.path.isfile(spec):
-            raise ValueError(f"manifest not found: {spec!r}")
+            raise ConfigError(f"manifest not found: {spec!r}")
         return "manifest", [spec]
     paths: list[str] = []
     for part in spec.split("::"):
         if os.path.isdir(part):
             found = sorted(os.path.join(part, n) for n in os.listdir(part) if n.endswith(".tar"))
             if not found:
-                raise ValueError(f"no .tar shards in folder {part!r}")
+                raise ConfigError(f"no .tar shards in folder {part!r}")
             paths.extend(found)
         else:
             paths.extend(expand_braces(part))

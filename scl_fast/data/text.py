@@ -9,6 +9,7 @@ import numpy as np
 from tokenizers import Tokenizer as _HFTokenizer
 
 from scl_fast._optional import require
+from scl_fast.errors import ConfigError
 
 DEMO = "demo"
 """The name that selects the demo corpus's built-in tokenizer (``demo.demo_tokenizer``) instead of a folder."""
@@ -91,11 +92,11 @@ def check_fits(tok: TextTokenizer, *, vocab_size: int, pad_token_id: int, mask_t
     its embedding, or a [PAD]/[MASK] id that is not the tokenizer's (masking would write the wrong token)."""
     name = tok.path or "the default BERT-uncased"
     if tok.vocab_size > vocab_size:
-        raise ValueError(f"tokenizer {name!r} has {tok.vocab_size} tokens but model.text.vocab_size is {vocab_size}: "
+        raise ConfigError(f"tokenizer {name!r} has {tok.vocab_size} tokens but model.text.vocab_size is {vocab_size}: "
                          f"set --model.text.vocab_size {tok.vocab_size} or choose another --data.tokenizer")
     for role, mine, theirs in (("pad", tok.pad_id, pad_token_id), ("mask", tok.mask_id, mask_token_id)):
         if mine != theirs:
-            raise ValueError(f"tokenizer {name!r} has {role} id {mine} but model.text.{role}_token_id is {theirs}: "
+            raise ConfigError(f"tokenizer {name!r} has {role} id {mine} but model.text.{role}_token_id is {theirs}: "
                              f"set --model.text.{role}_token_id {mine}")
 
 
@@ -105,7 +106,7 @@ def _load_backend(path: str) -> _HFTokenizer:
 
         return demo_tokenizer()
     if not os.path.isdir(path):
-        raise ValueError(f"tokenizer folder does not exist: {path!r}")
+        raise ConfigError(f"tokenizer folder does not exist: {path!r}")
     file = os.path.join(path, "tokenizer.json")
     if os.path.isfile(file):
         return _HFTokenizer.from_file(file)
@@ -113,7 +114,7 @@ def _load_backend(path: str) -> _HFTokenizer:
     transformers = require("transformers", f"a tokenizer folder without tokenizer.json ({path})")
     hf = transformers.AutoTokenizer.from_pretrained(path, use_fast=True, local_files_only=True)
     if not hf.is_fast:
-        raise ValueError(f"no fast tokenizer can be built from {path!r}")
+        raise ConfigError(f"no fast tokenizer can be built from {path!r}")
     return hf.backend_tokenizer
 
 
@@ -132,5 +133,5 @@ def _special_ids(path: str | None, tok: _HFTokenizer) -> dict[str, int]:
                 ids[role] = token_id
                 break
         else:
-            raise ValueError(f"tokenizer in {path!r} has no {role} (tried {candidates})")
+            raise ConfigError(f"tokenizer in {path!r} has no {role} (tried {candidates})")
     return ids

@@ -190,14 +190,35 @@ def test_bad_set_through_workers_and_shuffle(bad_set: dict, decoder: str) -> Non
     assert dict(loader.stats.repaired) == dict(bad_set["repaired"])
 
 
+def _check_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "scl_fast.data.check", *args, "--frames", str(FRAMES),
+                           "--image-size", str(SIZE)], capture_output=True, text=True, timeout=120)
+
+
 def test_check_cli_json(bad_set: dict) -> None:
-    out = subprocess.run([sys.executable, "-m", "scl_fast.data.check", bad_set["spec"], "--json", "--frames",
-                          str(FRAMES), "--image-size", str(SIZE)], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr[-2000:]
+    out = _check_cli(bad_set["spec"], "--json")
+    # The set holds a missing shard: the counts are reported and the check fails, so it can guard a pipeline.
+    assert out.returncode == 1, out.stderr[-2000:]
+    # (stderr also holds the decoders' own complaints about the broken files)
+    assert out.stderr.strip().splitlines()[-1] == "check failed: 1 unreadable shard(s): missing or not a tar"
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["good"] == len(bad_set["good"])
     assert result["bad"] == dict(sorted(bad_set["bad"].items()))
     assert result["repaired"] == dict(sorted(bad_set["repaired"].items()))
+
+
+def test_check_cli_exit_status(bad_set: dict, tmp_path) -> None:
+    """0 for usable data, 1 for no good sample or too many skipped, 2 (one line) for an argument it cannot use."""
+    readable = bad_set["spec"].replace("{00000..00003}", "{00000..00002}")  # without the missing shard
+    fraction = sum(bad_set["bad"].values()) / (sum(bad_set["bad"].values()) + len(bad_set["good"]))
+    assert _check_cli(readable, "--max-bad-fraction", f"{fraction + 0.05:.3f}").returncode == 0
+    over = _check_cli(readable, "--max-bad-fraction", f"{fraction - 0.05:.3f}")
+    assert over.returncode == 1 and "over --max-bad-fraction" in over.stderr
+    missing = _check_cli(str(tmp_path / "nowhere-{00000..00001}.tar"))
+    assert missing.returncode == 1 and "no good sample" in missing.stderr and "2 unreadable shard(s)" in missing.stderr
+    manifest = _check_cli(str(tmp_path / "absent.jsonl"))
+    assert manifest.returncode == 2, manifest.stderr
+    assert manifest.stderr.strip() == f"error: manifest not found: '{tmp_path / 'absent.jsonl'}'"
 
 
 @pytest.mark.parametrize("workers", [0, 2])
