@@ -1,15 +1,22 @@
 """masked_attention forward and forward+backward against PyTorch SDPA, FlexAttention, xformers and flash-attn.
 
-Every case checks its numerics against the float64 reference before timing, so a fast wrong kernel fails.
+Every case checks its numerics against the float64 reference before timing, so a fast wrong kernel fails; every
+peer's mask is checked equal to the reference mask when it is built (``benchmarks/attention_peers.py``), so a
+fast peer on the wrong mask fails too.
 
-GPU cases (``shapes.ATTN_GPU``, bf16, skipped with the reason on a machine without CUDA):
+GPU cases (``shapes.ATTN_GPU``, bf16, skipped with the reason on a machine without CUDA), each peer written as its
+authors would write our masks (``attention_peers``):
 - ``triton``: ``scl_kernels.masked_attention`` with the mask generated in the kernel (key mask, frame blocks);
-- ``sdpa``: ``F.scaled_dot_product_attention`` given the equivalent dense boolean mask (no mask when the shape
-  has none, so PyTorch picks its FlashAttention-2 kernel: the ceiling a masked kernel should approach);
+- ``sdpa``: ``F.scaled_dot_product_attention`` as it dispatches by default, given the dense boolean mask (no mask
+  when the shape has none, so PyTorch picks its FlashAttention-2 kernel: the ceiling a masked kernel should
+  approach);
 - ``sdpa_flash``: SDPA forced onto its flash backend with no mask at all (only for unmasked shapes);
-- ``flex``: FlexAttention (compiled) with the equivalent ``BlockMask``;
-- ``xformers`` (attention bias) and ``flash_attn`` (varlen key padding): when installed, else skipped with the
-  reason.
+- ``sdpa_best[<backend>-<form>]``: SDPA forced onto cuDNN, flash or memory-efficient, with the mask as bool or as an
+  aligned additive float mask (a backend that refuses the case skips with its reason);
+- ``flex[<tiles>]``: compiled FlexAttention with the arithmetic ``mask_mod`` and a compiled ``BlockMask`` of those
+  tiles (``attention_peers.flex_configs``; the GPU report also tries kernel options on the fastest);
+- ``xformers`` (its ``BlockDiagonalMask`` over packed rows) and ``flash_attn`` (varlen key padding): when
+  installed, else skipped with the reason.
 TFLOP/s go into each benchmark's ``extra_info`` (``shapes.AttnShape.flops``: visible pairs only, forward
 4 * B * H * pairs * D, forward+backward 3.5x that).
 
@@ -26,6 +33,8 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+import re
+import warnings
 from collections.abc import Callable
 
 import pytest
@@ -33,6 +42,7 @@ import torch
 import torch.nn.functional as F
 
 import scl_kernels
+from benchmarks import attention_peers as peers
 from benchmarks import shapes as S
 from benchmarks import synchronized
 from scl_kernels.reference import attention_mask_ref, masked_attention_ref
@@ -93,7 +103,8 @@ def _timed(fn: Callable[..., torch.Tensor], q, k, v, backward: bool, device: str
     return synchronized(call, device)
 
 
-def _impl(name: str, shape: S.AttnShape, km: torch.Tensor | None, device: str) -> Callable[..., torch.Tensor]:
+def _impl(name: str, shape: S.AttnShape, km: torch.Tensor | None, device: str,
+          dtype: torch.dtype = GPU_DTYPE) -> Callable[..., torch.Tensor]:
     """The attention function ``name`` for ``shape``, or pytest.skip with the reason."""
     mask = attention_mask_ref(shape.batch, shape.lq, shape.lk, key_mask=km, frames=shape.frames,
                               device=torch.device(device))  # fmt: skip
@@ -108,33 +119,22 @@ def _impl(name: str, shape: S.AttnShape, km: torch.Tensor | None, device: str) -
     if name == "sdpa_flash":
         if mask is not None:
             pytest.skip("SDPA's flash backend takes no mask: unmasked shapes only")
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-
-        def flash(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-            with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
-                return F.scaled_dot_product_attention(q, k, v)
-
-        return flash
-    if name == "flex":
-        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
-
-        if mask is None:
-            block_mask = None
-        else:
-            dense = mask.expand(shape.batch, 1, shape.lq, shape.lk)
-
-            def mask_mod(b, h, q_idx, kv_idx):  # noqa: ANN001, ANN202
-                return dense[b, 0, q_idx, kv_idx]
-
-            block_mask = create_block_mask(mask_mod, shape.batch, None, shape.lq, shape.lk, device=device)
-        compiled = torch.compile(flex_attention, dynamic=False)
-        return lambda q, k, v: compiled(q, k, v, block_mask=block_mask)
+        return peers.sdpa_call("flash", None)
+    if name.startswith("sdpa_best["):
+        (cand,) = [c for c in peers.sdpa_candidates(mask, dtype) if name == f"sdpa_best[{c.key}]"]
+        return _refusals_skip(cand)
+    if name.startswith("flex["):
+        flex = peers.FlexPeer(batch=shape.batch, lq=shape.lq, lk=shape.lk, frames=shape.frames, key_mask=km,
+                              reference=mask, device=torch.device(device), compile=True)
+        (config,) = [c for c in peers.flex_configs(frames=shape.frames, lk=shape.lk,
+                                                   key_mask=shape.key_mask) if name == f"flex[{c.name}]"]
+        return flex.candidate(config).build()[0]  # the BlockMask built and checked here, once
     if name == "xformers":
-        if importlib.util.find_spec("xformers") is None:
-            pytest.skip("xformers not installed (pip install xformers)")
-        from scl_fast.model.attention import attention
-
-        return lambda q, k, v: attention(q, k, v, backend="xformers", key_mask=km, frames=shape.frames)
+        cand = peers.xformers_candidate(batch=shape.batch, lq=shape.lq, lk=shape.lk, frames=shape.frames,
+                                        key_mask=km, reference=mask, device=torch.device(device))
+        if isinstance(cand, str):
+            pytest.skip(cand)
+        return _refusals_skip(cand)
     if name == "flash_attn":
         if importlib.util.find_spec("flash_attn") is None:
             pytest.skip("flash-attn not installed (pip install flash-attn)")
@@ -146,18 +146,50 @@ def _impl(name: str, shape: S.AttnShape, km: torch.Tensor | None, device: str) -
     raise ValueError(f"unknown implementation {name!r}")
 
 
+def _refusals_skip(cand: peers.Candidate) -> Callable[..., torch.Tensor]:
+    """The candidate's call; the first call's refusal of the case (SDPA: no kernel left for a forced backend,
+    xformers: no operator) skips with the reason instead of failing: a missing kernel is not a wrong one."""
+    call, _ = cand.build()
+    tried = False
+
+    def fn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        nonlocal tried
+        if tried:
+            return call(q, k, v)
+        tried = True
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                return call(q, k, v)
+            except (RuntimeError, NotImplementedError) as err:
+                if not re.search(r"No available kernel|No viable backend|No operator found", str(err)):
+                    raise
+                pytest.skip(f"not accepted: {cand.refusal(err, caught)}")
+
+    return fn
+
+
 # ------------------------------------------------------------------------------------------------------------
 # GPU
 # ------------------------------------------------------------------------------------------------------------
 
-GPU_IMPLS = ["triton", "sdpa", "sdpa_flash", "flex", "xformers", "flash_attn"]
+def _gpu_impls(shape: S.AttnShape) -> list[str]:
+    """Every implementation of a shape: ours, SDPA's default, each SDPA backend and mask form, each FlexAttention
+    tile configuration, xformers, flash-attn."""
+    masked = shape.frames is not None or shape.key_mask
+    flex = peers.flex_configs(frames=shape.frames, lk=shape.lk, key_mask=shape.key_mask)
+    return ["triton", "sdpa", "sdpa_flash", *(f"sdpa_best[{key}]" for key in peers.sdpa_keys(masked)),
+            *(f"flex[{c.name}]" for c in flex), "xformers", "flash_attn"]
+
+
+GPU_CASES = [pytest.param(shape, impl, id=f"{shape.name}-{impl}") for shape in S.ATTN_GPU for impl in _gpu_impls(shape)]
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("backward", [False, True], ids=["fwd", "fwd+bwd"])
-@pytest.mark.parametrize("impl", GPU_IMPLS)
-@pytest.mark.parametrize("shape", S.ATTN_GPU, ids=lambda s: s.name)
+@pytest.mark.parametrize(("shape", "impl"), GPU_CASES)
 def test_attention_gpu(benchmark, shape: S.AttnShape, impl: str, backward: bool) -> None:  # noqa: ANN001
+    peers.raise_recompile_limits()  # every FlexAttention configuration compiled, none left to the eager path
     q, k, v, km = _inputs(shape, GPU_DTYPE, "cuda")
     fn = _impl(impl, shape, km, "cuda")
     _check(fn, q, k, v, km, shape, backward)
@@ -178,7 +210,7 @@ def test_attention_gpu(benchmark, shape: S.AttnShape, impl: str, backward: bool)
 @pytest.mark.parametrize("shape", S.ATTN_CPU[:2], ids=lambda s: s.name)
 def test_attention_cpu(benchmark, shape: S.AttnShape, impl: str, backward: bool) -> None:  # noqa: ANN001
     q, k, v, km = _inputs(shape, torch.float32, "cpu")
-    fn = _impl(impl, shape, km, "cpu")
+    fn = _impl(impl, shape, km, "cpu", torch.float32)
     _check(fn, q, k, v, km, shape, backward)
     benchmark.group = f"attention-cpu {shape.name} {'fwd+bwd' if backward else 'fwd'}"
     benchmark(_timed(fn, q, k, v, backward, "cpu"))

@@ -7,10 +7,14 @@ Measures, in this order (each section checks the time left and is skipped, with 
 1. ceilings: device-to-device copy bandwidth (bytes read + written) and a bf16 8192^3 matmul rate, on random data.
    Every later number is also shown as a fraction of these measured ceilings (not of datasheet values).
 2. ``masked_attention`` forward and forward+backward over ``shapes.ATTN_GPU`` (text padding, 288 px images,
-   4-frame video with the frame-block mask, co-attention, one long D=128 case) in bf16, against PyTorch SDPA
-   (dense bool mask), FlexAttention (compiled, block mask), xformers (dense bias) where importable, and the
-   eager reference. TFLOP/s over *visible* (query, key) pairs; error vs an fp64 reference (output and the
-   three input gradients) in bf16, plus the fused kernel's error in fp16.
+   4-frame video with the frame-block mask, co-attention, one long D=128 case) in bf16, against PyTorch SDPA as
+   it dispatches by default (dense bool mask), and peers tuned as their authors would (``attention_peers``):
+   ``sdpa_best`` (the fastest of SDPA's cuDNN / flash / efficient backends with a bool or additive mask),
+   FlexAttention (arithmetic mask_mod, compiled BlockMask, the fastest of its tile sizes and kernel options) and
+   xformers (its BlockDiagonalMask), each configuration tried listed in ``attention_peers`` and every peer's mask
+   checked equal to the reference before its time counts; and the eager reference. TFLOP/s over *visible*
+   (query, key) pairs; error vs an fp64 reference (output and the three input gradients) in bf16, plus the fused
+   kernel's error in fp16.
 3. ``info_nce`` forward+backward (fused vs the eager N x N reference): TFLOP/s, peak memory, error vs fp64.
 4. ``random_masking`` / ``mlm_mask`` / ``scl_text_mask``: GB/s over the fewest bytes, exact agreement with the
    reference on the same random keys.
@@ -43,6 +47,7 @@ import subprocess
 import sys
 import time
 import traceback
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -51,6 +56,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from benchmarks import attention_peers as peers
 from benchmarks import shapes as S
 from benchmarks import torch_threads
 
@@ -87,6 +93,8 @@ class Ctx:
     # attention autotuner -> autotune key -> config -> ms: every candidate's time, not only the winner's
     tuning: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
     host_profile: list[dict[str, Any]] = field(default_factory=list)  # the fused fwd+bwd's top Python functions
+    peer_search: str = "full"  # tuned peers: time every configuration fwd and fwd+bwd ("full"), or fwd ("fwd")
+    flex_experimental: bool = False  # also try USE_TMA and max-autotune on FlexAttention's fastest configuration
 
     def left(self) -> float:
         return self.deadline - time.monotonic()
@@ -304,28 +312,10 @@ def _attn_inputs(shape: S.AttnShape, device: torch.device, dtype: torch.dtype, g
     return q, k, v, key_mask
 
 
-def _flex_block_mask(shape: S.AttnShape, batch: int, dev: torch.device, km: torch.Tensor | None,
-                     create_block_mask: Callable) -> Any:
-    """FlexAttention's BlockMask for the shape's pattern (frame blocks + global CLS, key padding)."""
-    f = shape.frames or 1
-    per = shape.lk // f
-    idx = torch.arange(shape.lk, device=dev)
-    frame_of = torch.where(idx < f, idx, (idx - f) // max(per - 1, 1))
-    is_cls = idx < f
-
-    def mask_mod(b, h, q_idx, kv_idx):  # noqa: ANN001, ANN202
-        ok = q_idx >= 0  # all True, of the right type
-        if shape.frames and shape.frames > 1:
-            ok = ok & (is_cls[q_idx] | (frame_of[q_idx] == frame_of[kv_idx]))
-        if km is not None:
-            ok = ok & km[b, kv_idx]
-        return ok
-
-    return create_block_mask(mask_mod, batch, None, shape.lq, shape.lk, device=dev)
-
-
 def _attn_impls(ctx: Ctx, kernels: Any, shape: S.AttnShape) -> dict[str, Callable | str]:
-    """name -> factory(q, k, v, key_mask) -> call() -> out, or a string saying why it is absent."""
+    """name -> factory(q, k, v, key_mask) -> call() -> out, or a string saying why it is absent: ours, SDPA as it
+    dispatches by default (the dense bool mask), SDPA's flash kernel where nothing is masked, and the eager
+    reference. The tuned peers (SDPA's best backend, FlexAttention, xformers) come from ``_peers``."""
     from scl_kernels.reference import attention_mask_ref, masked_attention_ref
 
     impls: dict[str, Callable | str] = {}
@@ -340,11 +330,9 @@ def _attn_impls(ctx: Ctx, kernels: Any, shape: S.AttnShape) -> dict[str, Callabl
 
         impls["scl_triton" if backend else "scl_auto"] = make_fused
 
-    def dense_mask(q, km):  # noqa: ANN001, ANN202
-        return attention_mask_ref(q.shape[0], shape.lq, shape.lk, key_mask=km, frames=shape.frames, device=q.device)
-
     def make_sdpa(q, k, v, km):  # noqa: ANN001, ANN202
-        mask = dense_mask(q, km)  # built once, outside the timed call
+        # built once, outside the timed call
+        mask = attention_mask_ref(q.shape[0], shape.lq, shape.lk, key_mask=km, frames=shape.frames, device=q.device)
         return lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
     impls["sdpa"] = make_sdpa
@@ -364,50 +352,126 @@ def _attn_impls(ctx: Ctx, kernels: Any, shape: S.AttnShape) -> dict[str, Callabl
 
             impls["sdpa_flash"] = make_flash
 
-    try:
-        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
-
-        compiled = torch.compile(flex_attention, dynamic=False) if ctx.device.type == "cuda" else flex_attention
-
-        blocks: dict[tuple, Any] = {}
-
-        def make_flex(q, k, v, km):  # noqa: ANN001, ANN202
-            # one block mask (and one mask_mod closure) per shape: a new closure per call would make torch.compile
-            # recompile for every call
-            key = (q.shape[0], str(q.device), id(km))
-            if key not in blocks:
-                blocks[key] = _flex_block_mask(shape, q.shape[0], q.device, km, create_block_mask)
-            block = blocks[key]
-            return lambda: compiled(q, k, v, block_mask=block)
-
-        impls["flex"] = make_flex
-    except ImportError as err:
-        impls["flex"] = f"missing: {err}"
-
-    if importlib.util.find_spec("xformers") is not None and ctx.device.type == "cuda":
-        def make_xformers(q, k, v, km):  # noqa: ANN001, ANN202
-            import xformers.ops as xops
-
-            mask = dense_mask(q, km)
-            bias = None
-            if mask is not None:
-                b, h = q.shape[:2]
-                pad = -(-shape.lk // 8) * 8  # xformers wants the bias' last dim 8-aligned in memory
-                storage = torch.zeros(b, h, shape.lq, pad, device=q.device, dtype=q.dtype)
-                bias = storage[..., : shape.lk]
-                bias.masked_fill_(~mask.expand(b, h, shape.lq, shape.lk), float("-inf"))
-            qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))
-            return lambda: xops.memory_efficient_attention(qt, kt, vt, attn_bias=bias).transpose(1, 2)
-
-        impls["xformers"] = make_xformers
-    else:
-        impls["xformers"] = "missing: xformers not installed"
-
     def make_eager(q, k, v, km):  # noqa: ANN001, ANN202
         return lambda: masked_attention_ref(q, k, v, key_mask=km, frames=shape.frames)
 
     impls["eager"] = make_eager
     return impls
+
+
+@dataclass
+class _Peer:
+    """A tuned peer on one shape: the configurations to try, and (FlexAttention) how to refine the fastest one."""
+
+    candidates: list[peers.Candidate]
+    refine: Callable[[str], list[peers.Candidate]] | None = None
+
+
+def _peers(ctx: Ctx, shape: S.AttnShape, q: torch.Tensor, km: torch.Tensor | None) -> dict[str, _Peer | str]:
+    """The tuned peers of one shape (``benchmarks/attention_peers.py``), or why one cannot be tried."""
+    from scl_kernels.reference import attention_mask_ref
+
+    batch, dev = q.shape[0], q.device
+    ref = attention_mask_ref(batch, shape.lq, shape.lk, key_mask=km, frames=shape.frames, device=dev)
+    found: dict[str, _Peer | str] = {"sdpa_best": _Peer(peers.sdpa_candidates(ref, q.dtype))}
+    try:
+        flex = peers.FlexPeer(batch=batch, lq=shape.lq, lk=shape.lk, frames=shape.frames, key_mask=km, reference=ref,
+                              device=dev, compile=dev.type == "cuda")
+        configs = {c.name: c for c in peers.flex_configs(frames=shape.frames, lk=shape.lk,
+                                                          key_mask=shape.key_mask)}
+
+        def refine(best: str) -> list[peers.Candidate]:
+            more = peers.flex_refinements(configs[best], rows_safe=flex.rows_safe, experimental=ctx.flex_experimental)
+            return [flex.candidate(c) for c in more]
+
+        found["flex"] = _Peer([flex.candidate(c) for c in configs.values()], refine)
+    except ImportError as err:
+        found["flex"] = f"missing: FlexAttention ({err})"
+    xformers = peers.xformers_candidate(batch=batch, lq=shape.lq, lk=shape.lk, frames=shape.frames, key_mask=km,
+                                        reference=ref, device=dev)
+    found["xformers"] = _Peer([xformers]) if isinstance(xformers, peers.Candidate) else f"missing: {xformers}"
+    return found
+
+
+# what a peer's forward may differ from the fp64 reference before its configuration is thrown out (bench_attention's)
+_PEER_RTOL = {torch.float32: 1e-4, torch.float16: 5e-3, torch.bfloat16: 2e-2}
+
+
+def _tune(ctx: Ctx, shape: S.AttnShape, name: str, peer: _Peer, inputs: tuple, ref_out: torch.Tensor, dname: str,
+          *, backward: bool) -> dict[str, tuple[peers.Candidate, Callable]]:
+    """Try every configuration of one peer and return, per pass, the fastest (candidate, factory).
+
+    Each configuration's mask is checked equal to the reference when it is built (``MaskMismatch``: not timed),
+    its forward output against the fp64 reference, then it is timed forward and, with ``--peer-search full`` (the
+    default), forward + backward; with ``fwd`` only the fastest forward configurations are timed forward + backward,
+    until one runs. A peer with ``refine`` then tries refinements of each pass's fastest. Every attempt is a row of
+    the ``attention_peers`` section: what was tried, its time or why it was not timed, and which won."""
+    q, k, v, km, g = inputs
+    timed: dict[str, list[tuple[float, peers.Candidate, Callable, dict]]] = {"fwd": [], "fwd+bwd": []}
+    seen: set[str] = set()
+
+    def fwd_bwd(cand: peers.Candidate, make: Callable, row: dict) -> bool:
+        try:
+            ms = time_ms(ctx, _fwd_bwd_call(make, q, k, v, km, g))
+        except Exception as err:  # noqa: BLE001 - e.g. no backward kernel for these tiles
+            ctx.add(**row, pass_="fwd+bwd", status=f"error: {_error_text(err)}")
+            return False
+        timed["fwd+bwd"].append((ms, cand, make, ctx.add(**row, pass_="fwd+bwd", ms=ms, status="ok")))
+        return True
+
+    def attempt(cand: peers.Candidate) -> None:
+        if cand.key in seen:
+            return
+        seen.add(cand.key)
+        row = {"section": "attention_peers", "case": shape.name, "impl": name, "config": cand.config, "dtype": dname}
+        if ctx.left() < ctx.step_reserve_s + 30:
+            ctx.add(**row, status="not tried: time budget")
+            return
+        try:
+            call, row["blocks"] = cand.build()
+        except peers.MaskMismatch as err:
+            ctx.add(**row, status=f"MISMATCH: {str(err)[:190]}")
+            return
+        except Exception as err:  # noqa: BLE001
+            ctx.add(**row, status=f"error: {_error_text(err)}")
+            return
+        make = lambda q_, k_, v_, km_: (lambda: call(q_, k_, v_))  # noqa: E731 - the report's factory shape
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                # grad mode on, as in the timed calls (q, k, v need no gradient): a compiled peer compiled once
+                out = call(q, k, v)
+            except Exception as err:  # noqa: BLE001 - a backend that refuses the case says why
+                ctx.add(**row, status=f"not accepted: {cand.refusal(err, caught)}")
+                return
+        err = rel_err(out, ref_out)
+        if not err < _PEER_RTOL[q.dtype]:
+            ctx.add(**row, pass_="fwd", rel_err=err, status=f"wrong: output rel_err {err:.2e}")
+            return
+        ms = time_ms(ctx, make(q, k, v, km))
+        timed["fwd"].append((ms, cand, make, ctx.add(**row, pass_="fwd", ms=ms, rel_err=err, status="ok")))
+        if backward and ctx.peer_search == "full":
+            fwd_bwd(cand, make, row)
+
+    for cand in peer.candidates:
+        attempt(cand)
+    if peer.refine is not None:
+        for pass_ in ("fwd", "fwd+bwd"):
+            if timed[pass_]:
+                for cand in peer.refine(min(timed[pass_], key=lambda t: t[0])[1].key):
+                    attempt(cand)
+    if backward and ctx.peer_search == "fwd":
+        for _, cand, make, row in sorted(timed["fwd"], key=lambda t: t[0]):
+            base = {key: row[key] for key in ("section", "case", "impl", "config", "dtype", "blocks") if key in row}
+            if fwd_bwd(cand, make, base):
+                break
+    best = {}
+    for pass_, tries in timed.items():
+        if tries:
+            _, cand, make, row = min(tries, key=lambda t: t[0])
+            row["status"] = "ok (fastest)"
+            best[pass_] = (cand, make)
+    return best
 
 
 def _attn_reference(q, k, v, km, shape: S.AttnShape, g: torch.Tensor):  # noqa: ANN001, ANN202
@@ -430,21 +494,27 @@ def _impl_errors(make: Callable, q, k, v, km, ref_out, ref_grads, g) -> tuple[fl
 
 
 def _attn_case(ctx: Ctx, kernels: Any, shape: S.AttnShape, name: str, make: Callable, inputs: tuple, refs: tuple,
-               dname: str) -> None:
-    """Errors, forward and forward+backward times, peak memory of one implementation on one shape."""
+               dname: str, *, make_fb: Callable | None = None,
+               configs: tuple[str | None, str | None] = (None, None)) -> None:
+    """Errors, forward and forward+backward times, peak memory of one implementation on one shape. A tuned peer
+    passes the fastest configuration of each pass: ``make`` forward, ``make_fb`` forward + backward, and says which
+    (``configs``)."""
     q, k, v, km, g = inputs
     ref_out, ref_grads = refs
     with _tuning_recorded(ctx, kernels, "attention"):  # the first call of our kernels autotunes them
-        out_err, grad_err, abs_err = _impl_errors(make, q, k, v, km, ref_out, ref_grads, g)
+        out_err, grad_err, abs_err = _impl_errors(make_fb or make, q, k, v, km, ref_out, ref_grads, g)
+    if make_fb is not None:  # the forward configuration's own output error
+        out = make(q, k, v, km)()
+        out_err, abs_err = rel_err(out, ref_out), max_abs(out, ref_out)
     ms_f = time_ms(ctx, make(q, k, v, km))
     qg, kg, vg = (t.detach().clone().requires_grad_(True) for t in (q, k, v))
-    fb_call = make(qg, kg, vg, km)
+    fb_call = (make_fb or make)(qg, kg, vg, km)
     ms_fb = time_ms(ctx, lambda: fb_call().backward(g), grad_to_none=[qg, kg, vg])
     mem = peak_mb(ctx, lambda: fb_call().backward(g))
     busy_f, _ = kernel_ms(ctx, make(q, k, v, km))
     # gradients cleared before each call, as time_ms does: else each backward adds into them, an elementwise
     # kernel the timed calls do not run (0.04-0.08 ms in every implementation's kernel_ms of the 2026-11-30 runs)
-    busy_fb, per_fb = kernel_ms(ctx, _fwd_bwd_call(make, q, k, v, km, g))
+    busy_fb, per_fb = kernel_ms(ctx, _fwd_bwd_call(make_fb or make, q, k, v, km, g))
     graph_f = graph_ms(ctx, make(q, k, v, km))
     graph_fb = graph_ms(ctx, lambda: fb_call().backward(g), grad_to_none=[qg, kg, vg])
     extra: dict[str, Any] = {}
@@ -457,12 +527,33 @@ def _attn_case(ctx: Ctx, kernels: Any, shape: S.AttnShape, name: str, make: Call
         extra = {"rel_err_fp16": e_out, "grad_rel_err_fp16": e_grad}
     tf_f = shape.flops() / ms_f / 1e9
     tf_fb = shape.flops(backward=True) / ms_fb / 1e9
-    ctx.add(section="attention", case=shape.name, impl=name, pass_="fwd", dtype=dname, ms=ms_f, kernel_ms=busy_f,
-            graph_ms=graph_f, tflops=tf_f, frac_ceiling=_frac(ctx, tflops=tf_f), rel_err=out_err,
-            max_abs_err=abs_err, status="ok", **extra)
-    ctx.add(section="attention", case=shape.name, impl=name, pass_="fwd+bwd", dtype=dname, ms=ms_fb,
-            kernel_ms=busy_fb, graph_ms=graph_fb, tflops=tf_fb, frac_ceiling=_frac(ctx, tflops=tf_fb),
-            rel_err=grad_err, peak_mb=mem, kernels=_top_kernels(per_fb), status="ok")
+    ctx.add(section="attention", case=shape.name, impl=name, config=configs[0], pass_="fwd", dtype=dname, ms=ms_f,
+            kernel_ms=busy_f, graph_ms=graph_f, tflops=tf_f, frac_ceiling=_frac(ctx, tflops=tf_f), rel_err=out_err,
+            max_abs_err=abs_err, blocks=_blocks(ctx, shape, configs[0]), status="ok", **extra)
+    ctx.add(section="attention", case=shape.name, impl=name, config=configs[1], pass_="fwd+bwd", dtype=dname,
+            ms=ms_fb, kernel_ms=busy_fb, graph_ms=graph_fb, tflops=tf_fb, frac_ceiling=_frac(ctx, tflops=tf_fb),
+            rel_err=grad_err, peak_mb=mem, kernels=_top_kernels(per_fb), blocks=_blocks(ctx, shape, configs[1]),
+            status="ok")
+
+
+def _blocks(ctx: Ctx, shape: S.AttnShape, config: str | None) -> str | None:
+    """The tile counts ``_tune`` recorded for a FlexAttention configuration (None for anything else)."""
+    return next((r.get("blocks") for r in ctx.rows if config and r["section"] == "attention_peers"
+                 and r["case"] == shape.name and r.get("config") == config), None)
+
+
+def _attn_fwd_only(ctx: Ctx, shape: S.AttnShape, name: str, make: Callable, inputs: tuple, ref_out: torch.Tensor,
+                   dname: str, config: str, why: str) -> None:
+    """The forward row of a peer that has no forward + backward here (FlexAttention on a CPU), and why not."""
+    q, k, v, km, _ = inputs
+    out = make(q, k, v, km)()
+    ms = time_ms(ctx, make(q, k, v, km))
+    tf = shape.flops() / ms / 1e9
+    ctx.add(section="attention", case=shape.name, impl=name, config=config, pass_="fwd", dtype=dname, ms=ms,
+            graph_ms=graph_ms(ctx, make(q, k, v, km)), tflops=tf, frac_ceiling=_frac(ctx, tflops=tf),
+            rel_err=rel_err(out, ref_out), max_abs_err=max_abs(out, ref_out), blocks=_blocks(ctx, shape, config),
+            status="ok")
+    ctx.add(section="attention", case=shape.name, impl=name, pass_="fwd+bwd", dtype=dname, status=why)
 
 
 # report name -> (scl_kernels module, autotuned kernel): attention's through its TunedLaunch, info_nce's directly
@@ -546,26 +637,49 @@ def run_attention(ctx: Ctx, kernels: Any, attn_shapes: list[S.AttnShape]) -> Non
         except Exception as err:  # noqa: BLE001 - report and go on
             ctx.add(section="attention", case=shape.name, impl="inputs", status=f"error: {_error_text(err)}")
             continue
-        impls = _attn_impls(ctx, kernels, shape)
+        impls: dict[str, Any] = dict(_attn_impls(ctx, kernels, shape))
+        eager = impls.pop("eager")
+        try:
+            impls.update(_peers(ctx, shape, q, km))
+        except Exception as err:  # noqa: BLE001 - the peers' setup must not cost us our own rows
+            impls["peers"] = f"error: {_error_text(err)}"
+        impls["eager"] = eager
         for name, make in impls.items():
             if isinstance(make, str):
                 ctx.add(section="attention", case=shape.name, impl=name, dtype=dname, status=make)
                 continue
-            if name == "flex" and ctx.device.type != "cuda":
-                ctx.add(section="attention", case=shape.name, impl=name, status="skipped: FlexAttention has no "
-                        "CPU backward")
-                continue
-            if name == "flex" and ctx.left() < ctx.step_reserve_s + 60:
-                ctx.add(section="attention", case=shape.name, impl=name, status="skipped: time budget (compile)")
-                continue
             try:
-                _attn_case(ctx, kernels, shape, name, make, (q, k, v, km, g), (ref_out, ref_grads), dname)
+                if isinstance(make, _Peer):
+                    _attn_tuned(ctx, kernels, shape, name, make, (q, k, v, km, g), (ref_out, ref_grads), dname)
+                else:
+                    _attn_case(ctx, kernels, shape, name, make, (q, k, v, km, g), (ref_out, ref_grads), dname)
             except Exception as err:  # noqa: BLE001 - one failing backend must not end the report
                 ctx.add(section="attention", case=shape.name, impl=name, dtype=dname,
                         status=f"error: {_error_text(err)}")
             finally:
                 _free(ctx)
         _free(ctx)
+
+
+def _attn_tuned(ctx: Ctx, kernels: Any, shape: S.AttnShape, name: str, peer: _Peer, inputs: tuple, refs: tuple,
+                dname: str) -> None:
+    """A tuned peer's configurations tried (``_tune``), then its fastest measured like every implementation."""
+    backward = not (name == "flex" and ctx.device.type != "cuda")  # FlexAttention has no backward on a CPU
+    best = _tune(ctx, shape, name, peer, inputs, refs[0], dname, backward=backward)
+    if "fwd" not in best:
+        tried = [r for r in ctx.rows if r["section"] == "attention_peers" and r["case"] == shape.name
+                 and r["impl"] == name]
+        why = tried[0]["status"] if len(tried) == 1 else "no configuration ran (see attention_peers)"
+        ctx.add(section="attention", case=shape.name, impl=name, dtype=dname, status=why)
+        return
+    (cand_f, make_f), fb = best["fwd"], best.get("fwd+bwd")
+    if fb is None:
+        why = ("skipped: FlexAttention has no CPU backward" if not backward
+               else "error: no configuration ran forward + backward (see attention_peers)")
+        _attn_fwd_only(ctx, shape, name, make_f, inputs, refs[0], dname, cand_f.config, why)
+        return
+    _attn_case(ctx, kernels, shape, name, make_f, inputs, refs, dname, make_fb=fb[1],
+               configs=(cand_f.config, fb[0].config))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -903,9 +1017,9 @@ def run_step(ctx: Ctx, step_shapes: list[S.StepShape], *, reps: int) -> None:
 # Output
 # ----------------------------------------------------------------------------------------------------------------
 
-COLUMNS = ["case", "impl", "pass_", "dtype", "ms", "kernel_ms", "graph_ms", "tflops", "gbps", "frac_ceiling",
-           "samples_per_s", "mfu", "speedup", "peak_mb", "rel_err", "max_abs_err", "rel_err_fp16", "grad_rel_err_fp16",
-           "exact", "loss", "loss_diff", "kernels", "status"]
+COLUMNS = ["case", "impl", "config", "pass_", "dtype", "ms", "kernel_ms", "graph_ms", "tflops", "gbps",
+           "frac_ceiling", "samples_per_s", "mfu", "speedup", "peak_mb", "rel_err", "max_abs_err", "rel_err_fp16",
+           "grad_rel_err_fp16", "exact", "loss", "loss_diff", "blocks", "kernels", "status"]
 
 
 def _cell(v: Any) -> str:
@@ -950,6 +1064,11 @@ def environment(argv: list[str]) -> dict[str, Any]:
     return env
 
 
+def _peer_name(row: dict[str, Any]) -> str:
+    """A peer in the summary, with the configuration that won where it was tuned."""
+    return f"{row['impl']} ({row['config']})" if row.get("config") else row["impl"]
+
+
 def summary_lines(rows: list[dict[str, Any]]) -> list[str]:
     """Headlines: the step speedups, and per kernel case our fwd+bwd rate against the best other implementation."""
     out = []
@@ -964,17 +1083,17 @@ def summary_lines(rows: list[dict[str, Any]]) -> list[str]:
         for case in dict.fromkeys(r["case"] for r in ok):
             for pass_ in dict.fromkeys(("fwd", want)):
                 mine = [r for r in ok if r["case"] == case and r["impl"].startswith("scl") and r.get("pass_") == pass_]
-                peers = [r for r in ok if r["case"] == case and not r["impl"].startswith("scl")
+                others = [r for r in ok if r["case"] == case and not r["impl"].startswith("scl")
                          and r.get("pass_") == pass_ and r["impl"] != "eager"]
                 if not mine:
                     continue
                 line = f"- {section} {case} {pass_}: ours {mine[0][metric]:.4g} {metric}"
-                if peers:  # ours over each peer: the goals are stated per peer (SDPA flash, masked SDPA, Flex)
-                    line += "; " + ", ".join(f"{mine[0][metric] / r[metric]:.2f}x {r['impl']}" for r in peers)
-                graphed = [r for r in peers if r.get("graph_ms")]
+                if others:  # ours over each peer: the goals are stated per peer (SDPA flash, masked SDPA, Flex)
+                    line += "; " + ", ".join(f"{mine[0][metric] / r[metric]:.2f}x {_peer_name(r)}" for r in others)
+                graphed = [r for r in others if r.get("graph_ms")]
                 if mine[0].get("graph_ms") and graphed:  # the same ratios without the host (graph_ms)
                     line += "; replayed from a CUDA graph: " + ", ".join(
-                        f"{r['graph_ms'] / mine[0]['graph_ms']:.2f}x {r['impl']}" for r in graphed)
+                        f"{r['graph_ms'] / mine[0]['graph_ms']:.2f}x {_peer_name(r)}" for r in graphed)
                 out.append(line)
     return out or ["- nothing measured"]
 
@@ -1082,7 +1201,8 @@ SECTIONS = ("ceilings", "attention", "host", "info_nce", "masking", "step")
 def smoke_shapes() -> dict[str, list]:
     """Tiny versions of every case, for --cpu-smoke (seconds on 2 cores)."""
     return {
-        "attn": [replace(S.ATTN_CPU[0], batch=2), replace(S.ATTN_CPU[2], batch=1)],
+        "attn": [replace(S.ATTN_CPU[0], batch=2),  # frames and key padding together: every peer's hardest mask
+                 replace(S.ATTN_CPU[2], name="video_frames4_pad", batch=2, key_mask=True)],
         "nce": [S.InfoNCEShape("smoke_64x32", n=64, dim=32)],
         "mask": [replace(S.MASKING_CPU[1], batch=2, dim=32)],
         "text": [replace(S.TEXTMASK_CPU[0], batch=8)],
@@ -1102,6 +1222,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds kept for the training-step section at the end")
     parser.add_argument("--step-reps", type=int, default=5, help="timed steps per schedule (median)")
     parser.add_argument("--quick", action="store_true", help="first three attention shapes only")
+    parser.add_argument("--peer-search", choices=("full", "fwd"), default="full",
+                        help="tuned peers (SDPA backends, FlexAttention configurations): time each forward and "
+                             "forward+backward (full), or each forward and only the fastest forward+backward (fwd: "
+                             "about half the FlexAttention compiles)")
+    parser.add_argument("--flex-experimental", action="store_true",
+                        help="also try FlexAttention's fastest configuration with USE_TMA (experimental in Flex) and "
+                             "compiled with max-autotune (minutes of compiling)")
     parser.add_argument("--cpu-smoke", action="store_true",
                         help="run every section on tiny CPU shapes (tests the script where no GPU exists)")
     args = parser.parse_args(argv)
@@ -1126,7 +1253,8 @@ def _run(args: argparse.Namespace, sections: list[str], smoke: bool, argv: list[
     device = torch.device("cpu") if smoke else torch.device("cuda", torch.cuda.current_device())
     start = time.monotonic()
     ctx = Ctx(device=device, smoke=smoke, deadline=start + args.budget_s,
-              step_reserve_s=0.0 if smoke or "step" not in sections else args.step_reserve_s)
+              step_reserve_s=0.0 if smoke or "step" not in sections else args.step_reserve_s,
+              peer_search=args.peer_search, flex_experimental=args.flex_experimental)
     if smoke:
         sh = smoke_shapes()
     else:
@@ -1134,10 +1262,7 @@ def _run(args: argparse.Namespace, sections: list[str], smoke: bool, argv: list[
               "text": S.TEXTMASK_GPU, "step": S.STEP_GPU}
     torch.backends.cuda.matmul.allow_tf32 = True
     if not smoke:
-        # FlexAttention compiles once per shape and direction: more than dynamo's default 8 entries per function
-        import torch._dynamo as dynamo
-
-        dynamo.config.cache_size_limit = max(dynamo.config.cache_size_limit, 64)
+        peers.raise_recompile_limits()
     env = environment(argv)
     print(f"gpu_report on {env.get('gpu', 'CPU (smoke)')}: torch {env['torch']}, triton {env['triton']}", flush=True)
     try:

@@ -116,7 +116,16 @@ def test_smoke_rows_are_measured_and_correct(smoke: tuple[dict, Path]) -> None:
     assert not broken, broken
     attn = [r for r in result["rows"] if r["section"] == "attention" and r.get("status") == "ok"]
     impls = {r["impl"] for r in attn}
-    assert {"scl_auto", "sdpa", "eager"} <= impls
+    assert {"scl_auto", "sdpa", "sdpa_best", "flex", "eager"} <= impls
+    # the tuned peers: every configuration tried is a row, each masked case's fastest marked per pass
+    tried = [r for r in result["rows"] if r["section"] == "attention_peers"]
+    fastest = {(r["case"], r["impl"], r["pass_"]) for r in tried if r["status"] == "ok (fastest)"}
+    assert {(c, "sdpa_best", p) for c in ("text_self_pad", "video_frames4_pad") for p in ("fwd", "fwd+bwd")} <= fastest
+    assert ("video_frames4_pad", "flex", "fwd") in fastest  # forward only: FlexAttention has no CPU backward
+    assert len({r["config"] for r in tried if r["impl"] == "flex" and r["case"] == "video_frames4_pad"}) >= 4
+    assert all(r.get("blocks") for r in tried if r["impl"] == "flex" and r["case"] == "video_frames4_pad")
+    xformers = [r for r in result["rows"] if r["section"] == "attention" and r["impl"] == "xformers"]
+    assert xformers and all("\n" not in r["status"] for r in xformers)
     for r in attn:
         assert r["ms"] > 0 and r["tflops"] > 0 and r["frac_ceiling"] > 0
         # fp32 everywhere in the smoke run: every backend within fp32 rounding of the fp64 reference
@@ -154,7 +163,7 @@ def test_missing_and_failing_kernels_are_reported_not_fatal(tmp_path: Path, monk
 @pytest.mark.parametrize("shape", gpu_report.S.ATTN_CPU + gpu_report.S.ATTN_GPU[:3], ids=lambda s: s.name)
 def test_flex_mask_and_flop_count_match_the_dense_mask(shape: gpu_report.S.AttnShape) -> None:
     """The FlexAttention block mask is the kernel's pattern, and FLOPs count exactly the visible pairs."""
-    from torch.nn.attention.flex_attention import create_block_mask, create_mask
+    from torch.nn.attention.flex_attention import create_mask
 
     from scl_kernels.reference import attention_mask_ref
 
@@ -162,10 +171,13 @@ def test_flex_mask_and_flop_count_match_the_dense_mask(shape: gpu_report.S.AttnS
     gen = torch.Generator().manual_seed(3)
     q, _, _, km = gpu_report._attn_inputs(shape, torch.device("cpu"), torch.float32, gen)
     dense = attention_mask_ref(2, shape.lq, shape.lk, key_mask=km, frames=shape.frames)
+    flex = gpu_report.peers.FlexPeer(batch=2, lq=shape.lq, lk=shape.lk, frames=shape.frames, key_mask=km,
+                                     reference=dense, device=torch.device("cpu"), compile=False)
     dense = torch.ones(2, 1, shape.lq, shape.lk, dtype=torch.bool) if dense is None else dense.expand(
         2, 1, shape.lq, shape.lk)
-    block = gpu_report._flex_block_mask(shape, 2, torch.device("cpu"), km, create_block_mask)
-    assert torch.equal(create_mask(block.mask_mod, 2, 1, shape.lq, shape.lk, device="cpu"), dense)
+    block, _ = flex.block_mask((128, 128))  # checked against the dense mask as it is built
+    if block is not None:
+        assert torch.equal(create_mask(block.mask_mod, 2, 1, shape.lq, shape.lk, device="cpu"), dense)
     pattern = attention_mask_ref(1, shape.lq, shape.lk, frames=shape.frames)
     visible = shape.lq * shape.lk if pattern is None else int(pattern.sum())
     assert shape.visible_pairs() == visible
