@@ -44,7 +44,7 @@ class StopSignals:
     """Install the handlers for the duration of a ``with`` block (main thread only; elsewhere a no-op).
 
     ``stop`` is the name of the first SIGTERM/SIGINT received (None before); ``checkpoint_requested`` is set by
-    SIGUSR1 and cleared by :meth:`take_checkpoint_request`.
+    SIGUSR1 and cleared by whoever writes the checkpoint.
     """
 
     def __init__(self) -> None:
@@ -63,10 +63,6 @@ class StopSignals:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous.clear()
-
-    def take_checkpoint_request(self) -> bool:
-        requested, self.checkpoint_requested = self.checkpoint_requested, False
-        return requested
 
     def _on_stop(self, signum: int, frame: FrameType | None) -> None:
         name = signal.Signals(signum).name

@@ -43,10 +43,12 @@ from scl_fast.preemption import Preempted, StopSignals
 
 log = logging.getLogger("scl_fast.train")
 
-# Config keys that may change between an interrupted run and its resumption (they do not change the numbers).
+# Config keys that may change between an interrupted run and its resumption: they do not change the numbers, except
+# data.num_workers, which moves the data position as a resume on another number of ranks does (same sample order).
 RESUMABLE_CHANGES = (
     "train.resume", "train.run_dir", "train.overwrite", "train.log_every", "train.ckpt_every", "train.keep_ckpts",
     "train.eval_every", "train.max_bad_steps", "train.compile", "data.cache_dir", "data.dali_threads",
+    "data.num_workers",
 )
 
 
@@ -320,20 +322,24 @@ class Trainer:
     def load_checkpoint(self, path: str | Path) -> None:
         """Restore everything from ``path``; a corrupt or mismatched checkpoint raises ``CheckpointError``."""
         path = Path(path)
-        meta = ckpt.verify(path)
-        if meta["world_size"] != self.info.world_size:
-            raise ckpt.CheckpointError(f"checkpoint {path} was written by {meta['world_size']} ranks, this run has "
-                                       f"{self.info.world_size} (the data position is per rank)")
+        ckpt.verify(path)
+        state = ckpt.load_train_state(path)
+        ranks = state["ranks"]
+        mine = self.loader.state_dict()
+        old = ranks[0]["data"]
+        same_layout = (len(ranks), old["num_workers"], old.get("batch_size", mine["batch_size"])) == (
+            self.info.world_size, mine["num_workers"], mine["batch_size"])
         saved = ckpt.load_config(path)
         current = json.loads(json.dumps(self.config_dict))
-        for key in RESUMABLE_CHANGES:
+        # On another layout the per-rank batch may change too (e.g. to keep the global batch): the data position
+        # moves as a count of samples.
+        for key in (*RESUMABLE_CHANGES, *(() if same_layout else ("data.batch_size",))):
             _dict_drop(saved, key)
             _dict_drop(current, key)
         diff = ckpt.diff_config(saved, current)
         if diff:
             raise ckpt.CheckpointError(f"checkpoint {path} belongs to a different config: " + "; ".join(diff[:8]))
         weights = ckpt.load_weights(path)
-        state = ckpt.load_train_state(path)
         if dist_util.is_fsdp(self.model):
             from torch.distributed.checkpoint.state_dict import (
                 StateDictOptions,
@@ -354,11 +360,35 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         self.counters.load_state_dict(state["counters"])
         self.last_losses = dict(state.get("last_losses", {}))
-        mine = state["ranks"][self.info.rank]
-        ckpt.set_rng_state(mine["rng"], self.generator)
-        self.loader.load_state_dict(mine["data"])
+        if same_layout:
+            ckpt.set_rng_state(ranks[self.info.rank]["rng"], self.generator)
+            self.loader.load_state_dict(ranks[self.info.rank]["data"])
+        else:
+            self._load_other_layout(path, ranks, mine["num_workers"])
         if self.info.is_main:
             _print(f"resumed from {path} at step {self.counters.step}")
+
+    def _load_other_layout(self, path: Path, ranks: list[dict[str, Any]], workers: int) -> None:
+        """Continue a checkpoint written by another number of ranks, loader workers or samples per rank: the model
+        and optimizer were loaded from full state dicts (resharded by FSDP2 as they load), the LR schedule and
+        counters are global; the data position moves as a global count of consumed samples. Per-rank random streams
+        cannot carry over."""
+        from scl_fast.data.loader import global_position
+
+        try:
+            position = global_position([r["data"] for r in ranks])
+        except UserError as err:
+            raise ckpt.CheckpointError(f"checkpoint {path}: {err}") from None
+        if not self.info.is_main:
+            position = {**position, "stats": {"good": 0, "bad": {}, "repaired": {}, "info": {}}}  # counted once
+        self.loader.load_state_dict(position)
+        seed = self.cfg.train.seed + self.info.rank + 1_000_003 * self.counters.step
+        seed_everything(seed)
+        self.generator.manual_seed(seed)
+        if self.info.is_main:
+            _print(f"resuming on {self.info.world_size} rank(s) x {workers} loader worker(s) a checkpoint of "
+                   f"{len(ranks)} x {ranks[0]['data']['num_workers']}: model, optimizer, LR schedule and data position "
+                   f"carry over; the random streams (masks, dropout) restart from seed + rank + 1000003 * step")
 
     # ------------------------------------------------------------------------------------------------------------
     # The loop
@@ -424,13 +454,16 @@ class Trainer:
     def _stop_requests(self, signals: StopSignals) -> tuple[str | None, bool]:
         """(the stop signal's name or None, whether a checkpoint was asked for), the same on every rank: a signal
         that reached one rank stops them all at the same step, so they write one checkpoint together."""
-        stop, checkpoint_now = signals.stop, signals.take_checkpoint_request()
+        stop, checkpoint_now = signals.stop, signals.checkpoint_requested
         if self.info.distributed:
             flags = torch.tensor([stop is not None, checkpoint_now], dtype=torch.float32, device=self.device)
             dist_util.all_reduce_sum(flags, self.info)
             asked, checkpoint_now = (bool(v > 0) for v in flags.tolist())
             stop = (stop or "a signal on another rank") if asked else None
         return stop, checkpoint_now
+
+    def _at_global_boundary(self) -> bool:
+        return not self.loader.ordered or self.loader.at_global_boundary()
 
     def _run_steps(self, signals: StopSignals) -> None:
         tc = self.cfg.train
@@ -499,8 +532,13 @@ class Trainer:
                                         "samples/s": f"{record['samples_per_s']:.0f}"})
             self.logger.advance(1)
             stop, checkpoint_now = self._stop_requests(signals)
+            if (stop or checkpoint_now) and step < tc.steps and not self._at_global_boundary():
+                # At most data.num_workers - 1 more steps: a checkpoint at a global-batch boundary also resumes on
+                # another number of ranks or workers (data/loader.py, global_position).
+                stop, checkpoint_now = None, False
             if (tc.ckpt_every and step % tc.ckpt_every == 0) or checkpoint_now or stop or step == tc.steps:
                 path = self.save_checkpoint()
+                signals.checkpoint_requested = False
             if stop:
                 raise Preempted(stop, step, str(path or ckpt.checkpoint_path(self.run_dir, step)))
             if tc.eval_every and step % tc.eval_every == 0 and step < tc.steps and self.has_val:

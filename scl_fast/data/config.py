@@ -59,10 +59,12 @@ class DataConfig:
     """Lower bound of RandomResizedCrop's area fraction (upper bound 1.0)."""
 
     align_ranks: bool = True
-    """Multi-rank training (drop_last): every rank gets a batch of the same frame count at every step, so
-    collectives whose number or shape depends on F (the per-frame SCL gathers) match across ranks. Costs I/O:
-    each loader worker reads every shard and keeps its share (by kind). Off = each rank reads its own shards and
-    groups independently (only safe for image-only or video-only data)."""
+    """Training (drop_last): one sample order for every number of ranks and loader workers, dealt out by kind, so
+    every rank gets a batch of the same frame count at every step (collectives whose number or shape depends on F,
+    the per-frame SCL gathers, match across ranks) and a run resumes on another number of ranks or workers without
+    repeating or skipping a sample. Costs I/O: each loader worker reads every shard and keeps its share. Off = each
+    rank and worker reads its own shards and groups independently (only safe for image-only or video-only data
+    under DDP, and a checkpoint then resumes only on the same layout)."""
 
     strict: bool = False
     """Raise on the first skipped sample (naming shard and key) instead of skipping and counting it."""

@@ -165,8 +165,9 @@ class _SampleStream(IterableDataset):
                  capability: tuple[int, int] | None = None) -> None:
         self.cfg, self.train, self.device, self.decoder = cfg, train, device, decoder
         self.capability = capability  # the GPU's compute capability, read in the main process (workers have no CUDA)
-        # Rank-aligned batching (see DataConfig.align_ranks): only where ranks must agree step by step.
-        self.aligned = cfg.align_ranks and train and drop_last and world_size > 1
+        # One sample order for every number of ranks and workers (see DataConfig.align_ranks): where ranks must agree
+        # step by step, and what lets a run resume on another number of ranks without repeating or skipping samples.
+        self.aligned = cfg.align_ranks and train and drop_last
         self.source = expand_spec(spec)
         self.rank, self.world_size, self.seed = rank, world_size, seed
         self.epochs, self.drop_last = epochs, drop_last
@@ -183,9 +184,13 @@ class _SampleStream(IterableDataset):
         if wid < self.first_worker:  # keeps DataLoader's round-robin order identical to the interrupted run
             yield _WorkerBatch(wid, start, Stats())
         epoch = start["epoch"]
+        global_batch = self.cfg.batch_size * slots
         while self.epochs is None or epoch < self.epochs:
             replay_to = start["seq"] if epoch == start["epoch"] else 0
             keep = set(start["pending"]) if epoch == start["epoch"] else set()
+            # Aligned mode: the first skip[kind] samples of each kind were consumed before a resume on another layout
+            # (``global_position``); the rest are dealt to this layout's slots from there.
+            skip = {k: int(n) for k, n in start.get("skip", {}).items()} if epoch == start["epoch"] else {}
             groups: dict[int, list[_Prepared]] = {}
             seq = prepared = 0
             kinds: Counter = Counter()  # aligned mode: samples of each kind seen so far in the shared stream
@@ -195,7 +200,8 @@ class _SampleStream(IterableDataset):
                 # Its batch kind: frame count (videos with data.frames == 1 batch with images), None = no media.
                 key = None if raw.kind is None else 1 if raw.kind == "image" else self.cfg.frames
                 if self.aligned:  # every slot reads the same stream; kind k's n-th sample belongs to slot n % slots
-                    mine = kinds[key] % slots == slot
+                    index = kinds[key] - skip.get(str(key), 0)
+                    mine = index >= 0 and index % slots == slot
                     kinds[key] += 1
                 # Replaying up to a restored position: only the samples then waiting in a group are rebuilt.
                 redo = seq > replay_to or seq - 1 in keep
@@ -209,13 +215,13 @@ class _SampleStream(IterableDataset):
                     # Every slot got exactly batch_size of the last batch_size * slots samples of this kind (fewer
                     # if some were bad): all slots emit here, at the same point of the shared stream, so every
                     # rank's k-th batch has the same frame count.
-                    if key is not None and kinds[key] % (self.cfg.batch_size * slots) == 0:
+                    if key is not None and index >= 0 and (index + 1) % global_batch == 0:
                         group, groups[key] = groups.get(key, []), []
                         if group:
-                            yield self._emit(wid, group, tokenizer, stats, epoch, seq, groups)
+                            yield self._emit(wid, group, tokenizer, stats, epoch, seq, groups, kinds, skip)
                 elif sample is not None and len(groups[sample.frames]) == self.cfg.batch_size:
                     group, groups[sample.frames] = groups[sample.frames], []
-                    yield self._emit(wid, group, tokenizer, stats, epoch, seq, groups)
+                    yield self._emit(wid, group, tokenizer, stats, epoch, seq, groups, kinds, skip)
             if self.aligned and slot == 0 and epoch == start["epoch"]:
                 for key, n in sorted((k, n) for k, n in kinds.items() if k is not None):
                     if n < self.cfg.batch_size * slots:
@@ -226,17 +232,19 @@ class _SampleStream(IterableDataset):
                 for frames in sorted(groups):
                     if groups[frames]:
                         group, groups[frames] = groups[frames], []
-                        yield self._emit(wid, group, tokenizer, stats, epoch, seq, groups)
+                        yield self._emit(wid, group, tokenizer, stats, epoch, seq, groups, kinds, skip)
             epoch += 1
             yield _WorkerBatch(wid, {"epoch": epoch, "seq": 0, "pending": []}, stats.take())
             if prepared == 0 and self.epochs is None:
                 return  # nothing usable in this slot: looping forever would never yield a batch
 
     def _emit(self, wid: int, group: list[_Prepared], tokenizer, stats: Stats, epoch: int, seq: int,
-              groups: dict[int, list[_Prepared]]) -> _WorkerBatch:
+              groups: dict[int, list[_Prepared]], kinds: Counter, skip: dict[str, int]) -> _WorkerBatch:
         pending = sorted(s.seq for g in groups.values() for s in g)
         tokens = tokenizer.encode_batch([s.caption for s in group])
-        return _WorkerBatch(wid, {"epoch": epoch, "seq": seq, "pending": pending}, stats.take(), group, tokens)
+        position = {"epoch": epoch, "seq": seq, "pending": pending,
+                    "kinds": {str(k): n for k, n in kinds.items()}, "skip": dict(skip)}
+        return _WorkerBatch(wid, position, stats.take(), group, tokens)
 
     def _epoch_samples(self, epoch: int, slot: int, slots: int, ledger: Ledger) -> Iterator[RawSample]:
         kind, paths = self.source
@@ -578,20 +586,87 @@ class Loader:
         if delivered == 0:
             log.warning("data: %r yielded no batch (stats: %s)", self.spec, self.stats.as_dict())
 
+    @property
+    def ordered(self) -> bool:
+        """Training with ``data.align_ranks``: one sample order whatever the number of ranks and workers, so the
+        position can move to another layout (:func:`global_position`)."""
+        return self.cfg.align_ranks and self.train and self.drop_last
+
+    def at_global_boundary(self) -> bool:
+        """Whether every worker has handed out batches up to the same point of the shared stream, so that what all
+        ranks consumed is a whole number of global batches: where :func:`global_position` applies."""
+        if not self._positions:
+            return True
+        marks = {(p["epoch"], p["seq"]) for p in self._positions.values()}
+        return len(self._positions) == self._workers and len(marks) == 1
+
     def state_dict(self) -> dict:
         """Position after the last batch handed out, plus the counts so far (plain Python: JSON/torch.save-able)."""
         return {"version": 1, "spec": self.spec, "rank": self.rank, "world_size": self.world_size,
-                "num_workers": self._workers, "seed": self.seed,
-                "positions": {str(k): v for k, v in self._positions.items()},
+                "num_workers": self._workers, "seed": self.seed, "batch_size": self.cfg.batch_size,
+                "ordered": self.ordered, "positions": {str(k): v for k, v in self._positions.items()},
                 "last_worker": self._last_worker, "stats": self.stats.as_dict()}
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore a position saved by a loader of the same layout, or a :func:`global_position` of any layout."""
+        if state.get("global"):
+            self._load_global(state)
+            return
         for name, mine in (("world_size", self.world_size), ("num_workers", self._workers), ("seed", self.seed)):
             if state.get(name) != mine:
                 raise ConfigError(f"data state was saved with {name}={state.get(name)!r}, this loader has {mine!r}")
         self._positions = {int(k): dict(v) for k, v in state["positions"].items()}
         self._last_worker = state["last_worker"]
         self.stats = Stats.from_dict(state["stats"])
+
+    def _load_global(self, state: dict) -> None:
+        if not self.ordered:
+            raise ConfigError("a data position saved on another number of ranks or workers needs data.align_ranks")
+        for name, mine in (("spec", self.spec), ("seed", self.seed)):
+            if state[name] != mine:
+                raise ConfigError(f"data state was saved with {name}={state[name]!r}, this loader has {mine!r}")
+        start = {"epoch": state["epoch"], "seq": 0, "pending": [], "skip": dict(state["consumed"])}
+        self._positions = {w: dict(start) for w in range(self._workers)}
+        self._last_worker = self._workers - 1  # the next batch comes from worker 0, as in a fresh pass
+        self.stats = Stats.from_dict(state["stats"])
+
+
+def global_position(rank_states: list[dict]) -> dict:
+    """The data position of a whole world as the number of samples of each kind consumed in the current epoch,
+    from every rank's ``Loader.state_dict()``. A loader of any layout continues from it
+    (``load_state_dict``) with no sample seen twice or skipped; it holds every rank's counts (give them to one
+    rank only).
+
+    Raises:
+        ConfigError: the loaders were not ordered (``data.align_ranks`` off), or their workers had not handed out
+            batches up to the same point (a step that is not at a global-batch boundary, ``at_global_boundary``).
+    """
+    first = rank_states[0]
+    if not all(s.get("ordered") for s in rank_states):
+        raise ConfigError("this data position cannot move to another number of ranks or workers: it was saved "
+                          "without data.align_ranks")
+    layout = len(rank_states) * first["num_workers"]
+    global_batch = first["batch_size"] * layout
+    positions = [p for s in rank_states for p in s["positions"].values()]
+    epoch, consumed = 0, {}
+    if positions:
+        marks = {(p["epoch"], p["seq"]) for p in positions}
+        if len(positions) != layout or len(marks) != 1:
+            raise ConfigError(f"the data position is not at a global-batch boundary of its {len(rank_states)} rank(s) "
+                              f"x {first['num_workers']} loader worker(s): resume it with that layout, or from a "
+                              f"checkpoint written at a boundary (SIGTERM, SIGINT and SIGUSR1 checkpoints are)")
+        epoch = positions[0]["epoch"]
+        skip, kinds = positions[0].get("skip", {}), positions[0].get("kinds", {})
+        for key in set(skip) | set(kinds):
+            done, seen = int(skip.get(key, 0)), int(kinds.get(key, 0))
+            # whole global batches of this kind emitted since the epoch's start (or the last move); a partial one
+            # was never handed out
+            consumed[key] = done + max(0, seen - done) // global_batch * global_batch
+    stats = Stats()
+    for s in rank_states:
+        stats.merge(Stats.from_dict(s["stats"]))
+    return {"global": True, "spec": first["spec"], "seed": first["seed"], "epoch": epoch, "consumed": consumed,
+            "stats": stats.as_dict()}
 
 
 def build_loader(cfg: DataConfig, split: Literal["train", "val"], *, rank: int = 0, world_size: int = 1,
