@@ -36,10 +36,10 @@ from scl_fast import distributed as dist_util
 from scl_fast import runfolder
 from scl_fast.config import Config, to_dict
 from scl_fast.errors import UserError
-from scl_fast.evaluate import embed, evaluate_retrieval
 from scl_fast.metrics import MetricsLogger, peak_flops
 from scl_fast.optim import build_optimizer, build_scheduler
 from scl_fast.preemption import Preempted, StopSignals
+from scl_fast.task import Task
 
 log = logging.getLogger("scl_fast.train")
 
@@ -126,12 +126,6 @@ def _unwrap(model: nn.Module) -> nn.Module:
             return model
 
 
-def _build_model(cfg: Config) -> nn.Module:
-    from scl_fast.model.scl import SCLModel
-
-    return SCLModel(cfg.model)
-
-
 class Trainer:
     """One pre-training run. ``train.py`` does ``Trainer(cfg)``, ``try: trainer.train() finally: trainer.close()``.
 
@@ -140,28 +134,24 @@ class Trainer:
         device: "auto" (this rank's GPU if any, else CPU) or "cpu"/"cuda".
         model_factory: builds the model from the config (tests inject small models; default ``SCLModel``).
         progress: show the tqdm bar (rank 0).
+        task: what is trained (``scl_fast.task``); default pre-training.
     """
 
     def __init__(self, cfg: Config, *, device: str = "auto", model_factory: Callable[[Config], nn.Module] | None = None,
-                 progress: bool = True) -> None:
+                 progress: bool = True, task: Task | None = None) -> None:
         # From the start, so a SIGUSR1 or SIGTERM during set-up is answered after the first step instead of killing
         # the process; released by close(), or here if set-up fails.
         self.signals = StopSignals().__enter__()
         try:
-            self._setup(cfg, device, model_factory, progress)
+            self._setup(cfg, device, task or Task(cfg, model_factory), progress)
         except BaseException:
             self.signals.__exit__(None, None, None)
             raise
 
-    def _setup(self, cfg: Config, device: str, model_factory: Callable[[Config], nn.Module] | None,
-               progress: bool) -> None:
-        self.cfg = cfg
+    def _setup(self, cfg: Config, device: str, task: Task, progress: bool) -> None:
+        self.cfg, self.task = cfg, task
         tc = cfg.train
-        from scl_fast.data.text import check_fits, load_tokenizer
-
-        text = cfg.model.text  # a mismatch would train on wrong ids without an error: refuse before anything starts
-        check_fits(load_tokenizer(cfg.data.tokenizer, cfg.data.max_text_len), vocab_size=text.vocab_size,
-                   pad_token_id=text.pad_token_id, mask_token_id=text.mask_token_id)
+        task.check()  # refuse before anything starts
         self.info = dist_util.init_distributed(device)
         self.device = self.info.device
         self.precision = resolve_precision(tc.precision, self.device)
@@ -181,8 +171,7 @@ class Trainer:
 
         # Model and optimizer. The generator drives the step's random masks (MLM, SCL, ITM negatives) and is
         # checkpointed; dropout uses the global RNG, also checkpointed.
-        self._model_factory = model_factory or _build_model
-        self.model = self._model_factory(cfg).to(self.device)
+        self.model = task.build_model().to(self.device)
         # Wrap before the optimizer is built: FSDP2 replaces the parameters with sharded ones in place, and an
         # optimizer holding the old tensors would step parameters the model no longer uses.
         # Unused parameters are normal here (a loss weight of 0, the temporal embedding of a batch of images).
@@ -196,11 +185,8 @@ class Trainer:
             self.step_module = torch.compile(self.step_module)
         self.counters = Counters()
 
-        from scl_fast.data import build_loader
-
-        self.loader = build_loader(cfg.data, "train", rank=self.info.rank, world_size=self.info.world_size,
-                                   seed=tc.seed)
-        self.has_val = cfg.data.val is not None or cfg.data.train is None
+        self.loader = task.build_loader("train", rank=self.info.rank, world_size=self.info.world_size, seed=tc.seed)
+        self.has_val = task.has_val
         self.last_losses: dict[str, float] = {}
         if resume_from is not None:
             self.load_checkpoint(resume_from)
@@ -214,9 +200,8 @@ class Trainer:
             engine = tc.distributed if self.info.distributed else "single process"
             _print(f"device {self.device} x {self.info.world_size} ranks ({engine}), precision {self.precision}, "
                    f"{n_params / 1e6:.2f} M parameters; MFU peak: {peak_note}")
-        # FLOPs come from counting SCLModel itself: only meaningful when that is the model being trained.
-        self._flops_cache: dict[tuple[int, int, int], float | None] = {}
-        if model_factory is not None:
+        self._flops_cache: dict[tuple[int, ...], float | None] = {}
+        if not task.counts_flops:
             self.peak = None
         self.last_eval: dict[str, Any] = {}
 
@@ -395,23 +380,15 @@ class Trainer:
     # ------------------------------------------------------------------------------------------------------------
 
     def _step_flops(self, batch: Any) -> float | None:
-        """FLOPs of one forward+backward at this batch's shape, for MFU.
-
-        Counted on the meta device once per (B, F, L rounded up to a multiple of 8) and cached: text lengths vary
-        per batch, and counting every length would cost more than the steps (a slight overestimate instead).
-        """
-        b, f = batch.pixels.shape[:2]
-        length = -(-batch.input_ids.shape[1] // 8) * 8
-        key = (b, f, length)
+        """FLOPs of one forward+backward at this batch's shape, for MFU: counted once per shape key of the task
+        (``Task.flops_key``) on the meta device, and cached."""
+        key = self.task.flops_key(batch)
         if key not in self._flops_cache:
             try:
-                from scl_fast.flops import count_step_flops
-
                 # The counter draws example masks from the global RNG: keep it out of the training stream, or a
                 # resumed run (which counts each shape again) would diverge from an uninterrupted one.
                 with torch.random.fork_rng(devices=[]):
-                    counted = count_step_flops(self.cfg.model, b, f, length, schedules=[self.cfg.model.schedule])
-                self._flops_cache[key] = float(counted[self.cfg.model.schedule]["step"])
+                    self._flops_cache[key] = self.task.step_flops(key)
             except Exception as err:  # noqa: BLE001 - MFU is informative; a counting failure must not stop training
                 if not self._flops_cache:
                     log.warning("FLOP counting failed (%s): MFU omitted", err)
@@ -448,7 +425,7 @@ class Trainer:
         if self.info.is_main:
             _print(f"the run had finished at step {self.counters.step}: nothing to train; its summary "
                    f"({self.run_dir / 'summary.json'}) is unchanged")
-            _print(format_summary(stored))
+            _print(format_summary(stored, self.task))
         return stored
 
     def _stop_requests(self, signals: StopSignals) -> tuple[str | None, bool]:
@@ -493,15 +470,14 @@ class Trainer:
                 ctx = contextlib.nullcontext() if sync else self.step_module.no_sync()
                 with ctx:
                     with self.autocast():
-                        out = self.step_module(batch.pixels, batch.input_ids, batch.attention_mask,
-                                               batch.special_mask, generator=self.generator)
-                    self.scaler.scale(out.loss / accum).backward()
-                for name, value in {"total": out.loss, **out.losses}.items():
+                        loss, parts = self.task.forward(self.step_module, batch, self.generator)
+                    self.scaler.scale(loss / accum).backward()
+                for name, value in {"total": loss, **parts}.items():
                     value = value.detach().float()
                     step_losses[name] = step_losses.get(name, 0.0) + value / accum
-                b, f = batch.pixels.shape[:2]
+                b, t = self.task.count(batch)
                 samples += b
-                tokens += int(batch.attention_mask.sum()) + b * f * (_patches(self.cfg) + 1)
+                tokens += t
                 if flops_known and self.peak is not None:
                     step_f = self._step_flops(batch)
                     flops_known = step_f is not None
@@ -620,35 +596,27 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, Any]:
-        """Zero-shot retrieval on the val split: every rank embeds its share, rank 0 ranks."""
-        from scl_fast.data import build_loader
-
+        """The task's evaluation on the val split (every rank takes part; rank 0 gets the result, logs it to
+        ``eval.jsonl`` and the metrics, and every rank returns it)."""
         model = _unwrap(self.model)
-        data_cfg = dataclasses.replace(self.cfg.data, num_workers=0)  # one pass; workers cost more to start
         t0 = time.perf_counter()
-        if dist_util.is_fsdp(self.model):
+        alone = dist_util.is_fsdp(self.model)
+        if alone:
             # Sharded layers gather their parameters collectively, and the ranks' val shares (and rank 0's ITM
             # re-ranking) make unequal numbers of calls: rank 0 evaluates alone on a full, unsharded copy.
             state = self._model_state()  # collective; the full state lands on rank 0 only
-            parts = None
+            model = None
             if self.info.is_main:
-                model = self._model_factory(self.cfg).to(self.device)
+                model = self.task.build_model().to(self.device)
                 model.load_state_dict(state)
-                model.eval()
-                loader = build_loader(data_cfg, "val", rank=0, world_size=1, seed=self.cfg.train.seed)
-                parts = [embed(model, loader, self.device, autocast=self.autocast())]
-        else:
-            model.eval()
-            loader = build_loader(data_cfg, "val", rank=self.info.rank, world_size=self.info.world_size,
-                                  seed=self.cfg.train.seed)
-            part = embed(model, loader, self.device, autocast=self.autocast())
-            parts = dist_util.gather_objects(part, self.info)
         result: dict[str, Any] = {}
+        if model is not None:
+            model.eval()
+            result = self.task.evaluate(self, model, alone=alone)
         if self.info.is_main:
-            result = evaluate_retrieval(model, parts, pad_id=self.cfg.model.text.pad_token_id)
             result["seconds"] = time.perf_counter() - t0
-            flat = {f"eval/{d}/{k}": v for d, ms in result.items() if isinstance(ms, dict) and "R@1" in ms
-                    for k, v in ms.items()}
+            flat = {f"eval/{d}/{k}": v for d, ms in result.items() if isinstance(ms, dict)
+                    for k, v in ms.items() if isinstance(v, int | float)}
             self.logger.log(self.counters.step, flat)
             with open(self.run_dir / "eval.jsonl", "a") as f:
                 f.write(json.dumps({"step": self.counters.step, **result}) + "\n")
@@ -670,12 +638,12 @@ class Trainer:
             "tokens_per_s": c.tokens / max(c.train_seconds, 1e-9),
             "bad_steps": c.bad_steps,
             "final_losses": self.last_losses,
-            "retrieval": {k: v for k, v in self.last_eval.items() if isinstance(v, dict)},
+            self.task.metric_prefix: {k: v for k, v in self.last_eval.items() if isinstance(v, dict)},
             "data_stats": self.loader.stats.as_dict(),
         }
         if self.info.is_main:
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-            _print(format_summary(summary))
+            _print(format_summary(summary, self.task))
         return summary
 
     def close(self) -> None:
@@ -692,27 +660,16 @@ class Trainer:
         dist_util.close_distributed()
 
 
-def _patches(cfg: Config) -> int:
-    return cfg.model.num_patches
-
-
-def format_summary(summary: dict[str, Any]) -> str:
-    """The end-of-run text: throughput, final losses and the retrieval table with chance levels."""
+def format_summary(summary: dict[str, Any], task: Task) -> str:
+    """The end-of-run text: throughput, final losses, then the task's own lines (pre-training: retrieval)."""
     lines = [
         f"== summary ({summary['run_dir']}) ==",
         f"steps {summary['steps']}, {summary['samples']} samples in {summary['train_seconds']:.1f} s "
         f"({summary['samples_per_s']:.1f} samples/s, {summary['tokens_per_s']:.0f} tokens/s), "
         f"skipped steps {summary['bad_steps']}",
         "final losses: " + ", ".join(f"{k} {v:.4f}" for k, v in summary["final_losses"].items()),
+        *task.format(summary),
     ]
-    retrieval = summary.get("retrieval", {})
-    rows = [(d, m) for d, m in retrieval.items() if "R@1" in m]
-    if rows:
-        lines.append(f"{'retrieval':<14}{'R@1':>8}{'R@5':>8}{'R@10':>8}{'chance R@1':>12}{'x chance':>10}")
-        for direction, m in rows:
-            ratio = m["R@1"] / m["chance_R@1"] if m["chance_R@1"] else float("nan")
-            lines.append(f"{direction:<14}{m['R@1']:>8.3f}{m['R@5']:>8.3f}{m['R@10']:>8.3f}"
-                         f"{m['chance_R@1']:>12.4f}{ratio:>10.1f}")
     return "\n".join(lines)
 
 
