@@ -20,6 +20,7 @@ import json
 import textwrap
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -136,12 +137,16 @@ def preset(name: str) -> Config:
 
 @functools.cache
 def field_docs(cls: type) -> dict[str, str]:
-    """Attribute docstrings of a dataclass (the string literal right under each field), from its source."""
+    """Attribute docstrings of a dataclass (the string literal right under each field), from its source and its
+    dataclass bases'."""
+    docs: dict[str, str] = {}
+    for base in reversed(cls.__mro__[1:]):
+        if dataclasses.is_dataclass(base):
+            docs |= field_docs(base)
     try:
         tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
     except (OSError, TypeError):
-        return {}
-    docs: dict[str, str] = {}
+        return docs
     body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
     for node, nxt in zip(body, body[1:], strict=False):
         if (
@@ -156,8 +161,8 @@ def field_docs(cls: type) -> dict[str, str]:
 
 
 def _hints(cls: type) -> dict[str, Any]:
-    module = inspect.getmodule(cls)
-    return typing.get_type_hints(cls, globalns=vars(module) if module else None)
+    # each class of the MRO resolves its annotations in its own module (a subclass's fields in another module)
+    return typing.get_type_hints(cls)
 
 
 def _fields(cls: type) -> dict[str, Any]:
@@ -323,17 +328,18 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
-def help_text(prog: str, defaults: Config) -> str:
-    """Usage plus every option with its type, its default (from ``defaults``) and its docstring."""
+def help_text(prog: str, defaults: Any, usage: str | None = None) -> str:
+    """Usage plus every option of ``defaults``' config class with its type, its default (from ``defaults``) and its
+    docstring."""
     lines = [
-        f"usage: {prog} [--config FILE] [--preset {{{','.join(PRESETS)}}}] [--section.key VALUE ...]",
+        usage or f"usage: {prog} [--config FILE] [--preset {{{','.join(PRESETS)}}}] [--section.key VALUE ...]",
         "",
         "Precedence: preset < --config file (YAML or JSON) < --section.key overrides.",
         f"Defaults shown are those of the '{defaults.preset}' preset.",
         "",
     ]
     section = None
-    for name, tp, doc in flat_options(Config):
+    for name, tp, doc in flat_options(type(defaults)):
         top = name.split(".")[0]
         if top != section:
             section = top
@@ -344,21 +350,25 @@ def help_text(prog: str, defaults: Config) -> str:
     return "\n".join(lines)
 
 
-def parse_args(argv: list[str], prog: str = "python -m scl_fast.train") -> Config:
+def parse_args(argv: list[str], prog: str = "python -m scl_fast.train", *,
+               make_preset: Callable[[str], Any] = preset, usage: str | None = None) -> Any:
     """Resolve a ``Config`` from command-line arguments (raises SystemExit(0) after printing ``--help``).
+
+    ``make_preset`` builds the starting point from a preset name; the class of what it returns is the config class
+    the file and the overrides are checked against (fine-tuning passes its own, ``scl_fast.finetune.config``).
 
     Raises:
         ConfigError: an unknown or malformed option, a bad config file, or a value its section refuses.
     """
     try:
-        return _parse_args(argv, prog)
+        return _parse_args(argv, prog, make_preset, usage)
     except ConfigError:
         raise
     except ValueError as err:  # the sections' __post_init__ checks and the coercions
         raise ConfigError(str(err)) from None
 
 
-def _parse_args(argv: list[str], prog: str) -> Config:
+def _parse_args(argv: list[str], prog: str, make_preset: Callable[[str], Any], usage: str | None) -> Any:
     config_file = None
     preset_name: str | None = None
     pairs: list[tuple[str, str]] = []
@@ -387,12 +397,13 @@ def _parse_args(argv: list[str], prog: str) -> Config:
             pairs.append((key, value))
     file_data = load_file(config_file) if config_file else {}
     file_preset = file_data.pop("preset", "demo")
-    cfg = preset(preset_name or file_preset)  # --preset on the command line beats the file's
+    cfg = make_preset(preset_name or file_preset)  # --preset on the command line beats the file's
     if want_help:
-        print(help_text(prog, cfg))
+        print(help_text(prog, cfg, usage))
         raise SystemExit(0)
+    cls = type(cfg)
     if file_data:
-        cfg = from_dict(Config, file_data, base=cfg)
+        cfg = from_dict(cls, file_data, base=cfg)
     if pairs:
-        cfg = from_dict(Config, overrides_to_dict(pairs, Config), base=cfg)
+        cfg = from_dict(cls, overrides_to_dict(pairs, cls), base=cfg)
     return cfg
