@@ -49,11 +49,16 @@ class ITMHead(nn.Module):
         self.classifier = nn.Linear(2 * width, 2, **kw)
         self.apply(functools.partial(init_weights, std=init_std))
 
-    def forward(self, text: torch.Tensor, image: torch.Tensor, frames: int) -> torch.Tensor:
-        """text (B, L, W), image (B, N, W) fusion outputs -> (B, 2) logits (index 1 = matched)."""
+    def pool(self, text: torch.Tensor, image: torch.Tensor, frames: int) -> torch.Tensor:
+        """text (B, L, W), image (B, N, W) fusion outputs -> (B, 2W) global feature: the ITM classifier's input,
+        and the downstream heads' (METER's VQA and NLVR2 classifiers read the same pooled feature)."""
         t = torch.tanh(self.text_pooler(text[:, 0]))  # (B, W)
         v = torch.tanh(self.image_pooler(image[:, :frames].mean(dim=1)))  # (B, W)
-        return self.classifier(torch.cat([t, v], dim=-1))
+        return torch.cat([t, v], dim=-1)
+
+    def forward(self, text: torch.Tensor, image: torch.Tensor, frames: int) -> torch.Tensor:
+        """text (B, L, W), image (B, N, W) fusion outputs -> (B, 2) logits (index 1 = matched)."""
+        return self.classifier(self.pool(text, image, frames))
 
 
 class MLMHead(nn.Module):

@@ -383,13 +383,22 @@ class SCLModel(nn.Module):
     def itm_scores(self, pixels: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
                    ) -> torch.Tensor:
         """(B,) matched logit of ITM for each (pixels[i], text[i]) pair (re-ranking: higher = better match)."""
+        return self.itm.classifier(self.pooled_features(pixels, input_ids, attention_mask))[:, 1]
+
+    def pooled_features(self, pixels: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+                        ) -> torch.Tensor:
+        """(B, 2W) global feature of each (pixels[i], text[i]) pair after fusion: concat(Pooler_t(text[:, 0]),
+        Pooler_v(mean of the frame CLS tokens)), what ITM and the downstream heads classify (SCL_METHOD.md)."""
         pixels = _as_video(pixels)
         mask = attention_mask.bool()
-        nf = pixels.shape[1]
-        xt, xv = self.fusion(self.fusion.project_text(self.text(input_ids, mask)), mask,
-                             self.fusion.project_image(self.vision(pixels)), text_rows=slice(0, 1),
-                             image_rows=slice(0, nf))
-        return self.itm(xt, xv, nf)[:, 1]
+        text = self.fusion.project_text(self.text(input_ids, mask))
+        return self.fuse_pooled(text, mask, self.fusion.project_image(self.vision(pixels)), pixels.shape[1])
+
+    def fuse_pooled(self, text: torch.Tensor, mask: torch.Tensor, image: torch.Tensor, frames: int) -> torch.Tensor:
+        """Projected text (B, L, W) with its mask and projected image tokens (B, F*(1+P), W) -> the (B, 2W) pooled
+        feature; the last fusion layer computes only the rows the poolers read."""
+        xt, xv = self.fusion(text, mask, image, text_rows=slice(0, 1), image_rows=slice(0, frames))
+        return self.itm.pool(xt, xv, frames)
 
     # ----------------------------------------------------------------------------------------------------------
     # optimisation
