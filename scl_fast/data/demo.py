@@ -19,6 +19,7 @@ import shutil
 import tarfile
 import tempfile
 import time
+from collections.abc import Callable
 
 import av
 import numpy as np
@@ -72,7 +73,8 @@ def demo_tokenizer() -> Tokenizer:
     return tok
 
 
-def _draw(draw: ImageDraw.ImageDraw, shape: str, cy: float, cx: float, r: float, colour: tuple) -> None:
+def draw_shape(draw: ImageDraw.ImageDraw, shape: str, cy: float, cx: float, r: float, colour: tuple) -> None:
+    """One filled shape of radius ``r`` centred at (cy, cx) pixels."""
     if shape == "circle":
         draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=colour)
     elif shape == "square":
@@ -83,32 +85,53 @@ def _draw(draw: ImageDraw.ImageDraw, shape: str, cy: float, cx: float, r: float,
         draw.polygon([(cx, cy - r), (cx + r, cy), (cx, cy + r), (cx - r, cy)], fill=colour)
 
 
-def _canvas(size: int, rng: np.random.Generator) -> Image.Image:
+def canvas(size: int, rng: np.random.Generator) -> Image.Image:
     """Dark noisy background, so the model must find the shape rather than count coloured pixels."""
     base = rng.integers(20, 60)
     noise = rng.integers(-12, 13, (size, size, 3))
     return Image.fromarray(np.clip(base + noise, 0, 255).astype(np.uint8))
 
 
-def make_image(rng: np.random.Generator, size: int) -> tuple[bytes, str]:
+def random_object(rng: np.random.Generator) -> dict[str, str]:
+    """One shape's attributes: ``shape``, ``colour``, ``position`` (a key of POSITIONS) and ``size`` (of SIZES)."""
     shape, colour, position, scale = (rng.choice(SHAPES), rng.choice(list(COLOURS)), rng.choice(list(POSITIONS)),
                                       rng.choice(list(SIZES)))
-    img = _canvas(size, rng)
-    fy, fx = POSITIONS[position]
-    jitter = rng.uniform(-0.05, 0.05, 2) * size
-    _draw(ImageDraw.Draw(img), shape, fy * size + jitter[0], fx * size + jitter[1], SIZES[scale] * size,
-          COLOURS[colour])
+    return {"shape": str(shape), "colour": str(colour), "position": str(position), "size": str(scale)}
+
+
+def render_scene(rng: np.random.Generator, size: int, objects: list[dict[str, str]], fmt: str = "JPEG") -> bytes:
+    """The objects (``random_object``'s attributes), each jittered around its position, on a noisy canvas; encoded
+    as ``fmt`` (JPEG, or PNG as NLVR2's release ships)."""
+    img = canvas(size, rng)
+    for obj in objects:
+        fy, fx = POSITIONS[obj["position"]]
+        jitter = rng.uniform(-0.05, 0.05, 2) * size
+        draw_shape(ImageDraw.Draw(img), obj["shape"], fy * size + jitter[0], fx * size + jitter[1],
+                   SIZES[obj["size"]] * size, COLOURS[obj["colour"]])
     buf = io.BytesIO()
-    img.save(buf, "JPEG", quality=90)
-    return buf.getvalue(), f"a {scale} {colour} {shape} {position}"
+    img.save(buf, fmt, **({"quality": 90} if fmt == "JPEG" else {}))
+    return buf.getvalue()
 
 
-def make_video(rng: np.random.Generator, size: int, frames: int = VIDEO_FRAMES) -> tuple[bytes, str]:
+def make_image(rng: np.random.Generator, size: int) -> tuple[bytes, str]:
+    obj = random_object(rng)
+    return render_scene(rng, size, [obj]), f"a {obj['size']} {obj['colour']} {obj['shape']} {obj['position']}"
+
+
+def random_motion(rng: np.random.Generator) -> dict[str, str]:
+    """One moving shape's attributes: ``shape``, ``colour``, ``direction`` (of DIRECTIONS), ``speed`` (of SPEEDS)."""
     shape, colour, direction, speed = (rng.choice(SHAPES), rng.choice(list(COLOURS)), rng.choice(list(DIRECTIONS)),
                                        rng.choice(list(SPEEDS)))
+    return {"shape": str(shape), "colour": str(colour), "direction": str(direction), "speed": str(speed)}
+
+
+def render_clip(rng: np.random.Generator, size: int, motion: dict[str, str], frames: int = VIDEO_FRAMES,
+                container_format: str = "webm") -> bytes:
+    """``frames`` frames of the shape moving in a straight line, VP9 in ``container_format`` (webm, or mp4 as
+    MSR-VTT ships); the start point is drawn from ``rng`` so the whole path stays inside the frame."""
     r = 0.14 * size
-    dy, dx = DIRECTIONS[direction]
-    step = SPEEDS[speed] * size
+    dy, dx = DIRECTIONS[motion["direction"]]
+    step = SPEEDS[motion["speed"]] * size
     travel = step * (frames - 1)
     # Start so the whole path stays inside the frame; the cross-axis position is random.
     along = rng.uniform(r + 1, size - r - 1 - travel)
@@ -116,9 +139,9 @@ def make_video(rng: np.random.Generator, size: int, frames: int = VIDEO_FRAMES) 
     y0, x0 = (across, along) if dy == 0 else (along, across)
     if dy < 0 or dx < 0:
         y0, x0 = (y0, size - x0) if dy == 0 else (size - y0, x0)
-    background = _canvas(size, rng)
+    background = canvas(size, rng)
     buf = io.BytesIO()
-    with av.open(buf, "w", format="webm", container_options={"fflags": "+bitexact"}) as container:
+    with av.open(buf, "w", format=container_format, container_options={"fflags": "+bitexact"}) as container:
         stream = container.add_stream("libvpx-vp9", rate=8, options={
             "deadline": "realtime", "cpu-used": "8", "crf": "20", "b": "0", "threads": "1", "lag-in-frames": "0"})
         stream.width = stream.height = size
@@ -126,12 +149,18 @@ def make_video(rng: np.random.Generator, size: int, frames: int = VIDEO_FRAMES) 
         stream.codec_context.flags |= av.codec.context.Flags.bitexact
         for t in range(frames):
             img = background.copy()
-            _draw(ImageDraw.Draw(img), shape, y0 + dy * step * t, x0 + dx * step * t, r, COLOURS[colour])
+            draw_shape(ImageDraw.Draw(img), motion["shape"], y0 + dy * step * t, x0 + dx * step * t, r,
+                       COLOURS[motion["colour"]])
             for packet in stream.encode(av.VideoFrame.from_ndarray(np.asarray(img), format="rgb24")):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
-    return buf.getvalue(), f"a {colour} {shape} moving {direction} {speed}"
+    return buf.getvalue()
+
+
+def make_video(rng: np.random.Generator, size: int, frames: int = VIDEO_FRAMES) -> tuple[bytes, str]:
+    m = random_motion(rng)
+    return render_clip(rng, size, m, frames), f"a {m['colour']} {m['shape']} moving {m['direction']} {m['speed']}"
 
 
 def write_shard(path: str, samples: list[tuple[str, str, bytes, str]]) -> None:
@@ -171,6 +200,21 @@ def write_demo_corpus(out: str, *, train_images: int = 2000, train_videos: int =
             raise ValueError(f"demo corpus {name} must be {'>= 16' if name == 'size' else '>= 0'}, got {value}")
     if train_images + train_videos == 0 or val_images + val_videos == 0:
         raise ValueError(f"demo corpus needs samples in both splits, got {params}")
+
+    def write(tmp: str) -> dict[str, str]:
+        rng = np.random.default_rng(seed)
+        return {"train": _write_split(tmp, "train", train_images, train_videos, rng, size),
+                "val": _write_split(tmp, "val", val_images, val_videos, rng, size)}
+
+    return write_once(out, params, write)
+
+
+def write_once(out: str, params: dict, write: Callable[[str], dict[str, str]]) -> dict[str, str]:
+    """Fill folder ``out`` with ``write(folder)`` exactly once, atomically: ``write`` fills a temporary sibling
+    folder, which is renamed into place with a record of ``params`` and of what ``write`` returned (a dict of
+    paths inside the folder, rebased onto ``out``). A folder that already holds a complete result with the same
+    ``params`` is reused; concurrent callers (every rank of a job) all get the winner's result.
+    """
     out = os.path.abspath(out)
     done = _read_complete(out)
     if done is not None:
@@ -183,10 +227,7 @@ def write_demo_corpus(out: str, *, train_images: int = 2000, train_videos: int =
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.tmp-", dir=os.path.dirname(out))
     os.chmod(tmp, 0o755)  # mkdtemp makes it private; a shared cache should be readable
     try:
-        rng = np.random.default_rng(seed)
-        specs = {"train": _write_split(tmp, "train", train_images, train_videos, rng, size),
-                 "val": _write_split(tmp, "val", val_images, val_videos, rng, size)}
-        specs = {k: v.replace(tmp, out) for k, v in specs.items()}
+        specs = {k: v.replace(tmp, out) for k, v in write(tmp).items()}
         with open(os.path.join(tmp, _COMPLETE), "w", encoding="utf-8") as f:
             json.dump({"params": params, "specs": specs}, f, indent=1)
         if os.path.isdir(out):
