@@ -65,6 +65,10 @@ SKIPPED = {
     "corrupt_video": "video with no readable container, video stream or decodable frame",
     "truncated_shard": "tar shard ends mid-archive (counted once per shard; the sample cut in half is dropped)",
     "unreadable_shard": "shard file missing or not a tar (counted once per shard)",
+    # fine-tuning readers (scl_fast/finetune/formats): what a labelled example can lack
+    "unknown_answer": "VQA training question none of whose answers is in the answer vocabulary",
+    "bad_label": "fine-tuning example without a usable label (a question without its annotation, an NLVR2 label "
+                 "other than True/False, a record missing a field)",
 }
 REPAIRED = {
     "converted_to_rgb": "grayscale, palette, CMYK, 16-bit or RGBA image decoded to RGB (alpha dropped)",
