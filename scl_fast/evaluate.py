@@ -1,6 +1,7 @@
 """Zero-shot retrieval: ITC ranking with optional ITM re-ranking of the top k, for image and video sets.
 
     python -m scl_fast.evaluate --ckpt RUN_DIR/checkpoints/step_00000300 [--data SPEC] [--itm_k 16]
+    python -m scl_fast.evaluate TASK --ckpt RUN_DIR ...   # a fine-tuned run: scl_fast/finetune/evaluate.py
 
 prints R@1/5/10 of text->image, image->text, text->video and video->text (whichever kinds the set holds),
 each with the R@1 a random ranking would get, as JSON. The training loop calls the same ``evaluate_retrieval``.
@@ -18,6 +19,7 @@ import contextlib
 import hashlib
 import json
 import math
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,8 +33,9 @@ KS = (1, 5, 10)
 KIND_NAMES = {1: "image"}  # frame count -> name; any other count is a video set
 
 
-def recall_at_k(scores: torch.Tensor, relevant: torch.Tensor, ks: Sequence[int] = KS) -> dict[str, float]:
-    """Fraction of queries with a relevant item among their top k, for each k.
+def first_relevant_rank(scores: torch.Tensor, relevant: torch.Tensor) -> torch.Tensor:
+    """(Q,) 0-based rank of each query's best relevant item: how many irrelevant items score at least as high
+    (pessimistic ties). A query with a NaN or infinite score anywhere ranks last (G).
 
     Args:
         scores: (Q, G) similarity of each query to each gallery item (higher = better).
@@ -44,11 +47,23 @@ def recall_at_k(scores: torch.Tensor, relevant: torch.Tensor, ks: Sequence[int] 
         raise ValueError("every query needs at least one relevant gallery item")
     scores = scores.double()
     best = scores.masked_fill(~relevant, -math.inf).max(dim=1, keepdim=True).values  # (Q, 1)
-    # Pessimistic ties: every irrelevant item scoring >= the best relevant one ranks above it.
     rank = ((scores >= best) & ~relevant).sum(dim=1)  # (Q,) 0 = the best relevant item is first
     finite = torch.isfinite(scores).all(dim=1)  # a NaN/inf anywhere in a row: that query finds nothing
-    rank = torch.where(finite, rank, scores.shape[1])
+    return torch.where(finite, rank, scores.shape[1])
+
+
+def recall_at_k(scores: torch.Tensor, relevant: torch.Tensor, ks: Sequence[int] = KS) -> dict[str, float]:
+    """Fraction of queries with a relevant item among their top k, for each k (arguments: ``first_relevant_rank``)."""
+    rank = first_relevant_rank(scores, relevant)
     return {f"R@{k}": float((rank < k).double().mean()) for k in ks}
+
+
+def median_rank(scores: torch.Tensor, relevant: torch.Tensor) -> float:
+    """Median over queries of the 1-based rank of the best relevant item (MdR, the video-retrieval convention; for
+    an even count the mean of the two middle ranks). Lower is better; a random ranking of G single-relevant items
+    gets about (G + 1) / 2."""
+    rank = first_relevant_rank(scores, relevant).double() + 1
+    return float(rank.quantile(0.5))
 
 
 def chance_recall(relevant: torch.Tensor, ks: Sequence[int] = KS) -> dict[str, float]:
@@ -72,7 +87,7 @@ class _Collected:
     text: list[torch.Tensor] = field(default_factory=list)
     keys: list[str] = field(default_factory=list)
     digests: list[str] = field(default_factory=list)  # pixel hash per sample, to find repeated images
-    pixels: list[torch.Tensor] = field(default_factory=list)  # only for ITM re-ranking
+    gallery: dict[str, torch.Tensor] = field(default_factory=dict)  # digest -> pixels, once per item (ITM only)
     ids: list[torch.Tensor] = field(default_factory=list)
     masks: list[torch.Tensor] = field(default_factory=list)
 
@@ -100,9 +115,11 @@ def embed(
             col.visual.append(model.encode_image(batch.pixels).float().cpu())
             col.text.append(model.encode_text(batch.input_ids, batch.attention_mask).float().cpu())
         col.keys.extend(batch.keys)
-        col.digests.extend(_digest(p) for p in batch.pixels)
-        if keep_inputs:
-            col.pixels.append(batch.pixels.cpu())
+        digests = [_digest(p) for p in batch.pixels]
+        col.digests.extend(digests)
+        if keep_inputs:  # each gallery item once: COCO's test set would otherwise hold every image five times
+            for d, p in zip(digests, batch.pixels, strict=True):
+                col.gallery.setdefault(d, p.cpu())
             col.ids.append(batch.input_ids.cpu())
             col.masks.append(batch.attention_mask.cpu())
     return out
@@ -115,8 +132,10 @@ def merge(parts: Sequence[dict[int, _Collected]]) -> dict[int, _Collected]:
         for frames, col in part.items():
             dst = out.setdefault(frames, _Collected(frames))
             seen = set(dst.keys)
-            for field_name in ("visual", "text", "pixels", "ids", "masks"):
+            for field_name in ("visual", "text", "ids", "masks"):
                 getattr(dst, field_name).extend(getattr(col, field_name))
+            for d, p in col.gallery.items():
+                dst.gallery.setdefault(d, p)
             dst.keys.extend(col.keys)
             dst.digests.extend(col.digests)
             if seen & set(col.keys):
@@ -156,9 +175,9 @@ def retrieval_metrics(
     scores = text @ visual.T  # (T, G)
     relevant = owner[:, None] == torch.arange(len(unique))[None, :]  # (T, G)
     if itm_k > 0:
-        if model is None or device is None or not col.pixels:
+        if model is None or device is None or not col.gallery:
             raise ValueError("ITM re-ranking needs the model, the device and the inputs (embed(keep_inputs=True))")
-        pixels = torch.cat(col.pixels)[first]
+        pixels = torch.stack([col.gallery[d] for d in unique])  # (G, F, 3, H, W) in gallery order
         ids, mask = _pad_cat(col.ids, pad_id), _pad_cat(col.masks, False)
 
         @torch.no_grad()
@@ -172,7 +191,8 @@ def retrieval_metrics(
     name = KIND_NAMES.get(col.frames, "video")
     out = {}
     for direction, sc, rel in ((f"text->{name}", t2v, relevant), (f"{name}->text", v2t, relevant.T)):
-        out[direction] = recall_at_k(sc, rel) | {"chance_R@1": chance_recall(rel, ks=(1,))["R@1"]}
+        chance = {f"chance_{k}": v for k, v in chance_recall(rel).items()}
+        out[direction] = recall_at_k(sc, rel) | {"MdR": median_rank(sc, rel)} | chance
     return out
 
 
@@ -192,13 +212,21 @@ def evaluate_retrieval(
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """CLI: load a checkpoint, embed a val set, print the retrieval metrics as JSON."""
+    """CLI: load a checkpoint, embed a val set, print the retrieval metrics as JSON. With a downstream task as the
+    first argument (``vqa``, ``nlvr2``, ``retrieval``, ``video_retrieval``): that task's evaluation of a fine-tuned
+    checkpoint (``scl_fast.finetune.evaluate``)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and not argv[0].startswith("-"):
+        from scl_fast.finetune.evaluate import main as task_main
+
+        return task_main(argv)
     from scl_fast import checkpoint
     from scl_fast.config import Config, from_dict
     from scl_fast.data import build_loader
     from scl_fast.model import SCLModel
 
-    parser = argparse.ArgumentParser(prog="python -m scl_fast.evaluate", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m scl_fast.evaluate", description=__doc__.split("\n\n")[0],
+                                     epilog="python -m scl_fast.evaluate TASK --help: the downstream tasks' evaluation")
     parser.add_argument("--ckpt", required=True, help="checkpoint folder (RUN_DIR/checkpoints/step_N) or run folder")
     parser.add_argument("--data", default=None,
                         help="val set: tar shard spec, folder of shards or .jsonl manifest (default: the data.val of "
