@@ -47,6 +47,12 @@ class Task:
         return SCLModel(self.cfg.model)
 
     @property
+    def run_name(self) -> str:
+        """The default run folder is ``runs/<run_name>-<time>`` (and ``--train.resume auto`` without a run folder
+        continues the newest of those)."""
+        return self.cfg.preset
+
+    @property
     def counts_flops(self) -> bool:
         """Whether :meth:`step_flops` describes the model being trained (MFU is left out otherwise)."""
         return self._model_factory is None

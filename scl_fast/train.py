@@ -9,10 +9,15 @@ Under ``torchrun`` every rank runs this same program (DDP by default, ``--train.
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 from scl_fast.config import parse_args
 from scl_fast.errors import EXIT_PREEMPTED, run_cli
 from scl_fast.preemption import Preempted
+
+if TYPE_CHECKING:
+    from scl_fast.config import Config
+    from scl_fast.task import Task
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -21,12 +26,17 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def _train(argv: list[str]) -> dict:
-    """Parse, build, train, and always release the process group and logs."""
+    """Parse, then :func:`run`."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
-    cfg = parse_args(argv)
+    return run(parse_args(argv))
+
+
+def run(cfg: Config, task: Task | None = None) -> dict:
+    """Build the trainer for ``task`` (default pre-training), train, and always release the process group and logs;
+    a preempted run exits with ``EXIT_PREEMPTED`` after saying how to resume it (fine-tuning runs through here too)."""
     from scl_fast.trainer import Trainer
 
-    trainer = Trainer(cfg)
+    trainer = Trainer(cfg, task=task)
     try:
         return trainer.train()
     except Preempted as stop:

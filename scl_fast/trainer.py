@@ -96,8 +96,9 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def default_run_dir(cfg: Config) -> Path:
-    return Path("runs") / f"{cfg.preset}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+def default_run_dir(cfg: Config, name: str | None = None) -> Path:
+    """``runs/<name>-<time>``; ``name`` is the task's ``run_name`` (pre-training: the preset)."""
+    return Path("runs") / f"{name or cfg.preset}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
 
 def _dict_get(d: dict[str, Any], dotted: str) -> Any:
@@ -214,11 +215,11 @@ class Trainer:
         if tc.run_dir is not None:
             path = Path(tc.run_dir)
         elif tc.resume == "auto":
-            runs = sorted(Path("runs").glob(f"{self.cfg.preset}-*"), key=lambda p: p.name)
+            runs = sorted(Path("runs").glob(f"{self.task.run_name}-*"), key=lambda p: p.name)
             runs = [p for p in runs if ckpt.list_checkpoints(p)]
-            path = runs[-1] if runs else default_run_dir(self.cfg)
+            path = runs[-1] if runs else default_run_dir(self.cfg, self.task.run_name)
         else:
-            path = default_run_dir(self.cfg)
+            path = default_run_dir(self.cfg, self.task.run_name)
         return Path(dist_util.broadcast_object(str(path), self.info))
 
     def _claim_run_folder(self) -> Path | None:
