@@ -7,8 +7,9 @@ motions and noisy canvases), deterministic for a seed, written once per paramete
 - ``vqa``: scenes of 1-3 shapes; questions about a shape's colour, shape, size and place, the number of shapes
   (of a colour) and whether a shape is there; ten "human" answers each, mostly right, some wrong, some written
   ``"red."`` or ``"two"`` (what the official normalisation has to handle); VQAv2's file names and fields.
-- ``nlvr2``: pairs of scenes and statements about them ("the left image has more shapes than the right image"),
-  half true; NLVR2's JSONL and image naming (``train/<directory>/train-<set>-0-img0.png``).
+- ``nlvr2``: statements about pairs of scenes ("the left image has more shapes than the right image"), each drawn
+  first and then given a pair it is true (half) or false of, so only the images tell; NLVR2's JSONL and image naming
+  (``train/<directory>/train-<set>-0-img0.png``).
 - ``retrieval``: single-shape images with five captions each, Karpathy's ``dataset_coco.json`` with
   train/restval/val/test splits.
 - ``video_retrieval``: clips of a moving shape (VP9 in mp4), MSR-VTT's ``MSRVTT_data.json``,
@@ -42,7 +43,7 @@ from scl_fast.data.demo import (
 )
 from scl_fast.errors import run_cli
 
-VERSION = 1
+VERSION = 2
 CORNERS = tuple(p for p in POSITIONS if p != "in the center")  # shapes at two corners never overlap
 NUMBERS = ("zero", "one", "two", "three")
 
@@ -150,41 +151,48 @@ def write_vqa(out: str, *, train: int, val: int, per_image: int = 3, size: int =
 
 # ----------------------------------------------------------------------------------------------------------- NLVR2
 
-def _statements(rng: np.random.Generator, left: list, right: list) -> list[tuple[str, bool]]:
-    """Statements about a pair and their truth."""
-    sides = {"left": left, "right": right}
+def _has(scene: list[dict[str, str]], **attributes: str) -> bool:
+    return any(all(o[k] == v for k, v in attributes.items()) for o in scene)
+
+
+def _statement(rng: np.random.Generator) -> tuple[str, Callable[[list, list], bool]]:
+    """A random statement about a pair of scenes and the test of its truth."""
     side = str(rng.choice(["left", "right"]))
     other = "right" if side == "left" else "left"
-    objs = sides[side] + sides[other]
-    o = objs[int(rng.integers(len(objs)))] if rng.random() < 0.7 else {
-        "colour": str(rng.choice(list(COLOURS))), "shape": str(rng.choice(SHAPES))}
-    has = lambda scene, **kw: any(all(x[k] == v for k, v in kw.items()) for x in scene)  # noqa: E731
-    n = int(rng.integers(1, 4))
-    return [
-        (f"the {side} image has a {o['colour']} {o['shape']}", has(sides[side], colour=o["colour"],
-                                                                   shape=o["shape"])),
-        (f"there is a {o['colour']} {o['shape']} in the {side} image", has(sides[side], colour=o["colour"],
-                                                                           shape=o["shape"])),
-        (f"both images have a {o['colour']} shape", has(left, colour=o["colour"]) and has(right, colour=o["colour"])),
-        (f"both images have a {o['shape']}", has(left, shape=o["shape"]) and has(right, shape=o["shape"])),
-        (f"the {side} image has more shapes than the {other} image", len(sides[side]) > len(sides[other])),
-        (f"the {side} image has fewer shapes than the {other} image", len(sides[side]) < len(sides[other])),
-        (f"the {side} image has {NUMBERS[n]} shapes", len(sides[side]) == n),
-        (f"both images have {NUMBERS[n]} shapes", len(left) == len(right) == n),
+    pick = {"left": 0, "right": 1}
+    colour, shape, n = str(rng.choice(list(COLOURS))), str(rng.choice(SHAPES)), int(rng.integers(1, 4))
+    templates = [
+        (f"the {side} image has a {colour} {shape}",
+         lambda p: _has(p[pick[side]], colour=colour, shape=shape)),
+        (f"there is a {colour} shape in the {side} image", lambda p: _has(p[pick[side]], colour=colour)),
+        (f"both images have a {colour} shape", lambda p: _has(p[0], colour=colour) and _has(p[1], colour=colour)),
+        (f"both images have a {shape}", lambda p: _has(p[0], shape=shape) and _has(p[1], shape=shape)),
+        (f"the {side} image has more shapes than the {other} image",
+         lambda p: len(p[pick[side]]) > len(p[pick[other]])),
+        (f"the {side} image has fewer shapes than the {other} image",
+         lambda p: len(p[pick[side]]) < len(p[pick[other]])),
+        (f"the {side} image has {NUMBERS[n]} shapes", lambda p: len(p[pick[side]]) == n),
     ]
+    text, test = templates[int(rng.integers(len(templates)))]
+    return text, lambda left, right: test((left, right))
 
 
 def _nlvr2_split(out: str, split: str, pairs: int, rng: np.random.Generator, size: int) -> str:
-    path = os.path.join(out, f"{split}.json" if split != "dev" else "dev.json")
+    """Each statement is drawn first and then a pair of scenes that makes it true (even set ids) or false (odd), as
+    NLVR2 pairs one sentence with images it is true and false of: the sentence alone says nothing of its label."""
+    path = os.path.join(out, f"{split}.json")
     with open(path, "w") as f:
         for set_id in range(pairs):
-            left, right = random_scene(rng), random_scene(rng)
-            want = set_id % 2 == 0  # half true, half false
-            choices = [s for s in _statements(rng, left, right) if s[1] == want]
-            while not choices:  # this pair makes no statement of that truth: draw another pair
-                left, right = random_scene(rng), random_scene(rng)
-                choices = [s for s in _statements(rng, left, right) if s[1] == want]
-            sentence, _ = choices[int(rng.integers(len(choices)))]
+            want = set_id % 2 == 0
+            while True:
+                sentence, truth = _statement(rng)
+                for _ in range(200):  # the rarest (a given colour and shape on one side) hold about one time in 12
+                    left, right = random_scene(rng), random_scene(rng)
+                    if truth(left, right) == want:
+                        break
+                else:
+                    continue
+                break
             record = {"identifier": f"{split}-{set_id}-0-0", "sentence": sentence, "label": str(want),
                       "left_url": None, "right_url": None, "synset": "shape", "query": "shapes"}
             folder = os.path.join(out, "images", split)
