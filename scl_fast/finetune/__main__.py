@@ -10,6 +10,7 @@ auto``, signals, torchrun (DDP / FSDP2), precision, logs; it ends with the task'
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 from scl_fast.errors import run_cli
@@ -31,7 +32,7 @@ def _finetune(argv: list[str]) -> dict:
         raise SystemExit(0 if argv else 2)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     cfg = parse_finetune_args(argv[0], argv[1:])
-    if cfg.init is None:
+    if cfg.init is None and os.environ.get("RANK", "0") == "0":  # one line per job, not per torchrun rank
         print(f"{argv[0]}: no --init, the model starts from random weights", flush=True)
     return run(cfg, make_task(cfg))
 

@@ -7,9 +7,9 @@ motions and noisy canvases), deterministic for a seed, written once per paramete
 - ``vqa``: scenes of 1-3 shapes; questions about a shape's colour, shape, size and place, the number of shapes
   (of a colour) and whether a shape is there; ten "human" answers each, mostly right, some wrong, some written
   ``"red."`` or ``"two"`` (what the official normalisation has to handle); VQAv2's file names and fields.
-- ``nlvr2``: statements about pairs of scenes ("the left image has more shapes than the right image"), each drawn
-  first and then given a pair it is true (half) or false of, so only the images tell; NLVR2's JSONL and image naming
-  (``train/<directory>/train-<set>-0-img0.png``).
+- ``nlvr2``: statements about pairs of scenes ("both images have a red shape", "the left image has a blue
+  circle"), each drawn first and then given a pair it is true (half) or false of, so only the images tell; NLVR2's
+  JSONL and image naming (``train/<directory>/train-<set>-0-img0.png``).
 - ``retrieval``: single-shape images with five captions each, Karpathy's ``dataset_coco.json`` with
   train/restval/val/test splits.
 - ``video_retrieval``: clips of a moving shape (VP9 in mp4), MSR-VTT's ``MSRVTT_data.json``,
@@ -43,7 +43,7 @@ from scl_fast.data.demo import (
 )
 from scl_fast.errors import run_cli
 
-VERSION = 2
+VERSION = 3
 CORNERS = tuple(p for p in POSITIONS if p != "in the center")  # shapes at two corners never overlap
 NUMBERS = ("zero", "one", "two", "three")
 
@@ -156,22 +156,18 @@ def _has(scene: list[dict[str, str]], **attributes: str) -> bool:
 
 
 def _statement(rng: np.random.Generator) -> tuple[str, Callable[[list, list], bool]]:
-    """A random statement about a pair of scenes and the test of its truth."""
+    """A random statement about a pair of scenes and the test of its truth: what is in one image or in both.
+    (Statements comparing the images' shape counts left a model trained from scratch at chance after 2000 steps,
+    measured: the demo keeps what the no-argument run can learn.)"""
     side = str(rng.choice(["left", "right"]))
-    other = "right" if side == "left" else "left"
     pick = {"left": 0, "right": 1}
-    colour, shape, n = str(rng.choice(list(COLOURS))), str(rng.choice(SHAPES)), int(rng.integers(1, 4))
+    colour, shape = str(rng.choice(list(COLOURS))), str(rng.choice(SHAPES))
     templates = [
         (f"the {side} image has a {colour} {shape}",
          lambda p: _has(p[pick[side]], colour=colour, shape=shape)),
         (f"there is a {colour} shape in the {side} image", lambda p: _has(p[pick[side]], colour=colour)),
         (f"both images have a {colour} shape", lambda p: _has(p[0], colour=colour) and _has(p[1], colour=colour)),
         (f"both images have a {shape}", lambda p: _has(p[0], shape=shape) and _has(p[1], shape=shape)),
-        (f"the {side} image has more shapes than the {other} image",
-         lambda p: len(p[pick[side]]) > len(p[pick[other]])),
-        (f"the {side} image has fewer shapes than the {other} image",
-         lambda p: len(p[pick[side]]) < len(p[pick[other]])),
-        (f"the {side} image has {NUMBERS[n]} shapes", lambda p: len(p[pick[side]]) == n),
     ]
     text, test = templates[int(rng.integers(len(templates)))]
     return text, lambda left, right: test((left, right))

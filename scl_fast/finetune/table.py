@@ -10,6 +10,7 @@ baseline, the three results side by side, and the wall-clock minutes of each fin
                                       [--pretrain-steps N] [--section.key VALUE ...]
 
 Extra ``--section.key VALUE`` options go to every fine-tuning run (e.g. ``--train.steps 100`` for a quick look).
+Called again with the same ``--out``, it reuses the finished runs there (delete a run's folder to redo it).
 """
 
 from __future__ import annotations
@@ -28,12 +29,12 @@ from .config import TASKS
 INITS = (("SCL pre-training", "scl"), ("pre-training without SCL", "no_scl"), ("random weights", None))
 
 
-def metric(task: str, summary: dict[str, Any]) -> tuple[str, float, float]:
-    """(metric name, value, trivial baseline) of a fine-tuning run's summary."""
+def metric(task: str, summary: dict[str, Any]) -> tuple[str, float, float, str]:
+    """(metric name, value, trivial baseline, format) of a fine-tuning run's summary."""
     groups = summary[task]
     if task in ("vqa", "nlvr2"):
-        return "accuracy", groups["val"]["accuracy"], groups["val"]["baseline"]
-    return "R-sum (R@1+5+10, both ways, %)", groups["val"]["rsum"], groups["val"]["chance_rsum"]
+        return "accuracy", groups["val"]["accuracy"], groups["val"]["baseline"], ".3f"
+    return "R-sum (R@1+5+10, both ways, %)", groups["val"]["rsum"], groups["val"]["chance_rsum"], ".1f"
 
 
 def detail(task: str, summary: dict[str, Any]) -> str:
@@ -53,14 +54,14 @@ def markdown(results: dict[str, dict[str, dict[str, Any]]], minutes: dict[str, d
     lines = [f"| task | metric | trivial baseline | {head} | minutes (each run, 2 CPU cores) |",
              "|---|---|---:|" + "---:|" * len(INITS) + "---|"]
     for task, runs in results.items():
-        name, _, baseline = metric(task, next(iter(runs.values())))
+        name, _, baseline, fmt = metric(task, next(iter(runs.values())))
         cells = []
         for label, _ in INITS:
-            _, value, _ = metric(task, runs[label])
+            _, value, _, _ = metric(task, runs[label])
             extra = detail(task, runs[label])
-            cells.append(f"{value:.3f}" + (f" ({extra})" if extra else ""))
+            cells.append(f"{value:{fmt}}" + (f" ({extra})" if extra else ""))
         mins = " / ".join(f"{minutes[task][label]:.1f}" for label, _ in INITS)
-        lines.append(f"| {task} | {name} | {baseline:.3f} | " + " | ".join(cells) + f" | {mins} |")
+        lines.append(f"| {task} | {name} | {baseline:{fmt}} | " + " | ".join(cells) + f" | {mins} |")
     return "\n".join(lines)
 
 
@@ -82,18 +83,29 @@ def main(argv: list[str] | None = None) -> str:
     steps = ["--train.steps", str(args.pretrain_steps)] if args.pretrain_steps else []
     started = time.perf_counter()
     for variant, options in (("scl", []), ("no_scl", ["--model.loss.scl_weight", "0"])):
+        if (root / variant / "summary.json").is_file():
+            print(f"=== pre-training ({variant}): {root / variant} is finished, reused", flush=True)
+            continue
         print(f"=== pre-training ({variant}) -> {root / variant}", flush=True)
         train_main([*steps, *options, "--train.run_dir", str(root / variant)])
+    # A finished run of an earlier call in the same folder is reused with its minutes (delete its folder to redo it)
+    before = json.loads((root / "table.json").read_text()) if (root / "table.json").is_file() else {}
     results: dict[str, dict[str, dict[str, Any]]] = {}
     minutes: dict[str, dict[str, float]] = {}
     for task in tasks:
         for label, init in INITS:
             run = root / f"{task}-{init or 'random'}"
-            print(f"=== {task} from {label} -> {run}", flush=True)
-            t0 = time.perf_counter()
-            summary = finetune_main([task, *(["--init", str(root / init)] if init else []), *extra,
-                                     "--train.run_dir", str(run)])
-            minutes.setdefault(task, {})[label] = (time.perf_counter() - t0) / 60
+            took = before.get("minutes", {}).get(task, {}).get(label)
+            if (run / "summary.json").is_file() and took is not None:
+                print(f"=== {task} from {label}: {run} is finished, reused", flush=True)
+                summary = json.loads((run / "summary.json").read_text())
+            else:
+                print(f"=== {task} from {label} -> {run}", flush=True)
+                t0 = time.perf_counter()
+                summary = finetune_main([task, *(["--init", str(root / init)] if init else []), *extra,
+                                         "--train.run_dir", str(run)])
+                took = (time.perf_counter() - t0) / 60
+            minutes.setdefault(task, {})[label] = took
             results.setdefault(task, {})[label] = summary
     table = markdown(results, minutes)
     (root / "table.md").write_text(table + "\n")

@@ -78,8 +78,8 @@ class RetrievalTask(FinetuneTask):
                          f"{'':>10}{m['chance_R@1']:>7.3f}{m['chance_R@5']:>7.3f}{m['chance_R@10']:>7.3f}")
         v = groups.get("val", {})
         if "rsum" in v:
-            lines.append(f"R-sum {v['rsum']:.1f} (chance {v['chance_rsum']:.1f}); ITM re-ranks the ITC top "
-                         f"{v['itm_k']}")
+            ranking = f"ITM re-ranks the ITC top {v['itm_k']}" if v["itm_k"] else "ITC ranking (no ITM re-ranking)"
+            lines.append(f"R-sum {v['rsum']:.1f} (chance {v['chance_rsum']:.1f}); {ranking}")
         return lines
 
 
