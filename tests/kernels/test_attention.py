@@ -18,6 +18,9 @@ import scl_kernels
 from scl_kernels import _dispatch
 from scl_kernels import attention as attn_mod
 from scl_kernels._launch import dot_block
+from scl_kernels.attention import configs as attn_configs
+from scl_kernels.attention import launch as attn_launch
+from scl_kernels.attention import op as attn_op
 from scl_kernels.reference import attention_mask_ref, frame_block_mask, masked_attention_ref
 from tests.utils import ATOL, REL_TOL, assert_close, poison_
 
@@ -27,8 +30,8 @@ GRAD_SLACK = 3.0  # ARCHITECTURE.md: gradients may be 3x looser
 @pytest.fixture
 def poisoned(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every buffer the launchers allocate (outputs, lse, delta, dq/dk/dv) starts as NaN."""
-    new_output = attn_mod._new_output
-    monkeypatch.setattr(attn_mod, "_new_output", lambda *a, **k: poison_(new_output(*a, **k)))
+    new_output = attn_launch._new_output
+    monkeypatch.setattr(attn_launch, "_new_output", lambda *a, **k: poison_(new_output(*a, **k)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,8 +180,8 @@ def test_frames_skip_key_blocks_and_equal_dense_mask(poisoned: None, frames: int
     q, k, v = (torch.randn(1, 1, length, d) for _ in range(3))
     scale = d**-0.5
     dense = frame_block_mask(length, frames)
-    out_f, _, count_f = attn_mod._attention_forward(q, k, v, None, None, frames, scale, count_blocks=True)
-    out_d, _, count_d = attn_mod._attention_forward(q, k, v, None, dense, None, scale, count_blocks=True)
+    out_f, _, count_f = attn_launch._attention_forward(q, k, v, None, None, frames, scale, count_blocks=True)
+    out_d, _, count_d = attn_launch._attention_forward(q, k, v, None, dense, None, scale, count_blocks=True)
     tile = 64  # the interpreter's single config has BLOCK_M = BLOCK_N = 64
     n_blocks = -(-length // tile)
     per_row_f, per_row_d = count_f[:n_blocks].tolist(), count_d[:n_blocks].tolist()
@@ -204,7 +207,7 @@ def test_key_mask_skips_padding_tiles(poisoned: None) -> None:
     lengths = [300, 65, 0]
     km = torch.arange(lk)[None, :] < torch.tensor(lengths)[:, None]
     km[0, 17] = False  # a hole: visible keys after it must still be visited
-    out, _, counts = attn_mod._attention_forward(q, k, v, km, None, None, d**-0.5, count_blocks=True)
+    out, _, counts = attn_launch._attention_forward(q, k, v, km, None, None, d**-0.5, count_blocks=True)
     n_m = -(-70 // 64)
     per_batch = counts[: 3 * 2 * n_m].view(3, 2, n_m)
     for b, n in enumerate(lengths):
@@ -287,8 +290,8 @@ def test_eager_function_equals_the_custom_op(poisoned: None) -> None:
         out.backward(g)
         return out.detach(), [qq.grad, kk.grad, vv.grad]
 
-    eager = via(lambda a, b, c: attn_mod._EagerMaskedAttention.apply(a, b, c, *args))
-    op = via(lambda a, b, c: attn_mod._masked_attention_op(a, b, c, *args)[0])
+    eager = via(lambda a, b, c: attn_op._EagerMaskedAttention.apply(a, b, c, *args))
+    op = via(lambda a, b, c: attn_op._masked_attention_op(a, b, c, *args)[0])
     for got, want in zip([eager[0], *eager[1]], [op[0], *op[1]], strict=True):
         assert torch.isfinite(got).all() and torch.equal(got, want)
 
@@ -305,7 +308,7 @@ def test_inference_call_skips_autograd(poisoned: None, monkeypatch: pytest.Monke
     def no_function(*args: object) -> None:
         raise AssertionError("an inference call went through the autograd.Function")
 
-    monkeypatch.setattr(attn_mod._EagerMaskedAttention, "apply", no_function)
+    monkeypatch.setattr(attn_op._EagerMaskedAttention, "apply", no_function)
     with torch.no_grad():
         no_grad = call(*(t.clone().requires_grad_(True) for t in (q, k, v)))
     plain = call(q, k, v)
@@ -508,43 +511,44 @@ def test_gpu_config_pruning() -> None:
     memory and registers, drops 128-row tiles for 50-token text, and keeps each dtype to its own list (the
     tensor-core tiles for 16-bit inputs, the FMA tiles for fp32)."""
     for kind in ("fwd", "dkdv", "dq"):
-        prune, configs = attn_mod._make_prune(kind), attn_mod._all_configs(kind)
-        assert len(set(map(attn_mod._tile, configs))) == len(configs), kind  # each tile once
+        prune, configs = attn_configs._make_prune(kind), attn_configs._all_configs(kind)
+        assert len(set(map(attn_configs._tile, configs))) == len(configs), kind  # each tile once
         for dtype, d in ((torch.bfloat16, 64), (torch.float16, 128), (torch.float32, 128), (torch.float32, 32)):
             q = torch.empty(0, dtype=dtype)
-            own = set(map(attn_mod._tile, attn_mod._CONFIG_LISTS[kind][dtype == torch.float32]))
+            own = set(map(attn_configs._tile, attn_configs._CONFIG_LISTS[kind][dtype == torch.float32]))
             long_ = prune(configs, {"Q_ptr": q, "Lq": 4096, "Lk": 4096}, BLOCK_D=dot_block(d))
-            assert long_ and set(map(attn_mod._tile, long_)) <= own, (kind, dtype, d)
+            assert long_ and set(map(attn_configs._tile, long_)) <= own, (kind, dtype, d)
             for c in long_[:-1] if len(long_) > 1 else []:
-                assert attn_mod._smem_estimate(c, kind, dot_block(d), q.element_size()) <= 160 * 1024
+                assert attn_configs._smem_estimate(c, kind, dot_block(d), q.element_size()) <= 160 * 1024
             short = prune(configs, {"Q_ptr": q, "Lq": 50, "Lk": 50}, BLOCK_D=dot_block(d))
             assert short and all(c.kwargs["BLOCK_M"] <= 64 and c.kwargs["BLOCK_N"] <= 64 for c in short), short
     # the production case keeps several candidates to tune over
     bf16 = torch.empty(0, dtype=torch.bfloat16)
-    fwd = attn_mod._make_prune("fwd")(attn_mod._all_configs("fwd"), {"Q_ptr": bf16, "Lq": 325, "Lk": 325}, BLOCK_D=64)
+    fwd = attn_configs._make_prune("fwd")(attn_configs._all_configs("fwd"), {"Q_ptr": bf16, "Lq": 325, "Lk": 325},
+                                          BLOCK_D=64)  # fmt: skip
     assert len(fwd) > 2
     # one config each under SCL_KERNELS_AUTOTUNE=0: the dtype's default, as the compile report lists it (the first
     # config of the dtype's own list that fits sm_80's budget)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SCL_KERNELS_AUTOTUNE", "0")
-        for kind, lists in attn_mod._CONFIG_LISTS.items():
+        for kind, lists in attn_configs._CONFIG_LISTS.items():
             for dtype, d in ((torch.bfloat16, 64), (torch.bfloat16, 128), (torch.float32, 64), (torch.float32, 128)):
                 q, elt = torch.empty(0, dtype=dtype), dtype.itemsize
-                (first,) = attn_mod._make_prune(kind)(attn_mod._all_configs(kind), {"Q_ptr": q, "Lq": 788, "Lk": 788},
-                                                      BLOCK_D=d)  # fmt: skip
-                default = attn_mod._fitting(lists[elt == 4], kind, d, elt, attn_mod._reg_budget(False, elt))[0]
-                assert attn_mod._tile(first) == attn_mod._tile(default), (kind, dtype, d)
+                (first,) = attn_configs._make_prune(kind)(attn_configs._all_configs(kind),
+                                                          {"Q_ptr": q, "Lq": 788, "Lk": 788}, BLOCK_D=d)  # fmt: skip
+                default = attn_configs._fitting(lists[elt == 4], kind, d, elt, attn_configs._reg_budget(False, elt))[0]
+                assert attn_configs._tile(first) == attn_configs._tile(default), (kind, dtype, d)
     # fp32 at D=128: the compile sweep's spilling forward tiles (72 on the estimate) are pruned, the 8-warp ones kept
-    fp32 = attn_mod._fitting(attn_mod.FWD_FP32_CONFIGS, "fwd", 128, 4, attn_mod._reg_budget(True, 4))
-    assert [attn_mod._tile(c) for c in fp32] == [(32, 32, 8, 2), (32, 16, 8, 2)]
+    fp32 = attn_configs._fitting(attn_configs.FWD_FP32_CONFIGS, "fwd", 128, 4, attn_configs._reg_budget(True, 4))
+    assert [attn_configs._tile(c) for c in fp32] == [(32, 32, 8, 2), (32, 16, 8, 2)]
     # a Hopper also tunes over the tutorial's 4-warp 128-key dK/dV tile in 16-bit; fp32 has one budget for both
-    tile = [c for c in attn_mod.DKDV_CONFIGS if (c.kwargs["BLOCK_N"], c.num_warps) == (128, 4)]
-    hopper = attn_mod._fitting(attn_mod.DKDV_CONFIGS, "dkdv", 64, 2, attn_mod._reg_budget(True, 2))
-    ampere = attn_mod._fitting(attn_mod.DKDV_CONFIGS, "dkdv", 64, 2, attn_mod._reg_budget(False, 2))
+    tile = [c for c in attn_configs.DKDV_CONFIGS if (c.kwargs["BLOCK_N"], c.num_warps) == (128, 4)]
+    hopper = attn_configs._fitting(attn_configs.DKDV_CONFIGS, "dkdv", 64, 2, attn_configs._reg_budget(True, 2))
+    ampere = attn_configs._fitting(attn_configs.DKDV_CONFIGS, "dkdv", 64, 2, attn_configs._reg_budget(False, 2))
     assert tile and all(c in hopper and c not in ampere for c in tile) and set(ampere) <= set(hopper)
-    for kind, (_, configs) in attn_mod._CONFIG_LISTS.items():
+    for kind, (_, configs) in attn_configs._CONFIG_LISTS.items():
         for d in (32, 64, 128):
-            fits = [attn_mod._fitting(configs, kind, d, 4, attn_mod._reg_budget(h, 4)) for h in (True, False)]
+            fits = [attn_configs._fitting(configs, kind, d, 4, attn_configs._reg_budget(h, 4)) for h in (True, False)]
             assert fits[0] == fits[1], (kind, d)
 
 

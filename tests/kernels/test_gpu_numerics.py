@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import scl_kernels
-from scl_kernels import attention as attn_mod
+from scl_kernels.attention import launch as attn_launch
 from scl_kernels.reference import cosine_recovery_ref, info_nce_ref, masked_attention_ref
 from tests.kernels.test_attention import CASES, GRAD_SLACK, Case, _inputs, _masks, _run
 from tests.utils import ATOL, REL_TOL, assert_close, poison_
@@ -38,8 +38,8 @@ GPU_CASES = MODEL_CASES + CASES + [dataclasses.replace(c, dtype=BF16) for c in C
 @pytest.fixture
 def poisoned(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every buffer the launchers allocate starts as NaN."""
-    new_output = attn_mod._new_output
-    monkeypatch.setattr(attn_mod, "_new_output", lambda *a, **k: poison_(new_output(*a, **k)))
+    new_output = attn_launch._new_output
+    monkeypatch.setattr(attn_launch, "_new_output", lambda *a, **k: poison_(new_output(*a, **k)))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, BF16], ids=str)

@@ -29,7 +29,8 @@ def test_matches_triton() -> None:
 def test_autotune_switch_reaches_every_pruner(monkeypatch: pytest.MonkeyPatch) -> None:
     """SCL_KERNELS_AUTOTUNE=0 leaves one config to each autotuned kernel (attention and contrastive), so a GPU test
     run compiles one kernel per shape; unset, several stay to be timed."""
-    from scl_kernels import attention, contrastive
+    from scl_kernels import contrastive
+    from scl_kernels.attention import configs as attention
 
     bf16 = torch.empty(0, dtype=torch.bfloat16)
     prunes = {

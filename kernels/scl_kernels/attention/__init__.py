@@ -1,0 +1,36 @@
+"""Fused masked attention: FlashAttention-2 style forward and backward in Triton.
+
+One op, ``masked_attention(q, k, v, *, key_mask, frames, attn_mask, dropout_p, scale)``, for self- and
+cross-attention with the three mask kinds of the SCL model (True = may attend):
+
+- ``key_mask`` (B, Lk): text padding; loaded as one row per key block. Tiles made only of padding are skipped.
+- ``frames=F``: the flexible vision encoder's frame-block + global-CLS pattern, generated from indices, whole
+  blocks skipped (``tiles.py``).
+- ``attn_mask``: any bool mask broadcastable to (B, H, Lq, Lk), loaded blockwise with stride 0 on broadcast dims
+  (never expanded in memory).
+
+Head dims that are not a power of two (or below 16, ``tl.dot``'s minimum) are padded inside the kernel by masked
+loads up to ``BLOCK_D``; nothing is copied. D > 128 is refused: the per-program tiles would spill.
+
+The parts, one concept per file:
+
+- ``tiles.py``: Triton helpers shared by the kernels (tile loads, which pairs may attend, frame spans);
+- ``forward.py``: the forward kernel (online softmax, log-sum-exp stored per row);
+- ``backward.py``: the dQ and dK/dV kernels (probabilities recomputed from the log-sum-exp, no atomics);
+- ``dropout.py``: the fused dropout's Philox draw, and ``dropout_keep_mask`` to write the mask out;
+- ``configs.py``: tile lists, the pruner, the autotuners;
+- ``launch.py``: host launchers (allocate, pass the masks as strided views, launch);
+- ``op.py``: the ``torch.library`` op, its autograd, the public function;
+- ``specs.py``: what a GPU launches, for the sm_80/sm_90 compile check.
+"""
+
+from .dropout import dropout_keep_mask
+
+# the autotuners, read by the GPU report (benchmarks/gpu_report.py: its tuning tables)
+from .launch import _attn_bwd_dkdv as _attn_bwd_dkdv
+from .launch import _attn_bwd_dq as _attn_bwd_dq
+from .launch import _attn_fwd as _attn_fwd
+from .op import masked_attention
+from .specs import COMPILE_SPECS
+
+__all__ = ["COMPILE_SPECS", "dropout_keep_mask", "masked_attention"]
