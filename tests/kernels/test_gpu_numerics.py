@@ -78,7 +78,7 @@ def test_attention_on_gpu(case: Case, poisoned: None) -> None:
     if case in MODEL_CASES and key_mask is not None:  # text padding: a suffix of each row, never empty
         lengths = torch.randint(1, case.lk + 1, (case.b,), generator=gen).cuda()
         key_mask = torch.arange(case.lk, device="cuda")[None, :] < lengths[:, None]
-    masks = {"key_mask": key_mask, "frames": case.frames, "attn_mask": attn_mask}
+    masks = {"key_mask": key_mask, "frames": case.frames, "attn_mask": attn_mask, "is_causal": case.causal}
     g = torch.randn(case.b, case.h, case.lq, case.d, generator=gen).to(case.dtype).cuda()
     out, grads = _run(scl_kernels.masked_attention, q, k, v, g, backend="triton", **masks)
     ref, ref_grads = _run(masked_attention_ref, q.double(), k.double(), v.double(), g.double(), **masks)

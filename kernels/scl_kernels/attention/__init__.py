@@ -1,7 +1,7 @@
 """Fused masked attention: FlashAttention-2 style forward and backward in Triton.
 
-One op, ``masked_attention(q, k, v, *, key_mask, frames, attn_mask, dropout_p, scale)``, for self- and
-cross-attention with the three mask kinds of the SCL model (True = may attend):
+One op, ``masked_attention(q, k, v, *, key_mask, frames, attn_mask, is_causal, dropout_p, scale, return_lse)``,
+for self- and cross-attention with the three mask kinds of the SCL model (True = may attend):
 
 - ``key_mask`` (B, Lk): text padding; loaded as one row per key block. Tiles made only of padding are skipped.
 - ``frames=F``: the flexible vision encoder's frame-block + global-CLS pattern, generated from indices, whole
@@ -9,15 +9,19 @@ cross-attention with the three mask kinds of the SCL model (True = may attend):
 - ``attn_mask``: any bool mask broadcastable to (B, H, Lq, Lk), loaded blockwise with stride 0 on broadcast dims
   (never expanded in memory).
 
-Head dims that are not a power of two (or below 16, ``tl.dot``'s minimum) are padded inside the kernel by masked
-loads up to ``BLOCK_D``; nothing is copied. D > 128 is refused: the per-program tiles would spill.
+and what code written for SDPA or flash-attn expects of a drop-in: grouped-query K/V heads read in place,
+``is_causal`` with SDPA's alignment (the tiles past the diagonal skipped), head dims up to 256, the log-sum-exp on
+request, and dropout whose Philox pair is a device tensor (a CUDA graph's replays draw new masks). Head dims that
+are not a power of two (or below 16, ``tl.dot``'s minimum) are padded inside the kernel by masked loads up to
+``BLOCK_D``; nothing is copied.
 
 The parts, one concept per file:
 
-- ``tiles.py``: Triton helpers shared by the kernels (tile loads, which pairs may attend, frame spans);
+- ``tiles.py``: Triton helpers shared by the kernels (tile loads, which pairs may attend, frame spans, causal
+  bounds);
 - ``forward.py``: the forward kernel (online softmax, log-sum-exp stored per row);
 - ``backward.py``: the dQ and dK/dV kernels (probabilities recomputed from the log-sum-exp, no atomics);
-- ``dropout.py``: the fused dropout's Philox draw, and ``dropout_keep_mask`` to write the mask out;
+- ``dropout.py``: the Philox pair drawn on the device, the kernels' draw from it, ``dropout_keep_mask``;
 - ``configs.py``: tile lists, the pruner, the autotuners;
 - ``launch.py``: host launchers (allocate, pass the masks as strided views, launch);
 - ``op.py``: the ``torch.library`` op, its autograd, the public function;

@@ -1,5 +1,8 @@
 """Tile configurations of the attention kernels: explicit lists autotuned on a GPU, the pruner that keeps what
 fits the GPU's shared memory and registers, one config under the interpreter.
+
+Four lists per kernel: by the inputs' precision (16-bit on tensor cores, fp32 on FMA units) and by head width
+(``BLOCK_D`` up to 128, or 256 for head dims 129-256). A launch's pruner keeps the one list that fits its inputs.
 """
 
 from __future__ import annotations
@@ -40,9 +43,27 @@ DQ_CONFIGS = _configs([(64, 32, 4, 3), (64, 64, 4, 3), (128, 64, 8, 2), (64, 64,
 FWD_FP32_CONFIGS = _configs([(64, 32, 8, 2), (32, 32, 4, 2), (32, 32, 8, 2), (32, 16, 8, 2)])
 DKDV_FP32_CONFIGS = _configs([(32, 32, 8, 2), (16, 32, 8, 2), (16, 16, 4, 2)])
 DQ_FP32_CONFIGS = _configs([(64, 32, 8, 2), (32, 32, 4, 2), (32, 32, 8, 2)])
-# kind -> (16-bit list, fp32 list); an autotuner gets both, its pruner keeps the list of the inputs' dtype
-_CONFIG_LISTS = {"fwd": (FWD_CONFIGS, FWD_FP32_CONFIGS), "dkdv": (DKDV_CONFIGS, DKDV_FP32_CONFIGS),
-                 "dq": (DQ_CONFIGS, DQ_FP32_CONFIGS)}  # fmt: skip
+# Head dims 129-256 (BLOCK_D = 256): each resident (rows, 256) tile costs twice D=128's registers, so the lists above
+# spill (the forward's 64 x 64 4-warp tile on 255 registers +152 B on sm_90, dK/dV's 32 x 64 +336 B). These lists
+# hold tiles that compiled spill-free on both sm_80 and sm_90 at BLOCK_D = 256 with the key mask (a sweep of 28
+# tiles, 2026-12: 8 warps over 32-64 rows for 16-bit inputs, 16-32 rows for fp32), largest tile first: not yet
+# timed on a GPU, so the autotuner chooses among them. flash-attn's head-dim-256 kernels make the same trade
+# (64 x 64 tiles and 8 warps on sm_80, against 128 x 128 at D=64).
+FWD_WIDE_CONFIGS = _configs([(64, 32, 8, 2), (64, 32, 8, 3), (32, 32, 4, 2)])
+DKDV_WIDE_CONFIGS = _configs([(32, 32, 8, 2), (16, 32, 4, 2)])
+DQ_WIDE_CONFIGS = _configs([(32, 64, 8, 2), (64, 32, 8, 2), (64, 16, 8, 2), (32, 32, 4, 2)])
+FWD_WIDE_FP32_CONFIGS = _configs([(32, 16, 8, 2), (16, 32, 8, 2), (16, 16, 4, 2)])
+DKDV_WIDE_FP32_CONFIGS = _configs([(32, 16, 8, 2), (16, 32, 8, 2), (16, 16, 8, 2)])
+DQ_WIDE_FP32_CONFIGS = _configs([(32, 16, 8, 2), (16, 16, 4, 2)])
+# kind -> {(fp32 inputs, BLOCK_D > 128): list}; an autotuner gets all four, its pruner keeps the inputs' own
+_CONFIG_LISTS = {
+    "fwd": {(False, False): FWD_CONFIGS, (True, False): FWD_FP32_CONFIGS,
+            (False, True): FWD_WIDE_CONFIGS, (True, True): FWD_WIDE_FP32_CONFIGS},
+    "dkdv": {(False, False): DKDV_CONFIGS, (True, False): DKDV_FP32_CONFIGS,
+             (False, True): DKDV_WIDE_CONFIGS, (True, True): DKDV_WIDE_FP32_CONFIGS},
+    "dq": {(False, False): DQ_CONFIGS, (True, False): DQ_FP32_CONFIGS,
+           (False, True): DQ_WIDE_CONFIGS, (True, True): DQ_WIDE_FP32_CONFIGS},
+}  # fmt: skip
 _INTERPRET_CONFIGS = _configs([(64, 64, 4, 1)])
 _SMEM_BUDGET = 160 * 1024  # A100 allows 163 KiB per block, H100/H200 227 KiB: prune to what both run
 _REG_BUDGET = 128  # 32-bit values per thread in accumulators and resident tiles; above it sm_80 spills
@@ -53,6 +74,9 @@ _REG_BUDGET_SM90 = 224
 # of the fp32 lists at or under 70 compiled spill-free; the forward's (64, 32, 8, 2) and (32, 32, 4, 2) at D=128
 # (72) spilled 16-680 B, dQ's at D=128 (104) used all 255 registers on sm_80
 _REG_BUDGET_FP32 = 70
+# the wide lists: every tile compiled spill-free at BLOCK_D = 256, the only width they serve; the estimate (made for
+# D <= 128 tiles) would only drop some of them on sm_80, so it does not apply (shared memory still does)
+_REG_BUDGET_WIDE = 1 << 30
 
 
 def _tile_sizes(cfg: triton.Config, kind: str) -> tuple[int, int]:
@@ -92,9 +116,12 @@ def _fitting(configs: list[triton.Config], kind: str, block_d: int, elt: int,
     return kept or configs[-1:]
 
 
-def _reg_budget(hopper: bool, elt: int) -> int:
+def _reg_budget(hopper: bool, elt: int, block_d: int = 128) -> int:
     """The pruner's register budget: sm_90's for 16-bit inputs on a Hopper (or newer) GPU, sm_80's for 16-bit
-    inputs otherwise, fp32's own on both (see ``_REG_BUDGET_FP32``)."""
+    inputs otherwise, fp32's own on both (see ``_REG_BUDGET_FP32``); none beyond shared memory for the wide lists
+    (``_REG_BUDGET_WIDE``)."""
+    if block_d > 128:
+        return _REG_BUDGET_WIDE
     if elt == 4:
         return _REG_BUDGET_FP32
     return _REG_BUDGET_SM90 if hopper else _REG_BUDGET
@@ -105,18 +132,26 @@ def _tile(cfg: triton.Config) -> tuple[int, int, int, int]:
     return cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"], cfg.num_warps, cfg.num_stages
 
 
+def _own_list(kind: str, elt: int, block_d: int) -> list[triton.Config]:
+    """``kind``'s list for ``elt``-byte inputs and a ``block_d`` head block."""
+    return _CONFIG_LISTS[kind][(elt == 4, block_d > 128)]
+
+
 def _all_configs(kind: str) -> list[triton.Config]:
-    """Both of ``kind``'s lists, each tile once: what its autotuner gets on a GPU."""
-    half, fp32 = _CONFIG_LISTS[kind]
-    half_tiles = {_tile(c) for c in half}
-    return half + [c for c in fp32 if _tile(c) not in half_tiles]
+    """All of ``kind``'s lists, each tile once: what its autotuner gets on a GPU."""
+    tiles: dict[tuple[int, int, int, int], triton.Config] = {}
+    for configs in _CONFIG_LISTS[kind].values():
+        for c in configs:
+            tiles.setdefault(_tile(c), c)
+    return list(tiles.values())
 
 
-def _dtype_configs(configs: list[triton.Config], kind: str, elt: int) -> list[triton.Config]:
-    """Those of ``configs`` (an autotuner's: both lists of ``kind``) that the list for ``elt``-byte inputs holds,
-    in that list's order: its first fitting entry is the default the compile report lists."""
+def _own_configs(configs: list[triton.Config], kind: str, elt: int, block_d: int) -> list[triton.Config]:
+    """Those of ``configs`` (an autotuner's: all lists of ``kind``) that the list for ``elt``-byte inputs and a
+    ``block_d`` head block holds, in that list's order: its first fitting entry is the default the compile report
+    lists."""
     given = {_tile(c): c for c in configs}
-    return [given[_tile(c)] for c in _CONFIG_LISTS[kind][elt == 4] if _tile(c) in given]
+    return [given[_tile(c)] for c in _own_list(kind, elt, block_d) if _tile(c) in given]
 
 
 def _is_hopper(device: torch.device) -> bool:
@@ -129,10 +164,10 @@ def _make_prune(kind: str):  # noqa: ANN202 (triton's early_config_prune callbac
         sequence (a 64-row tile already covers short text). Always keeps at least one; only one with
         SCL_KERNELS_AUTOTUNE=0."""
         args = {**named_args, **kwargs}
-        q = args["Q_ptr"]
+        q, block_d = args["Q_ptr"], args["BLOCK_D"]
         elt = q.element_size()
-        fit = _fitting(_dtype_configs(configs, kind, elt), kind, args["BLOCK_D"], elt,
-                       _reg_budget(_is_hopper(q.device), elt))
+        fit = _fitting(_own_configs(configs, kind, elt, block_d), kind, block_d, elt,
+                       _reg_budget(_is_hopper(q.device), elt, block_d))
         lq, lk = max(64, next_pow2(args["Lq"])), max(64, next_pow2(args["Lk"]))
         narrow = [c for c in fit if c.kwargs["BLOCK_M"] <= lq and c.kwargs["BLOCK_N"] <= lk] or fit
         return narrow if autotune_enabled() else narrow[:1]
@@ -140,12 +175,12 @@ def _make_prune(kind: str):  # noqa: ANN202 (triton's early_config_prune callbac
     return prune
 
 
-_KEY = ["LQ_BUCKET", "LK_BUCKET", "BLOCK_D", "HAS_KEY_MASK", "HAS_FRAMES", "HAS_ATTN_MASK", "HAS_DROPOUT"]
+_KEY = ["LQ_BUCKET", "LK_BUCKET", "BLOCK_D", "HAS_KEY_MASK", "HAS_FRAMES", "HAS_ATTN_MASK", "HAS_DROPOUT", "IS_CAUSAL"]
 
 
 def _autotuned(kernel: triton.JITFunction, kind: str) -> TunedLaunch:
-    """Autotune over ``kind``'s configs on a GPU (the pruner keeps the inputs' dtype's list); one config under the
-    interpreter (the autotuner needs a GPU to time)."""
+    """Autotune over ``kind``'s configs on a GPU (the pruner keeps the list of the inputs' dtype and head width);
+    one config under the interpreter (the autotuner needs a GPU to time)."""
     if interpreting():
         tuner = triton.autotune(_INTERPRET_CONFIGS, key=_KEY)(kernel)
     else:

@@ -78,6 +78,11 @@ def _grid(rows: int, block_key: str, b: int, h: int):  # noqa: ANN202 (triton gr
     return lambda meta: (cdiv(rows, meta[block_key]), h, b)
 
 
+def _rng_arg(q: torch.Tensor, rng: torch.Tensor | None) -> torch.Tensor:
+    """Dropout's (2,) int64 Philox pair as the kernels read it, or a placeholder they never read."""
+    return rng if rng is not None else _placeholder(q.device, torch.int64)
+
+
 def _attention_forward(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -87,11 +92,14 @@ def _attention_forward(
     frames: int | None,
     scale: float,
     *,
+    is_causal: bool = False,
     dropout_p: float = 0.0,
-    seed: int = 0,
+    rng: torch.Tensor | None = None,
     count_blocks: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Launch the forward kernel. Returns (out, lse (B, H, Lq) base-2, per-program key-block counts or None)."""
+    """Launch the forward kernel. Returns (out, lse (B, H, Lq) natural log, per-program key-block counts or None).
+
+    k and v may have fewer heads than q (grouped-query attention: H a multiple of theirs)."""
     b, h, lq, d = q.shape
     lk = k.shape[2]
     out = _new_output(q)
@@ -104,13 +112,13 @@ def _attention_forward(
     km, km_strides, am, am_strides = _mask_args(q, k, key_mask, attn_mask)
     n_frames, n_patches = _frame_args(frames, lk)
     _attn_fwd[_grid(lq, "BLOCK_M", b, h)](
-        q, k, v, out, lse, km, am, counts,
+        q, k, v, out, lse, km, am, _rng_arg(q, rng), counts,
         *q.stride(), *k.stride(), *v.stride(), *out.stride(), *km_strides, *am_strides,
-        h, lq, lk, n_frames, n_patches, scale * _LOG2E, seed, dropout_p,
+        h, h // k.shape[1], lq, lk, n_frames, n_patches, scale * _LOG2E, dropout_p,
         next_pow2(lq), next_pow2(lk),
         HEAD_DIM=d, BLOCK_D=dot_block(d),
         HAS_KEY_MASK=key_mask is not None, HAS_FRAMES=frames is not None, HAS_ATTN_MASK=attn_mask is not None,
-        HAS_DROPOUT=dropout_p > 0.0, COUNT_BLOCKS=count_blocks,
+        HAS_DROPOUT=dropout_p > 0.0, IS_CAUSAL=is_causal, COUNT_BLOCKS=count_blocks,
     )  # fmt: skip
     return out, lse, (counts if count_blocks else None)
 
@@ -126,17 +134,22 @@ def _attention_backward(
     attn_mask: torch.Tensor | None,
     frames: int | None,
     scale: float,
+    *,
+    is_causal: bool = False,
     dropout_p: float = 0.0,
-    seed: int = 0,
+    rng: torch.Tensor | None = None,
+    dlse: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Launch the dQ pass (which also writes delta) and then the dK/dV pass. Returns (dq, dk, dv) in the layouts
-    of q, k, v."""
+    """Launch the dQ pass (which also writes delta) and then the dK/dV pass (one program per key block and K/V
+    head). ``dlse``: the gradient of the returned lse, or None when it has none. Returns (dq, dk, dv) in the
+    layouts of q, k, v."""
     b, h, lq, d = q.shape
-    lk = k.shape[2]
+    h_kv, lk = k.shape[1], k.shape[2]
     delta = _new_output(q, (b, h, lq), torch.float32)
     dq, dk, dv = _new_output(q), _new_output(k), _new_output(v)
     km, km_strides, am, am_strides = _mask_args(q, k, key_mask, attn_mask)
     n_frames, n_patches = _frame_args(frames, lk)
+    rng_arg = _rng_arg(q, rng)
     flags = {
         "HEAD_DIM": d,
         "BLOCK_D": dot_block(d),
@@ -144,16 +157,20 @@ def _attention_backward(
         "HAS_FRAMES": frames is not None,
         "HAS_ATTN_MASK": attn_mask is not None,
         "HAS_DROPOUT": dropout_p > 0.0,
+        "IS_CAUSAL": is_causal,
     }
-    sizes = (h, lq, lk, n_frames, n_patches, scale * _LOG2E, scale, seed, dropout_p, next_pow2(lq),
+    sizes = (h, h // h_kv, lq, lk, n_frames, n_patches, scale * _LOG2E, scale, dropout_p, next_pow2(lq),
              next_pow2(lk))  # fmt: skip
+    if dlse is not None:
+        dlse = dlse.contiguous()  # read with the lse's (B, H, Lq) strides
     _attn_bwd_dq[_grid(lq, "BLOCK_M", b, h)](
-        q, k, v, out, dout, lse, delta, dq, km, am,
+        q, k, v, out, dout, lse, dlse if dlse is not None else _placeholder(q.device, torch.float32), delta, dq,
+        km, am, rng_arg,
         *q.stride(), *k.stride(), *v.stride(), *out.stride(), *dout.stride(), *dq.stride(), *km_strides,
-        *am_strides, *sizes, **flags,
+        *am_strides, *sizes, **flags, HAS_DLSE=dlse is not None,
     )  # fmt: skip
-    _attn_bwd_dkdv[_grid(lk, "BLOCK_N", b, h)](
-        q, k, v, dout, lse, delta, dk, dv, km, am,
+    _attn_bwd_dkdv[_grid(lk, "BLOCK_N", b, h_kv)](
+        q, k, v, dout, lse, delta, dk, dv, km, am, rng_arg,
         *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dk.stride(), *dv.stride(), *km_strides, *am_strides,
         *sizes, **flags,
     )  # fmt: skip

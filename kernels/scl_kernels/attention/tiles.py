@@ -1,6 +1,6 @@
 """Triton helpers shared by the attention kernels: tile loads and stores, which (query, key) pairs a tile may
 attend (``_visible``), and the frame-block pattern's bookkeeping (``_frame_id``, ``_frame_span``, ``_row_bias``),
-plus the key-padding bound (``_key_end``).
+plus the key-padding bound (``_key_end``) and the causal bounds (``_causal_end``, ``_causal_start``).
 
 ``frames=F`` (the flexible vision encoder's frame-block + global-CLS pattern) is generated from indices. Keys a query
 block cannot see are never visited: a block computes the F CLS keys in one 16-wide tile (``BLOCK_CLS``), then each
@@ -15,6 +15,9 @@ import triton.language as tl
 
 # tile width of the CLS pass under ``frames`` (F is small; tl.dot needs >= 16)
 BLOCK_CLS = tl.constexpr(16)
+# the log-sum-exp is stored in natural log (what ``return_lse`` gives); the kernels' softmax runs in base 2
+LN2 = tl.constexpr(0.6931471805599453)
+LOG2E = tl.constexpr(1.4426950408889634)
 
 
 @triton.jit
@@ -63,6 +66,7 @@ def _visible(
     HAS_KEY_MASK: tl.constexpr,
     HAS_FRAMES: tl.constexpr,
     HAS_ATTN_MASK: tl.constexpr,
+    IS_CAUSAL: tl.constexpr,
     KEY_MAJOR: tl.constexpr,
     CLS_PASS: tl.constexpr,
 ):
@@ -71,7 +75,8 @@ def _visible(
     The dK/dV pass works on transposed tiles (keys as rows), so the mask is built in either orientation. A loop
     visits [lo, it_end) of the other axis in whole tiles; the tail of its last tile past ``it_end`` belongs to
     another pass (the CLS pass of ``frames`` stops at F, the frame pass takes over) and is masked here so that
-    no pair is counted twice.
+    no pair is counted twice. ``IS_CAUSAL`` is SDPA's top-left alignment: query i sees keys 0..i, whatever Lq and
+    Lk (the loops already stop at the diagonal's last tile; this masks the pairs above it inside that tile).
     """
     if KEY_MAJOR:
         qi = offs_q[None, :]
@@ -86,6 +91,8 @@ def _visible(
         ok = ok & (qi < it_end)
     else:
         ok = ok & (ki < it_end)
+    if IS_CAUSAL:
+        ok = ok & (ki <= qi)
     if HAS_KEY_MASK:
         ok = ok & (tl.load(km_row_ptr + ki * stride_km_n, mask=ki < Lk, other=0) != 0)
     if HAS_FRAMES and CLS_PASS and not KEY_MAJOR:
@@ -148,3 +155,17 @@ def _key_end(km_row_ptr, stride_km_n, Lk, BLOCK: tl.constexpr):
         m = tl.load(km_row_ptr + idx * stride_km_n, mask=idx < Lk, other=0)
         end = tl.maximum(end, tl.max(tl.where(m != 0, idx + 1, 0), 0))
     return end
+
+
+@triton.jit
+def _causal_end(start_m, end, BLOCK_M: tl.constexpr):
+    """One past the last key a query block [start_m, start_m + BLOCK_M) may see under ``is_causal`` (SDPA's
+    top-left alignment: query i sees keys 0..i), capped at ``end``: the key tiles after it are never visited."""
+    return tl.minimum(end, start_m + BLOCK_M)
+
+
+@triton.jit
+def _causal_start(start_n, BLOCK_M: tl.constexpr):
+    """The first query tile (a multiple of BLOCK_M, as the loop's tiles are) that may see a key of the block
+    starting at ``start_n`` under ``is_causal``: no query before key j sees key j."""
+    return (start_n // BLOCK_M) * BLOCK_M
