@@ -106,8 +106,13 @@ def test_backend_choice() -> None:
         scl_kernels.masked_attention(q, k, v)
     assert _dispatch.calls[("masked_attention", "reference")] == before.get(("masked_attention", "reference"), 0) + 1
     assert _dispatch.calls[("masked_attention", "triton")] == before.get(("masked_attention", "triton"), 0) + 1
+    with scl_kernels.use_backend("sdpa"):
+        scl_kernels.masked_attention(q, k, v)
+    assert _dispatch.calls[("masked_attention", "sdpa")] == before.get(("masked_attention", "sdpa"), 0) + 1
     with pytest.raises(ValueError, match="no native"):
         scl_kernels.masked_attention(q, k, v, backend="native")
+    with pytest.raises(ValueError, match="no sdpa backend"), scl_kernels.use_backend("sdpa"):
+        scl_kernels.info_nce(torch.randn(4, 8), torch.randn(4, 8), 0.1)
 
 
 

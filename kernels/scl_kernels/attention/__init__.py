@@ -11,9 +11,10 @@ for self- and cross-attention with the three mask kinds of the SCL model (True =
 
 and what code written for SDPA or flash-attn expects of a drop-in: grouped-query K/V heads read in place,
 ``is_causal`` with SDPA's alignment (the tiles past the diagonal skipped), head dims up to 256, the log-sum-exp on
-request, and dropout whose Philox pair is a device tensor (a CUDA graph's replays draw new masks). Head dims that
-are not a power of two (or below 16, ``tl.dot``'s minimum) are padded inside the kernel by masked loads up to
-``BLOCK_D``; nothing is copied.
+request, dropout whose Philox pair is a device tensor (a CUDA graph's replays draw new masks), and
+``backend="auto"`` taking PyTorch's SDPA where a measured table says it is faster and the call has no structured
+mask. Head dims that are not a power of two (or below 16, ``tl.dot``'s minimum) are padded inside the kernel by
+masked loads up to ``BLOCK_D``; nothing is copied.
 
 The parts, one concept per file:
 
@@ -25,6 +26,8 @@ The parts, one concept per file:
 - ``configs.py``: tile lists, the pruner, the autotuners;
 - ``launch.py``: host launchers (allocate, pass the masks as strided views, launch);
 - ``op.py``: the ``torch.library`` op, its autograd, the public function;
+- ``sdpa.py``: the sdpa backend (the op's contract on PyTorch's SDPA);
+- ``auto.py`` and ``crossover.json``: ``backend="auto"``'s choice and its measured table;
 - ``specs.py``: what a GPU launches, for the sm_80/sm_90 compile check.
 """
 

@@ -1,5 +1,6 @@
 """``masked_attention``: the public function, its input checks, and the ``torch.library`` op (one opaque op for
-torch.compile, autograd through a second op for the backward) over the triton and reference backends.
+torch.compile, autograd through a second op for the backward) over the triton and reference backends; the sdpa
+backend (``sdpa.py``) runs outside the op, on PyTorch's own autograd.
 """
 
 from __future__ import annotations
@@ -10,8 +11,10 @@ import torch
 
 from .._dispatch import Backend, record, resolve
 from ..reference import attention_mask_ref, expand_kv_heads, masked_attention_ref
+from . import auto
 from .dropout import philox_state
 from .launch import _attention_backward, _attention_forward
+from .sdpa import sdpa_attention
 
 _OP = "masked_attention"
 _MAX_HEAD_DIM = 256
@@ -281,7 +284,9 @@ def masked_attention(
         return_lse: also return the log-sum-exp of the masked, scaled scores: (B, H, Lq) float32, natural log,
             +inf for a row that sees no key (as flash-attn, so that exp(s - lse) is 0 there); computed before
             dropout. It is differentiable: a loss that uses it gets its gradient through q and k.
-        backend: "triton", "reference" or None/"auto" (triton on CUDA, reference on CPU; see ``use_backend``).
+        backend: "triton", "sdpa", "reference", or None/"auto": on CUDA the faster of "triton" and "sdpa" for this
+            call by the measured table of ``auto.py`` (sdpa only where the call has no structured mask), on CPU the
+            reference. See ``use_backend``.
 
     Returns:
         (B, H, Lq, D) in q's dtype (and q's memory layout where q is dense), or (out, lse) with ``return_lse``.
@@ -294,7 +299,19 @@ def masked_attention(
     if not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
     needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
-    choice = resolve(_OP, q.device, backend)  # "native" raises there: attention has no C++ kernel
+
+    def pick() -> str:
+        return auto.pick(q, k, key_mask=key_mask, frames=frames, attn_mask=attn_mask, is_causal=is_causal,
+                         return_lse=return_lse, needs_grad=needs_grad)  # fmt: skip
+
+    # "native" raises there: attention has no C++ kernel
+    choice = resolve(_OP, q.device, backend, has_sdpa=True, auto=pick if auto.applies(q.device) else None)
+    if choice == "sdpa":
+        if return_lse:
+            raise ValueError("masked_attention: the sdpa backend does not return the log-sum-exp; use 'triton'")
+        record(_OP, choice)
+        return sdpa_attention(q, k, v, key_mask=key_mask, frames=frames, attn_mask=attn_mask, is_causal=is_causal,
+                              dropout_p=dropout_p, scale=scale)  # fmt: skip
     if choice == "triton":
         _check_triton(q)
     elif dropout_p > 0.0:
