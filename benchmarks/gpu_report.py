@@ -25,8 +25,11 @@ Measures, in this order (each section checks the time left and is skipped, with 
 
 Timing: ``triton.testing.do_bench`` (CUDA events, L2 flushed between calls, median) for kernels; CUDA events
 around whole steps after warm-up steps, median of repeats. Writes ``report.json``, ``report.md`` and
-``report.png`` into ``--out``. Without a CUDA GPU it says so and exits 0. ``--cpu-smoke`` runs the same code
-on tiny CPU shapes (host timer, default backends) so the script itself is tested where no GPU exists.
+``report.png`` into ``--out``, and ``attention_crossover.json``: the attention cases timed for both our kernels
+and SDPA, the table ``masked_attention(backend="auto")`` chooses by (copy it over
+``kernels/scl_kernels/attention/crossover.json`` to use it). Without a CUDA GPU it says so and exits 0.
+``--cpu-smoke`` runs the same code on tiny CPU shapes (host timer, default backends) so the script itself is tested
+where no GPU exists.
 Every kernel is looked up defensively: a missing op is reported as ``missing``, an op that raises as
 ``error: ...``, and the report goes on.
 """
@@ -1191,6 +1194,23 @@ def write(result: dict[str, Any], out: Path) -> None:
           flush=True)
 
 
+def crossover_cases(rows: list[dict[str, Any]], shapes: list[S.AttnShape]) -> list[Any]:
+    """The attention section's cases where both ``scl_triton`` and ``sdpa`` ran, as ``backend="auto"``'s table
+    entries (``scl_kernels.attention.auto.Measured``): shape, mask kind, pass, both wall times."""
+    from scl_kernels.attention import auto
+
+    ms = {(r["case"], r["impl"], r.get("pass_")): r["ms"] for r in rows
+          if r.get("section") == "attention" and r.get("status") == "ok" and r.get("ms") is not None}  # fmt: skip
+    cases = []
+    for s in shapes:
+        mask = "+".join(m for m, on in (("key", s.key_mask), ("frames", s.frames)) if on) or "none"
+        for grad, pass_ in ((False, "fwd"), (True, "fwd+bwd")):
+            ours, sdpa = ms.get((s.name, "scl_triton", pass_)), ms.get((s.name, "sdpa", pass_))
+            if ours is not None and sdpa is not None:
+                cases.append(auto.Measured(s.name, mask, grad, s.batch * s.heads, s.lq, s.lk, s.head_dim, ours, sdpa))
+    return cases
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # main
 # ----------------------------------------------------------------------------------------------------------------
@@ -1305,6 +1325,12 @@ def _run(args: argparse.Namespace, sections: list[str], smoke: bool, argv: list[
         partial = snapshot([*ctx.notes, f"partial: written after the {name} section"])
         (out / "report.json").write_text(json.dumps(partial, indent=1, default=str) + "\n")
     write(snapshot(ctx.notes), out)
+    cases = crossover_cases(ctx.rows, sh["attn"])
+    if cases:
+        from scl_kernels.attention import auto
+
+        auto.dump(cases, out / "attention_crossover.json", device=env.get("gpu", "?"), dtype="bfloat16",
+                  source=f"{env['command']} ({env['date_utc']}, commit {env.get('commit')})")  # fmt: skip
     return 0
 
 

@@ -62,9 +62,13 @@ def test_every_kernel_compiles_for_sm80_and_sm90() -> None:
     divides = [f"{r.name} sm_{r.arch}: {r.int_divisions}" for r in frames if r.int_divisions > MAX_FRAME_DIVISIONS]
     assert not divides, f"integer divisions in the frames kernels beyond the per-row setup: {divides}"
     # what each dtype and head dim launches first (its default) keeps its registers: the fp32 defaults spilled
-    # 7.1-7.4 KB per thread before fp32 had tiles of its own
+    # 7.1-7.4 KB per thread before fp32 had tiles of its own, and the D <= 128 tiles at D=256 up to 600 B
     defaults = [r for r in results if r.default and r.name.startswith("attention.")]
-    assert any("/fp32-d64" in r.name for r in defaults) and any("/fp32-d128" in r.name for r in defaults)
+    # every list's default is among them: each dtype and head-dim list (D up to 256: the wide-head tiles), and the
+    # kernels' other specialisations (causal, grouped K/V heads with kv_group a runtime value, the lse gradient)
+    for tag in ("/fp32-d64-", "/fp32-d128-", "/bf16-d160-", "/bf16-d192-", "/bf16-d256-", "/fp32-d256-",
+                "-key+causal[", "-key+gqa[", "dq/bf16-d64-key+lse["):  # fmt: skip
+        assert any(tag in r.name for r in defaults), f"no default attention spec {tag}: its spills go unchecked"
     spills = [f"{r.name} sm_{r.arch}: {r.spill_bytes} B" for r in defaults
               if r.spill_bytes is None or r.spill_bytes > MAX_DEFAULT_SPILL]
     assert not spills, f"attention default configs spilling registers: {spills}"
