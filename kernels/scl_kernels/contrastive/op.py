@@ -248,7 +248,7 @@ def info_nce(
         temperature: a float, or a 0-dim tensor that receives a gradient (ITC's learnable temperature).
             Clamping it to a sane range is the caller's job.
         detach_b: stop the gradient into ``b`` (SCL's targets): ``b`` then gets no gradient at all from this
-            op (its ``.grad`` stays None), not a zero tensor, and the kernels skip that half of the backward.
+            op (its ``.grad`` stays None), not a zero tensor, and the kernels skip its GEMMs in the backward.
         symmetric: add the b -> a direction.
         backend: ``"triton"``, ``"native"`` (C++ CPU), ``"reference"`` or None/``"auto"`` (see ``_dispatch``).
 
