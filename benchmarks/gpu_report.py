@@ -18,10 +18,10 @@ Measures, in this order (each section checks the time left and is skipped, with 
 3. ``info_nce`` forward+backward (fused vs the eager N x N reference): TFLOP/s, peak memory, error vs fp64.
 4. ``random_masking`` / ``mlm_mask`` / ``scl_text_mask``: GB/s over the fewest bytes, exact agreement with the
    reference on the same random keys.
-5. One training step (forward + backward, bf16 autocast) of the ``compact`` and ``paper`` presets, fused
-   schedule (triton attention, fused ops) vs the naive five-pass reference (eager attention, reference ops):
-   samples/s, MFU (the fused schedule's FLOPs, which are the model's useful FLOPs, over the step time and the
-   measured bf16 matmul ceiling), peak memory, and the loss difference between the two.
+5. The whole training step (``report_step.py``), bf16 autocast, of the ``paper`` (batch 32 and a large batch) and
+   ``compact`` presets, eager / compiled / compiled + CUDA graphs: ms, the GPU's busy fraction, samples/s, MFU (the
+   step's useful FLOPs over the step time and the measured bf16 matmul ceiling), peak memory, the loss difference
+   from eager over 20 steps; and on compact the fused schedule against the naive five-pass reference.
 
 Timing: ``triton.testing.do_bench`` (CUDA events, L2 flushed between calls, median) for kernels; CUDA events
 around whole steps after warm-up steps, median of repeats. Writes ``report.json``, ``report.md`` and
@@ -62,6 +62,7 @@ import torch.nn.functional as F
 from benchmarks import attention_peers as peers
 from benchmarks import shapes as S
 from benchmarks import torch_threads
+from benchmarks.report_step import run_step
 
 ROOT = Path(__file__).resolve().parents[1]
 NO_GPU_MESSAGE = "gpu_report: no CUDA GPU is present on this machine; nothing to measure (exit 0)."
@@ -958,69 +959,11 @@ def run_masking(ctx: Ctx, kernels: Any, mask_shapes: list[S.MaskingShape], text_
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def run_step(ctx: Ctx, step_shapes: list[S.StepShape], *, reps: int) -> None:
-    print("== training step (fused vs naive)", flush=True)
-    try:
-        from benchmarks.bench_step import StepRunner
-    except Exception as err:  # noqa: BLE001 - the model may be missing in a partial checkout
-        ctx.add(section="step", case="-", impl="-", status=f"missing: {_error_text(err)}")
-        return
-    for shape in step_shapes:
-        losses: dict[str, float] = {}
-        for schedule in ("fused", "naive"):
-            if ctx.left() < 10:
-                ctx.notes.append(f"step {shape.name} {schedule} skipped: time budget")
-                continue
-            try:
-                runner = StepRunner(shape, schedule=schedule, device=ctx.device, autocast=not ctx.smoke)
-                loss = runner.loss_once()
-                losses[schedule] = loss
-                for _ in range(1 if ctx.smoke else 2):  # warm-up: autotuning, cuBLAS handles, allocator growth
-                    runner.step()
-                ctx.sync()
-                if ctx.device.type == "cuda":
-                    ms = _events_ms(runner.step, reps=reps, warmup=0)
-                    torch.cuda.reset_peak_memory_stats(ctx.device)
-                    runner.step()
-                    ctx.sync()
-                    mem = torch.cuda.max_memory_allocated(ctx.device) / 2**20
-                    busy, per = kernel_ms(ctx, runner.step, reps=2)
-                else:
-                    times = []
-                    for _ in range(reps):
-                        t0 = time.perf_counter()
-                        runner.step()
-                        times.append((time.perf_counter() - t0) * 1e3)
-                    ms, mem = statistics.median(times), None
-                    busy, per = None, {}
-                flops = runner.useful_flops()
-                achieved = flops / ms / 1e9 if flops else None
-                ctx.add(section="step", case=shape.name, impl=schedule, pass_="fwd+bwd",
-                        dtype="bf16-autocast" if not ctx.smoke else "fp32", ms=ms, kernel_ms=busy,
-                        kernels=_top_kernels(per),
-                        samples_per_s=shape.batch / ms * 1e3, tflops=achieved,
-                        mfu=_frac(ctx, tflops=achieved) if achieved else None, peak_mb=mem, loss=loss, status="ok")
-                del runner
-            except Exception as err:  # noqa: BLE001
-                traceback.print_exc()
-                ctx.add(section="step", case=shape.name, impl=schedule, status=f"error: {_error_text(err)}")
-            finally:
-                _free(ctx)
-        fused_rows = [r for r in ctx.rows if r.get("section") == "step" and r.get("case") == shape.name
-                      and r.get("status") == "ok"]
-        by = {r["impl"]: r for r in fused_rows}
-        if "fused" in by and "naive" in by:
-            ctx.add(section="step", case=shape.name, impl="fused/naive", speedup=by["fused"]["samples_per_s"]
-                    / by["naive"]["samples_per_s"], loss_diff=abs(losses["fused"] - losses["naive"]),
-                    mem_ratio=(by["fused"]["peak_mb"] / by["naive"]["peak_mb"]) if by["fused"].get("peak_mb")
-                    and by["naive"].get("peak_mb") else None, status="ok")
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Output
 # ----------------------------------------------------------------------------------------------------------------
 
-COLUMNS = ["case", "impl", "config", "pass_", "dtype", "ms", "kernel_ms", "graph_ms", "tflops", "gbps",
+COLUMNS = ["case", "impl", "config", "pass_", "dtype", "ms", "kernel_ms", "busy", "graph_ms", "tflops", "gbps",
            "frac_ceiling", "samples_per_s", "mfu", "speedup", "peak_mb", "rel_err", "max_abs_err", "rel_err_fp16",
            "grad_rel_err_fp16", "exact", "loss", "loss_diff", "blocks", "kernels", "status"]
 
@@ -1076,9 +1019,14 @@ def summary_lines(rows: list[dict[str, Any]]) -> list[str]:
     """Headlines: the step speedups, and per kernel case our fwd+bwd rate against the best other implementation."""
     out = []
     for r in rows:
-        if r["section"] == "step" and r.get("impl") == "fused/naive":
-            out.append(f"- step {r['case']}: fused schedule {r['speedup']:.2f}x the naive one's samples/s "
-                       f"(loss difference {r['loss_diff']:.2e})")
+        if r["section"] == "step" and r.get("impl") == "fused/naive" and r.get("status") == "ok":
+            out.append(f"- step {r['case']}: fused schedule {r['speedup']:.2f}x the naive one's speed, forward + "
+                       f"backward (loss difference {r['loss_diff']:.2e})")
+        elif r["section"] == "step" and r.get("status") == "ok" and r.get("pass_") == "step":
+            mfu = f", MFU {r['mfu']:.1%}" if r.get("mfu") else ""
+            busy = f", GPU busy {r['busy']:.0%}" if r.get("busy") else ""
+            out.append(f"- step {r['case']} {r['impl']}: {r['ms']:.1f} ms, {r['samples_per_s']:.0f} samples/s"
+                       f"{mfu}{busy}")
     for section, metric in (("attention", "tflops"), ("info_nce", "tflops"), ("random_masking", "gbps"),
                             ("mlm_mask", "gbps"), ("scl_text_mask", "gbps")):
         ok = [r for r in rows if r["section"] == section and r.get("status") == "ok" and r.get(metric)]
@@ -1240,7 +1188,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="stop starting new cases after this many seconds (the report must fit in 8 minutes)")
     parser.add_argument("--step-reserve-s", type=float, default=180.0,
                         help="seconds kept for the training-step section at the end")
-    parser.add_argument("--step-reps", type=int, default=5, help="timed steps per schedule (median)")
+    parser.add_argument("--step-reps", type=int, default=5, help="timed steps per mode (median)")
+    parser.add_argument("--step-modes", default="eager,compiled,graphed",
+                        help="comma-separated subset of eager,compiled,graphed (the training step's modes)")
     parser.add_argument("--quick", action="store_true", help="first three attention shapes only")
     parser.add_argument("--peer-search", choices=("full", "fwd"), default="full",
                         help="tuned peers (SDPA backends, FlexAttention configurations): time each forward and "
@@ -1296,7 +1246,8 @@ def _run(args: argparse.Namespace, sections: list[str], smoke: bool, argv: list[
         "host": lambda: run_host(ctx, kernels, S.ATTN_HOST),
         "info_nce": lambda: run_info_nce(ctx, kernels, sh["nce"]),
         "masking": lambda: run_masking(ctx, kernels, sh["mask"], sh["text"]),
-        "step": lambda: run_step(ctx, sh["step"], reps=1 if smoke else args.step_reps),
+        "step": lambda: run_step(ctx, sh["step"], reps=1 if smoke else args.step_reps,
+                                 modes=("eager",) if smoke else tuple(args.step_modes.split(","))),
     }
     section_s: dict[str, float] = {}
     out = Path(args.out)

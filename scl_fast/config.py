@@ -59,7 +59,12 @@ class TrainConfig:
     optimizer: Literal["adamw", "apex_adam", "apex_lamb"] = "adamw"
     """adamw = torch AdamW (fused on CUDA); apex_* need NVIDIA apex installed from source."""
     compile: bool = False
-    """Wrap the model in torch.compile."""
+    """Compile the step's forward and loss with torch.compile (backward with it): one graph per frame count, no
+    graph break (``scl_fast/step.py``)."""
+    cuda_graphs: bool = False
+    """Replay the compiled forward and backward from CUDA graphs (torch.compile's ``reduce-overhead`` mode: one
+    graph per shape, warmed up and autotuned before its capture, inputs copied into static buffers). Implies
+    ``compile``; CUDA only, one process (not yet with DDP/FSDP). Off by default until a GPU run has measured it."""
     distributed: Literal["ddp", "fsdp"] = "ddp"
     """Data-parallel engine under torchrun (FSDP2 shards parameters: for the paper preset on many GPUs)."""
     seed: int = 0
@@ -93,6 +98,9 @@ class TrainConfig:
             raise ValueError(f"train.warmup_frac must be in [0, 1), got {self.warmup_frac}")
         if self.lr <= 0:
             raise ValueError(f"train.lr must be > 0, got {self.lr}")
+        if self.cuda_graphs and self.optimizer != "adamw":
+            raise ValueError("train.cuda_graphs needs train.optimizer adamw (its fused kernel skips a non-finite "
+                             "step on the device; an apex optimizer needs a host read)")
 
 
 @dataclass(kw_only=True)

@@ -12,9 +12,15 @@ stall of the launch queue. Here nothing in the step reads the device:
   scale), while the counts of skipped steps stay device tensors that the trainer reads every ``log_every`` steps;
 - the losses of the step stay device tensors (summed over the log window on the device).
 
-``train.compile`` compiles the forward and loss (one graph per frame count; the backward is compiled with it by
-AOTAutograd) and the optimizer update. The step's random choices (masks, kept patches, negatives) are drawn from
-the step generator outside the compiled graph, on the device, before it runs.
+``train.cuda_graphs`` replays that compiled forward and backward from CUDA graphs (inductor's CUDA-graph trees:
+warm-up and autotuning before capture, one graph per shape, inputs copied into static buffers), which is why the
+shapes must be static and the graph free of host reads.
+
+``train.compile`` compiles the forward and loss (one graph per frame count, no graph break; the backward is compiled
+with it by AOTAutograd). The optimizer update is already one fused kernel for all parameters (torch refuses to trace
+into a fused optimizer, by design: nothing to gain), and the clipping a few foreach kernels. The step's random
+choices (masks, kept patches, negatives) are drawn from the step generator on the device just before the graph
+runs (a generator object cannot be an input of a graph).
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import torch
 from torch import nn
 
 from scl_fast import distributed as dist_util
+from scl_fast.errors import ConfigError
 
 
 @dataclass
@@ -52,7 +59,7 @@ class TrainStep:
     def __init__(self, *, task: Any, module: nn.Module, model: nn.Module, optimizer: torch.optim.Optimizer,
                  scheduler: Any, scaler: torch.amp.GradScaler, info: dist_util.DistInfo, clip_grad: float,
                  autocast: Callable[[], contextlib.AbstractContextManager], generator: torch.Generator,
-                 compile: bool = False) -> None:
+                 compile: bool = False, cuda_graphs: bool = False) -> None:
         self.task, self.module, self.model = task, module, model
         self.optimizer, self.scheduler, self.scaler = optimizer, scheduler, scaler
         self.info, self.autocast, self.generator = info, autocast, generator
@@ -61,10 +68,16 @@ class TrainStep:
         # Fused AdamW skips an update on the device (found_inf); another optimizer needs the host to decide.
         self.device_skip = bool(optimizer.defaults.get("fused")) and not scaler.is_enabled()
         self.forward_module = module
-        self._optimizer_step = optimizer.step
-        if compile:
+        if cuda_graphs:
+            device = next(model.parameters()).device
+            if device.type != "cuda":
+                raise ConfigError(f"train.cuda_graphs needs a CUDA device, the model is on {device}")
+            if info.distributed:
+                raise ConfigError("train.cuda_graphs runs on one process for now (not under DDP/FSDP): leave it off "
+                                  "with torchrun")
+            self.forward_module = torch.compile(module, mode="reduce-overhead")
+        elif compile:
             self.forward_module = torch.compile(module)
-            self._optimizer_step = torch.compile(optimizer.step)
 
     def __call__(self, batches: list[Any]) -> StepResult:
         accum = len(batches)
@@ -114,8 +127,8 @@ class TrainStep:
         if self.device_skip:
             self.optimizer.found_inf = (~applied).float()
             try:
-                self._optimizer_step()
+                self.optimizer.step()
             finally:
                 del self.optimizer.found_inf
         elif bool(applied):  # sync: only for optimizers without a device-side skip (apex)
-            self._optimizer_step()
+            self.optimizer.step()

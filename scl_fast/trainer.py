@@ -47,7 +47,8 @@ log = logging.getLogger("scl_fast.train")
 # data.num_workers, which moves the data position as a resume on another number of ranks does (same sample order).
 RESUMABLE_CHANGES = (
     "train.resume", "train.run_dir", "train.overwrite", "train.log_every", "train.ckpt_every", "train.keep_ckpts",
-    "train.eval_every", "train.max_bad_steps", "train.compile", "data.cache_dir", "data.dali_threads",
+    "train.eval_every", "train.max_bad_steps", "train.compile", "train.cuda_graphs", "data.cache_dir",
+    "data.dali_threads",
     "data.num_workers",
 )
 
@@ -183,7 +184,8 @@ class Trainer:
         self.generator = torch.Generator(self.device).manual_seed(tc.seed + self.info.rank)
         self.step = TrainStep(task=task, module=self.step_module, model=self.model, optimizer=self.optimizer,
                               scheduler=self.scheduler, scaler=self.scaler, info=self.info, clip_grad=tc.clip_grad,
-                              autocast=self.autocast, generator=self.generator, compile=tc.compile)
+                              autocast=self.autocast, generator=self.generator, compile=tc.compile,
+                              cuda_graphs=tc.cuda_graphs)
         self.counters = Counters()
         self._bad = _BadSteps(self.device)
 
