@@ -61,7 +61,9 @@ class CMakeBuild(build_ext):
 
 
 setup(
-    packages=["scl_kernels", *find_packages(include=["scl_fast", "scl_fast.*"])],
+    # scl_kernels' subpackages by hand: find_packages would look for them under the repository root, not kernels/
+    packages=["scl_kernels", "scl_kernels.attention", *find_packages(include=["scl_fast", "scl_fast.*"])],
+    package_data={"scl_kernels.attention": ["crossover.json"]},  # backend="auto"'s measured table
     ext_modules=[CMakeExtension("scl_kernels._C")],
     cmdclass={"build_ext": CMakeBuild},
 )

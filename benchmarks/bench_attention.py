@@ -245,8 +245,9 @@ def _host_launches(path: str, monkeypatch: pytest.MonkeyPatch, stack: contextlib
     from triton.runtime.jit import JITFunction
 
     from scl_kernels import _dispatch
-    from scl_kernels import attention as attn_mod
     from scl_kernels._offline import offline_driver
+    from scl_kernels.attention import forward as attn_forward
+    from scl_kernels.attention import launch as attn_mod
 
     monkeypatch.setattr(_dispatch, "interpreting", lambda: True)  # the triton backend on CPU tensors
     if path == "stubbed":
@@ -254,7 +255,7 @@ def _host_launches(path: str, monkeypatch: pytest.MonkeyPatch, stack: contextlib
         for name, stub in zip(_LAUNCHERS, stubs, strict=True):
             monkeypatch.setattr(attn_mod, name, stub)
         return lambda: sum(stub.launches for stub in stubs)
-    if not isinstance(attn_mod._attn_fwd_kernel, JITFunction):
+    if not isinstance(attn_forward._attn_fwd_kernel, JITFunction):
         pytest.skip("TRITON_INTERPRET=1 replaces Triton's launch path: run the benchmarks in a process of their own")
     monkeypatch.setenv("SCL_KERNELS_AUTOTUNE", "0")  # one config per kernel: nothing to time without a GPU
     if "TRITON_DEFAULT_FP_FUSION" not in os.environ:  # triton 3.9 warns when unset; 1 is its current default

@@ -12,7 +12,9 @@ CPU cases
 - ``mlm_mask`` / ``scl_text_mask``: the C++ kernels (``backend="native"``, the CPU default) against the
   reference, both given the same keys; the key draws are timed separately (``keys``), since both paths pay them.
 
-GPU cases (Triton against the reference, ``MASKING_GPU`` / ``TEXTMASK_GPU`` shapes) skip without CUDA.
+GPU cases (Triton against the reference, ``MASKING_GPU`` / ``TEXTMASK_GPU`` shapes) skip without CUDA; on a GPU,
+``test_random_masking_gpu_copy_fraction`` also asserts the forward's GB/s at 60% or more of a device copy's,
+measured in the same run.
 
 Run: ``python -m pytest benchmarks/bench_masking.py --benchmark-only`` (``--bench-threads 1`` on a busy machine).
 """
@@ -203,6 +205,38 @@ def test_random_masking_gpu(benchmark, impl: str, shape: S.MaskingShape, dtype: 
     fn = _masking_impl(impl, shape)
     out = benchmark(synchronized(lambda: fn(x, pos, noise), "cuda"))
     _check_masking(out, shape, x, pos, noise)
+
+
+GPU_COPY_GOAL = 0.6  # random_masking GB/s over the bytes it must move / a device copy's GB/s (issue 17)
+
+
+@pytest.mark.gpu
+@pytest.mark.benchmark(group="random_masking_gpu")
+@pytest.mark.parametrize("shape", S.MASKING_GPU, ids=S.ids(S.MASKING_GPU))
+def test_random_masking_gpu_copy_fraction(benchmark, shape: S.MaskingShape) -> None:
+    """The Triton forward (keys drawn on the device, pos added, bf16) against a 1 GiB device-to-device copy timed
+    in the same run (triton.testing.do_bench, L2 flushed between calls): GB/s over the fewest bytes it must move
+    (``MaskingShape.bytes_moved``) must reach GPU_COPY_GOAL of the copy's."""
+    from triton.testing import do_bench
+
+    import scl_kernels
+
+    x, pos, noise = _masking_inputs(shape, torch.bfloat16, "cuda")
+    _check_masking(_masking_impl("triton", shape)(x, pos, noise), shape, x, pos, noise)
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    call = lambda: scl_kernels.random_masking(x, shape.keep_ratio, frames=shape.frames, pos=pos,  # noqa: E731
+                                              generator=gen, backend="triton")  # fmt: skip
+    ms = do_bench(call, return_mode="median")
+    src = torch.empty(2**29, device="cuda", dtype=torch.bfloat16)
+    dst = torch.empty_like(src)
+    copy_ms = do_bench(lambda: dst.copy_(src), return_mode="median")
+    gbps = shape.bytes_moved(x.element_size(), with_pos=True) / ms / 1e6
+    copy_gbps = 2 * src.numel() * src.element_size() / copy_ms / 1e6
+    benchmark.extra_info.update(gbps=gbps, copy_gbps=copy_gbps, fraction=gbps / copy_gbps)
+    benchmark(synchronized(call, "cuda"))
+    print(f"\nrandom_masking {shape.name}: {gbps:.0f} GB/s, copy {copy_gbps:.0f} GB/s, {gbps / copy_gbps:.2f} "
+          f"(goal >= {GPU_COPY_GOAL})")
+    assert gbps / copy_gbps >= GPU_COPY_GOAL, f"{shape.name}: {gbps / copy_gbps:.2f} of the copy ceiling"
 
 
 @pytest.mark.gpu

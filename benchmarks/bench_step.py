@@ -77,7 +77,61 @@ def make_batch(cfg: Any, shape: S.StepShape, device: torch.device, seed: int = 0
     ids = torch.where(attention_mask, ids, torch.full_like(ids, mc.text.pad_token_id))
     special_mask = (col == 0) | (col == lengths[:, None] - 1) | ~attention_mask
     return SimpleNamespace(pixels=pixels.to(device), input_ids=ids.to(device),
-                           attention_mask=attention_mask.to(device), special_mask=special_mask.to(device))
+                           attention_mask=attention_mask.to(device), special_mask=special_mask.to(device),
+                           valid=None, padded=0)
+
+
+STEP_MODES = ("eager", "compiled", "graphed")
+
+
+class TrainStepRunner:
+    """The whole training step as the trainer runs it (``scl_fast.step.TrainStep``: forward, backward, clipping, the
+    fused AdamW update with its device-side skip, the LR schedule) on one fixed batch, in one of ``STEP_MODES``:
+    eager, compiled (``train.compile``), or compiled and replayed from CUDA graphs (``train.cuda_graphs``)."""
+
+    def __init__(self, shape: S.StepShape, *, mode: str, device: torch.device | str = "cpu",
+                 autocast: bool | None = None, seed: int = 0) -> None:
+        from scl_fast.config import Config, TrainConfig
+        from scl_fast.distributed import DistInfo
+        from scl_fast.model.attention import set_attn_backend
+        from scl_fast.model.scl import SCLModel
+        from scl_fast.optim import build_optimizer, build_scheduler
+        from scl_fast.step import TrainStep
+        from scl_fast.task import Task
+
+        if mode not in STEP_MODES:
+            raise ValueError(f"mode must be one of {STEP_MODES}, got {mode!r}")
+        self.shape, self.mode = shape, mode
+        self.device = torch.device(device)
+        model_cfg = _build_config(shape.preset, shape.overrides)
+        train_cfg = TrainConfig(steps=10_000, lr=1e-4, warmup_frac=0.0, lr_schedule="constant")
+        self.cfg = Config(model=model_cfg, train=train_cfg)
+        torch.manual_seed(seed)
+        self.model = SCLModel(model_cfg).to(self.device).train()
+        set_attn_backend(self.model, "triton" if self.device.type == "cuda" else "sdpa")
+        self.autocast = self.device.type == "cuda" if autocast is None else autocast
+        optimizer = build_optimizer(self.model.param_groups(1e-4, 0.01, 5.0), train_cfg, self.device)
+        self.batch = make_batch(model_cfg, shape, self.device, seed)
+        self.generator = torch.Generator(device=self.device).manual_seed(seed + 1)
+        self.train_step = TrainStep(
+            task=Task(self.cfg), module=self.model, model=self.model, optimizer=optimizer,
+            scheduler=build_scheduler(optimizer, train_cfg),
+            scaler=torch.amp.GradScaler(self.device.type, enabled=False),
+            info=DistInfo(rank=0, world_size=1, local_rank=0, device=self.device), clip_grad=1.0,
+            autocast=self._autocast, generator=self.generator, compile=mode != "eager", cuda_graphs=mode == "graphed")
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if not self.autocast:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+
+    def step(self) -> torch.Tensor:
+        """One training step; returns its total loss, still on the device."""
+        return self.train_step([self.batch]).losses["total"]
+
+    def losses(self, steps: int) -> list[float]:
+        """The total loss of ``steps`` consecutive steps from this runner's start (one host read at the end)."""
+        return torch.stack([self.step() for _ in range(steps)]).tolist()
 
 
 class StepRunner:

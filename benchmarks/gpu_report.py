@@ -18,15 +18,18 @@ Measures, in this order (each section checks the time left and is skipped, with 
 3. ``info_nce`` forward+backward (fused vs the eager N x N reference): TFLOP/s, peak memory, error vs fp64.
 4. ``random_masking`` / ``mlm_mask`` / ``scl_text_mask``: GB/s over the fewest bytes, exact agreement with the
    reference on the same random keys.
-5. One training step (forward + backward, bf16 autocast) of the ``compact`` and ``paper`` presets, fused
-   schedule (triton attention, fused ops) vs the naive five-pass reference (eager attention, reference ops):
-   samples/s, MFU (the fused schedule's FLOPs, which are the model's useful FLOPs, over the step time and the
-   measured bf16 matmul ceiling), peak memory, and the loss difference between the two.
+5. The whole training step (``report_step.py``), bf16 autocast, of the ``paper`` (batch 32 and a large batch) and
+   ``compact`` presets, eager / compiled / compiled + CUDA graphs: ms, the GPU's busy fraction, samples/s, MFU (the
+   step's useful FLOPs over the step time and the measured bf16 matmul ceiling), peak memory, the loss difference
+   from eager over 20 steps; and on compact the fused schedule against the naive five-pass reference.
 
 Timing: ``triton.testing.do_bench`` (CUDA events, L2 flushed between calls, median) for kernels; CUDA events
 around whole steps after warm-up steps, median of repeats. Writes ``report.json``, ``report.md`` and
-``report.png`` into ``--out``. Without a CUDA GPU it says so and exits 0. ``--cpu-smoke`` runs the same code
-on tiny CPU shapes (host timer, default backends) so the script itself is tested where no GPU exists.
+``report.png`` into ``--out``, and ``attention_crossover.json``: the attention cases timed for both our kernels
+and SDPA, the table ``masked_attention(backend="auto")`` chooses by (copy it over
+``kernels/scl_kernels/attention/crossover.json`` to use it). Without a CUDA GPU it says so and exits 0.
+``--cpu-smoke`` runs the same code on tiny CPU shapes (host timer, default backends) so the script itself is tested
+where no GPU exists.
 Every kernel is looked up defensively: a missing op is reported as ``missing``, an op that raises as
 ``error: ...``, and the report goes on.
 """
@@ -42,23 +45,42 @@ import json
 import math
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import time
 import traceback
-import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from benchmarks import attention_peers as peers
 from benchmarks import shapes as S
 from benchmarks import torch_threads
+from benchmarks.report_attention import (  # noqa: F401 (re-exported: tests and tools use them from here)
+    _attn_inputs,
+    _autotune_off,
+    _tuning_recorded,
+    autotuned_configs,
+    new_autotune_timings,
+    run_attention,
+    run_host,
+)
+from benchmarks.report_core import (  # noqa: F401 (re-exported: report_step uses them from here)
+    Ctx,
+    _error_text,
+    _events_ms,
+    _frac,
+    _free,
+    _top_kernels,
+    kernel_ms,
+    peak_mb,
+    rel_err,
+    time_ms,
+)
+from benchmarks.report_step import run_step
 
 ROOT = Path(__file__).resolve().parents[1]
 NO_GPU_MESSAGE = "gpu_report: no CUDA GPU is present on this machine; nothing to measure (exit 0)."
@@ -73,181 +95,6 @@ def import_kernels() -> Any:
         sys.path.insert(0, str(ROOT / "kernels"))
         return importlib.import_module("scl_kernels")
 
-
-# ----------------------------------------------------------------------------------------------------------------
-# Context, timing, rows
-# ----------------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Ctx:
-    """Where and how long the report runs, and what it has found so far."""
-
-    device: torch.device
-    smoke: bool
-    deadline: float
-    step_reserve_s: float
-    ceilings: dict[str, float] = field(default_factory=dict)
-    rows: list[dict[str, Any]] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    # attention autotuner -> autotune key -> config -> ms: every candidate's time, not only the winner's
-    tuning: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
-    host_profile: list[dict[str, Any]] = field(default_factory=list)  # the fused fwd+bwd's top Python functions
-    peer_search: str = "full"  # tuned peers: time every configuration fwd and fwd+bwd ("full"), or fwd ("fwd")
-    flex_experimental: bool = False  # also try USE_TMA and max-autotune on FlexAttention's fastest configuration
-
-    def left(self) -> float:
-        return self.deadline - time.monotonic()
-
-    def sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
-    def add(self, **row: Any) -> dict[str, Any]:
-        self.rows.append(row)
-        shown = {k: v for k, v in row.items() if k not in ("section",) and v is not None}
-        print(f"  [{row['section']}] " + ", ".join(f"{k}={_short(v)}" for k, v in shown.items()), flush=True)
-        return row
-
-
-def _short(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)
-
-
-def time_ms(ctx: Ctx, fn: Callable[[], Any], *, grad_to_none: list[torch.Tensor] | None = None) -> float:
-    """Median milliseconds of one call of ``fn``."""
-    if ctx.device.type == "cuda":
-        try:
-            from triton.testing import do_bench
-
-            return float(do_bench(fn, warmup=25, rep=100, grad_to_none=grad_to_none, return_mode="median"))
-        except (ImportError, TypeError):
-            return _events_ms(fn, reps=20, warmup=3, grad_to_none=grad_to_none)
-    fn()  # warm-up: first-call allocations and lazy initialisation stay out of the number
-    times = []
-    for _ in range(3):
-        if grad_to_none:
-            for t in grad_to_none:
-                t.grad = None
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
-
-
-def _events_ms(fn: Callable[[], Any], *, reps: int, warmup: int,
-               grad_to_none: list[torch.Tensor] | None = None) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(reps):
-        if grad_to_none:
-            for t in grad_to_none:
-                t.grad = None
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
-
-
-def rel_err(actual: torch.Tensor | None, expected: torch.Tensor | None) -> float:
-    """||a - e|| / ||e|| in fp64; NaN if anything is non-finite or missing (NaN never looks good)."""
-    if actual is None or expected is None:
-        return float("nan")
-    a, e = actual.detach().double(), expected.detach().double()
-    if a.shape != e.shape or not (torch.isfinite(a).all() and torch.isfinite(e).all()):
-        return float("nan")
-    denom = e.norm().item()
-    return (a - e).norm().item() / denom if denom > 0 else (a - e).norm().item()
-
-
-def max_abs(actual: torch.Tensor | None, expected: torch.Tensor | None) -> float:
-    if actual is None or expected is None or actual.shape != expected.shape:
-        return float("nan")
-    return (actual.detach().double() - expected.detach().double()).abs().max().item()
-
-
-def peak_mb(ctx: Ctx, fn: Callable[[], Any]) -> float | None:
-    """Peak memory one call of ``fn`` adds on top of what was allocated before it (CUDA only)."""
-    if ctx.device.type != "cuda":
-        return None
-    ctx.sync()
-    torch.cuda.reset_peak_memory_stats(ctx.device)
-    base = torch.cuda.memory_allocated(ctx.device)
-    fn()
-    ctx.sync()
-    return (torch.cuda.max_memory_allocated(ctx.device) - base) / 2**20
-
-
-def _error_text(err: BaseException) -> str:
-    """The first 200 characters, for the table; the whole message goes to the log (xformers' list of reasons why
-    no operator fits was cut off in the first GPU run)."""
-    text = f"{type(err).__name__}: {err}".replace("\n", " ")
-    if len(text) > 200:
-        print(f"    full error: {type(err).__name__}: {err}", flush=True)
-    return text[:200]
-
-
-def kernel_ms(ctx: Ctx, fn: Callable[[], Any], *, reps: int = 5) -> tuple[float | None, dict[str, float]]:
-    """Device time of the kernels one call of ``fn`` launches (CUDA profiler: busy time only), total and per
-    kernel name. Against the event-timed ms the difference is time the GPU sat idle waiting for the host, which
-    is what bounds short sequences."""
-    if ctx.device.type != "cuda":
-        return None, {}
-    from torch.profiler import ProfilerActivity, profile
-
-    fn()
-    ctx.sync()
-    per: dict[str, float] = {}
-    try:
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            for _ in range(reps):
-                fn()
-            ctx.sync()
-        for event in prof.key_averages():
-            us = getattr(event, "self_device_time_total", None) or getattr(event, "self_cuda_time_total", 0)
-            if us:
-                per[event.key] = per.get(event.key, 0.0) + us / 1e3 / reps
-    except Exception as err:  # noqa: BLE001 - a profiler problem must not cost the case its timings
-        print(f"    profiler failed: {_error_text(err)}", flush=True)
-        return None, {}
-    return (sum(per.values()) if per else None), per
-
-
-def graph_ms(ctx: Ctx, fn: Callable[[], Any], *, grad_to_none: list[torch.Tensor] | None = None) -> float | None:
-    """Median milliseconds of one call of ``fn`` replayed from a CUDA graph (``triton.testing.do_bench_cudagraph``:
-    the calls captured once, unrolled, then replayed): the time with no host in it, as a training loop captured
-    whole (CUDA graphs, ``torch.compile(mode="reduce-overhead")``) would see. Where ``ms`` is far above
-    ``kernel_ms`` the host bounded the call; this says how the implementations compare without it. None off
-    CUDA, and None with the reason printed if the call cannot be captured."""
-    if ctx.device.type != "cuda":
-        return None
-    try:
-        from triton.testing import do_bench_cudagraph
-
-        return float(do_bench_cudagraph(fn, rep=20, grad_to_none=grad_to_none, return_mode="median"))
-    except Exception as err:  # noqa: BLE001 - a capture problem must not cost the case its other timings
-        print(f"    CUDA graph timing failed: {_error_text(err)}", flush=True)
-        ctx.sync()
-        return None
-
-
-def _top_kernels(per: dict[str, float], n: int = 4) -> str | None:
-    """'name ms, ...' of the n longest kernels, names cut to 40 characters."""
-    if not per:
-        return None
-    top = sorted(per.items(), key=lambda kv: -kv[1])[:n]
-    return ", ".join(f"{name[:40]} {ms:.3f}" for name, ms in top)
-
-
-def _free(ctx: Ctx) -> None:
-    if ctx.device.type == "cuda":
-        torch.cuda.empty_cache()
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -284,496 +131,6 @@ def run_ceilings(ctx: Ctx) -> None:
     _free(ctx)
     _matmul_ceiling(ctx)
     _free(ctx)
-
-
-def _frac(ctx: Ctx, tflops: float | None = None, gbps: float | None = None) -> float | None:
-    if tflops is not None and ctx.ceilings.get("matmul_tflops"):
-        return tflops / ctx.ceilings["matmul_tflops"]
-    if gbps is not None and ctx.ceilings.get("copy_gbps"):
-        return gbps / ctx.ceilings["copy_gbps"]
-    return None
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# 2. attention
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def _attn_inputs(shape: S.AttnShape, device: torch.device, dtype: torch.dtype, gen: torch.Generator):
-    b, h, d = shape.batch, shape.heads, shape.head_dim
-    q = torch.randn(b, h, shape.lq, d, device=device, dtype=dtype, generator=gen)
-    k = torch.randn(b, h, shape.lk, d, device=device, dtype=dtype, generator=gen)
-    v = torch.randn(b, h, shape.lk, d, device=device, dtype=dtype, generator=gen)
-    key_mask = None
-    if shape.key_mask:
-        # each row keeps a random prefix of 50-100% of its keys (text padding sits at the end); never empty
-        lengths = torch.randint(max(1, shape.lk // 2), shape.lk + 1, (b,), device=device, generator=gen)
-        key_mask = torch.arange(shape.lk, device=device)[None, :] < lengths[:, None]
-    return q, k, v, key_mask
-
-
-def _attn_impls(ctx: Ctx, kernels: Any, shape: S.AttnShape) -> dict[str, Callable | str]:
-    """name -> factory(q, k, v, key_mask) -> call() -> out, or a string saying why it is absent: ours, SDPA as it
-    dispatches by default (the dense bool mask), SDPA's flash kernel where nothing is masked, and the eager
-    reference. The tuned peers (SDPA's best backend, FlexAttention, xformers) come from ``_peers``."""
-    from scl_kernels.reference import attention_mask_ref, masked_attention_ref
-
-    impls: dict[str, Callable | str] = {}
-    fused = getattr(kernels, "masked_attention", None)
-    if fused is None:
-        impls["scl_triton"] = "missing: scl_kernels.masked_attention"
-    else:
-        backend = "triton" if ctx.device.type == "cuda" else None
-
-        def make_fused(q, k, v, km):  # noqa: ANN001, ANN202
-            return lambda: fused(q, k, v, key_mask=km, frames=shape.frames, backend=backend)
-
-        impls["scl_triton" if backend else "scl_auto"] = make_fused
-
-    def make_sdpa(q, k, v, km):  # noqa: ANN001, ANN202
-        # built once, outside the timed call
-        mask = attention_mask_ref(q.shape[0], shape.lq, shape.lk, key_mask=km, frames=shape.frames, device=q.device)
-        return lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-
-    impls["sdpa"] = make_sdpa
-    if shape.frames is None and not shape.key_mask:
-        # the issue's ceiling: PyTorch's built-in FlashAttention-2 kernel, which takes no mask at all
-        if ctx.device.type != "cuda":
-            impls["sdpa_flash"] = "skipped: the flash backend needs CUDA"
-        else:
-            from torch.nn.attention import SDPBackend, sdpa_kernel
-
-            def make_flash(q, k, v, km):  # noqa: ANN001, ANN202
-                def call():  # noqa: ANN202
-                    with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
-                        return F.scaled_dot_product_attention(q, k, v)
-
-                return call
-
-            impls["sdpa_flash"] = make_flash
-
-    def make_eager(q, k, v, km):  # noqa: ANN001, ANN202
-        return lambda: masked_attention_ref(q, k, v, key_mask=km, frames=shape.frames)
-
-    impls["eager"] = make_eager
-    return impls
-
-
-@dataclass
-class _Peer:
-    """A tuned peer on one shape: the configurations to try, and (FlexAttention) how to refine the fastest one."""
-
-    candidates: list[peers.Candidate]
-    refine: Callable[[str], list[peers.Candidate]] | None = None
-
-
-def _peers(ctx: Ctx, shape: S.AttnShape, q: torch.Tensor, km: torch.Tensor | None) -> dict[str, _Peer | str]:
-    """The tuned peers of one shape (``benchmarks/attention_peers.py``), or why one cannot be tried."""
-    from scl_kernels.reference import attention_mask_ref
-
-    batch, dev = q.shape[0], q.device
-    ref = attention_mask_ref(batch, shape.lq, shape.lk, key_mask=km, frames=shape.frames, device=dev)
-    found: dict[str, _Peer | str] = {"sdpa_best": _Peer(peers.sdpa_candidates(ref, q.dtype))}
-    try:
-        flex = peers.FlexPeer(batch=batch, lq=shape.lq, lk=shape.lk, frames=shape.frames, key_mask=km, reference=ref,
-                              device=dev, compile=dev.type == "cuda")
-        configs = {c.name: c for c in peers.flex_configs(frames=shape.frames, lk=shape.lk,
-                                                          key_mask=shape.key_mask)}
-
-        def refine(best: str) -> list[peers.Candidate]:
-            more = peers.flex_refinements(configs[best], rows_safe=flex.rows_safe, experimental=ctx.flex_experimental)
-            return [flex.candidate(c) for c in more]
-
-        found["flex"] = _Peer([flex.candidate(c) for c in configs.values()], refine)
-    except ImportError as err:
-        found["flex"] = f"missing: FlexAttention ({err})"
-    xformers = peers.xformers_candidate(batch=batch, lq=shape.lq, lk=shape.lk, frames=shape.frames, key_mask=km,
-                                        reference=ref, device=dev)
-    found["xformers"] = _Peer([xformers]) if isinstance(xformers, peers.Candidate) else f"missing: {xformers}"
-    return found
-
-
-# what a peer's forward may differ from the fp64 reference before its configuration is thrown out (bench_attention's)
-_PEER_RTOL = {torch.float32: 1e-4, torch.float16: 5e-3, torch.bfloat16: 2e-2}
-
-
-def _tune(ctx: Ctx, shape: S.AttnShape, name: str, peer: _Peer, inputs: tuple, ref_out: torch.Tensor, dname: str,
-          *, backward: bool) -> dict[str, tuple[peers.Candidate, Callable]]:
-    """Try every configuration of one peer and return, per pass, the fastest (candidate, factory).
-
-    Each configuration's mask is checked equal to the reference when it is built (``MaskMismatch``: not timed),
-    its forward output against the fp64 reference, then it is timed forward and, with ``--peer-search full`` (the
-    default), forward + backward; with ``fwd`` only the fastest forward configurations are timed forward + backward,
-    until one runs. A peer with ``refine`` then tries refinements of each pass's fastest. Every attempt is a row of
-    the ``attention_peers`` section: what was tried, its time or why it was not timed, and which won."""
-    q, k, v, km, g = inputs
-    timed: dict[str, list[tuple[float, peers.Candidate, Callable, dict]]] = {"fwd": [], "fwd+bwd": []}
-    seen: set[str] = set()
-
-    def fwd_bwd(cand: peers.Candidate, make: Callable, row: dict) -> bool:
-        try:
-            ms = time_ms(ctx, _fwd_bwd_call(make, q, k, v, km, g))
-        except Exception as err:  # noqa: BLE001 - e.g. no backward kernel for these tiles
-            ctx.add(**row, pass_="fwd+bwd", status=f"error: {_error_text(err)}")
-            return False
-        timed["fwd+bwd"].append((ms, cand, make, ctx.add(**row, pass_="fwd+bwd", ms=ms, status="ok")))
-        return True
-
-    def attempt(cand: peers.Candidate) -> None:
-        if cand.key in seen:
-            return
-        seen.add(cand.key)
-        row = {"section": "attention_peers", "case": shape.name, "impl": name, "config": cand.config, "dtype": dname}
-        if ctx.left() < ctx.step_reserve_s + 30:
-            ctx.add(**row, status="not tried: time budget")
-            return
-        try:
-            call, row["blocks"] = cand.build()
-        except peers.MaskMismatch as err:
-            ctx.add(**row, status=f"MISMATCH: {str(err)[:190]}")
-            return
-        except Exception as err:  # noqa: BLE001
-            ctx.add(**row, status=f"error: {_error_text(err)}")
-            return
-        make = lambda q_, k_, v_, km_: (lambda: call(q_, k_, v_))  # noqa: E731 - the report's factory shape
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            try:
-                # grad mode on, as in the timed calls (q, k, v need no gradient): a compiled peer compiled once
-                out = call(q, k, v)
-            except Exception as err:  # noqa: BLE001 - a backend that refuses the case says why
-                ctx.add(**row, status=f"not accepted: {cand.refusal(err, caught)}")
-                return
-        err = rel_err(out, ref_out)
-        if not err < _PEER_RTOL[q.dtype]:
-            ctx.add(**row, pass_="fwd", rel_err=err, status=f"wrong: output rel_err {err:.2e}")
-            return
-        ms = time_ms(ctx, make(q, k, v, km))
-        timed["fwd"].append((ms, cand, make, ctx.add(**row, pass_="fwd", ms=ms, rel_err=err, status="ok")))
-        if backward and ctx.peer_search == "full":
-            fwd_bwd(cand, make, row)
-
-    for cand in peer.candidates:
-        attempt(cand)
-    if peer.refine is not None:
-        for pass_ in ("fwd", "fwd+bwd"):
-            if timed[pass_]:
-                for cand in peer.refine(min(timed[pass_], key=lambda t: t[0])[1].key):
-                    attempt(cand)
-    if backward and ctx.peer_search == "fwd":
-        for _, cand, make, row in sorted(timed["fwd"], key=lambda t: t[0]):
-            base = {key: row[key] for key in ("section", "case", "impl", "config", "dtype", "blocks") if key in row}
-            if fwd_bwd(cand, make, base):
-                break
-    best = {}
-    for pass_, tries in timed.items():
-        if tries:
-            _, cand, make, row = min(tries, key=lambda t: t[0])
-            row["status"] = "ok (fastest)"
-            best[pass_] = (cand, make)
-    return best
-
-
-def _attn_reference(q, k, v, km, shape: S.AttnShape, g: torch.Tensor):  # noqa: ANN001, ANN202
-    """fp64 output and gradients (q, k, v) for upstream gradient g."""
-    from scl_kernels.reference import masked_attention_ref
-
-    q64, k64, v64 = (t.detach().double().requires_grad_(True) for t in (q, k, v))
-    out = masked_attention_ref(q64, k64, v64, key_mask=km, frames=shape.frames, upcast=True)
-    out.backward(g.double())
-    return out.detach(), [t.grad for t in (q64, k64, v64)]
-
-
-def _impl_errors(make: Callable, q, k, v, km, ref_out, ref_grads, g) -> tuple[float, float, float]:  # noqa: ANN001
-    """(output rel err, worst gradient rel err, output max abs err) of one implementation."""
-    qg, kg, vg = (t.detach().clone().requires_grad_(True) for t in (q, k, v))
-    out = make(qg, kg, vg, km)()
-    out.backward(g)
-    grad_err = max(rel_err(t.grad, r) for t, r in zip((qg, kg, vg), ref_grads, strict=True))
-    return rel_err(out, ref_out), grad_err, max_abs(out, ref_out)
-
-
-def _attn_case(ctx: Ctx, kernels: Any, shape: S.AttnShape, name: str, make: Callable, inputs: tuple, refs: tuple,
-               dname: str, *, make_fb: Callable | None = None,
-               configs: tuple[str | None, str | None] = (None, None)) -> None:
-    """Errors, forward and forward+backward times, peak memory of one implementation on one shape. A tuned peer
-    passes the fastest configuration of each pass: ``make`` forward, ``make_fb`` forward + backward, and says which
-    (``configs``)."""
-    q, k, v, km, g = inputs
-    ref_out, ref_grads = refs
-    with _tuning_recorded(ctx, kernels, "attention"):  # the first call of our kernels autotunes them
-        out_err, grad_err, abs_err = _impl_errors(make_fb or make, q, k, v, km, ref_out, ref_grads, g)
-    if make_fb is not None:  # the forward configuration's own output error
-        out = make(q, k, v, km)()
-        out_err, abs_err = rel_err(out, ref_out), max_abs(out, ref_out)
-    ms_f = time_ms(ctx, make(q, k, v, km))
-    qg, kg, vg = (t.detach().clone().requires_grad_(True) for t in (q, k, v))
-    fb_call = (make_fb or make)(qg, kg, vg, km)
-    ms_fb = time_ms(ctx, lambda: fb_call().backward(g), grad_to_none=[qg, kg, vg])
-    mem = peak_mb(ctx, lambda: fb_call().backward(g))
-    busy_f, _ = kernel_ms(ctx, make(q, k, v, km))
-    # gradients cleared before each call, as time_ms does: else each backward adds into them, an elementwise
-    # kernel the timed calls do not run (0.04-0.08 ms in every implementation's kernel_ms of the 2026-11-30 runs)
-    busy_fb, per_fb = kernel_ms(ctx, _fwd_bwd_call(make_fb or make, q, k, v, km, g))
-    graph_f = graph_ms(ctx, make(q, k, v, km))
-    graph_fb = graph_ms(ctx, lambda: fb_call().backward(g), grad_to_none=[qg, kg, vg])
-    extra: dict[str, Any] = {}
-    if name.startswith("scl") and ctx.device.type == "cuda":
-        # fp16 errors of the fused kernel too (bf16 is the timed dtype)
-        h = [t.half() for t in (q, k, v)]
-        ref_h, grads_h = _attn_reference(*h, km, shape, g.half())
-        with _autotune_off():  # the default config's errors: an fp16 autotune would cost a lease ~10 s per case
-            e_out, e_grad, _ = _impl_errors(make, *h, km, ref_h, grads_h, g.half())
-        extra = {"rel_err_fp16": e_out, "grad_rel_err_fp16": e_grad}
-    tf_f = shape.flops() / ms_f / 1e9
-    tf_fb = shape.flops(backward=True) / ms_fb / 1e9
-    ctx.add(section="attention", case=shape.name, impl=name, config=configs[0], pass_="fwd", dtype=dname, ms=ms_f,
-            kernel_ms=busy_f, graph_ms=graph_f, tflops=tf_f, frac_ceiling=_frac(ctx, tflops=tf_f), rel_err=out_err,
-            max_abs_err=abs_err, blocks=_blocks(ctx, shape, configs[0]), status="ok", **extra)
-    ctx.add(section="attention", case=shape.name, impl=name, config=configs[1], pass_="fwd+bwd", dtype=dname,
-            ms=ms_fb, kernel_ms=busy_fb, graph_ms=graph_fb, tflops=tf_fb, frac_ceiling=_frac(ctx, tflops=tf_fb),
-            rel_err=grad_err, peak_mb=mem, kernels=_top_kernels(per_fb), blocks=_blocks(ctx, shape, configs[1]),
-            status="ok")
-
-
-def _blocks(ctx: Ctx, shape: S.AttnShape, config: str | None) -> str | None:
-    """The tile counts ``_tune`` recorded for a FlexAttention configuration (None for anything else)."""
-    return next((r.get("blocks") for r in ctx.rows if config and r["section"] == "attention_peers"
-                 and r["case"] == shape.name and r.get("config") == config), None)
-
-
-def _attn_fwd_only(ctx: Ctx, shape: S.AttnShape, name: str, make: Callable, inputs: tuple, ref_out: torch.Tensor,
-                   dname: str, config: str, why: str) -> None:
-    """The forward row of a peer that has no forward + backward here (FlexAttention on a CPU), and why not."""
-    q, k, v, km, _ = inputs
-    out = make(q, k, v, km)()
-    ms = time_ms(ctx, make(q, k, v, km))
-    tf = shape.flops() / ms / 1e9
-    ctx.add(section="attention", case=shape.name, impl=name, config=config, pass_="fwd", dtype=dname, ms=ms,
-            graph_ms=graph_ms(ctx, make(q, k, v, km)), tflops=tf, frac_ceiling=_frac(ctx, tflops=tf),
-            rel_err=rel_err(out, ref_out), max_abs_err=max_abs(out, ref_out), blocks=_blocks(ctx, shape, config),
-            status="ok")
-    ctx.add(section="attention", case=shape.name, impl=name, pass_="fwd+bwd", dtype=dname, status=why)
-
-
-# report name -> (scl_kernels module, autotuned kernel): attention's through its TunedLaunch, info_nce's directly
-_AUTOTUNERS = {"fwd": ("attention", "_attn_fwd"), "bwd_dkdv": ("attention", "_attn_bwd_dkdv"),
-               "bwd_dq": ("attention", "_attn_bwd_dq"), "info_nce_fwd": ("contrastive", "_fwd_tuned"),
-               "info_nce_bwd": ("contrastive", "_bwd_tuned")}  # fmt: skip
-
-
-def _autotuners(kernels: Any, module: str | None = None) -> dict[str, Any]:
-    """Report name -> autotuner, for those ``kernels`` has (only ``module``'s if given)."""
-    found = {}
-    for kind, (mod, name) in _AUTOTUNERS.items():
-        tuner = getattr(getattr(kernels, mod, None), name, None)
-        if tuner is not None and module in (None, mod):
-            found[kind] = tuner
-    return found
-
-
-def autotuned_configs(kernels: Any) -> dict[str, dict[str, str]]:
-    """The config each autotuner chose, per autotune key (attention: length buckets, head dim, mask flags, dtypes;
-    info_nce: the feature dim and dtypes): which tile, warps and stages won on this GPU, so the config lists can be
-    pruned to those."""
-    return {kind: {str(key): str(cfg) for key, cfg in (getattr(tuner, "cache", None) or {}).items()}
-            for kind, tuner in _autotuners(kernels).items()}  # fmt: skip
-
-
-@contextlib.contextmanager
-def _tuning_recorded(ctx: Ctx, kernels: Any, module: str):  # noqa: ANN202
-    """Every candidate's time of the autotune keys that ``module``'s autotuners benchmark inside the block, into
-    ``ctx.tuning`` (other implementations' calls add no key to them, so nothing)."""
-    tuners = _autotuners(kernels, module)
-    before = {kind: set(getattr(tuner, "cache", None) or {}) for kind, tuner in tuners.items()}
-    yield
-    for kind, timings in new_autotune_timings(tuners, before).items():
-        ctx.tuning.setdefault(kind, {}).update(timings)
-
-
-def new_autotune_timings(tuners: dict[str, Any], before: dict[str, set]) -> dict[str, dict[str, dict[str, float]]]:
-    """Every candidate config's time (ms, the autotuner's median) for the one key each autotuner benchmarked since
-    ``before`` (its cache keys then): the losers' times say which configs a list can drop, and how close the
-    runner-up was. Triton keeps only its latest benchmark (``configs_timings``), so a kernel that added more than
-    one key, or none, is left out."""
-    found: dict[str, dict[str, dict[str, float]]] = {}
-    for kind, tuner in tuners.items():
-        new = set(getattr(tuner, "cache", None) or {}) - before.get(kind, set())
-        timings = getattr(tuner, "configs_timings", None)
-        if len(new) != 1 or not timings:
-            continue
-        per = {str(cfg): float(t[0] if isinstance(t, (list, tuple)) else t) for cfg, t in timings.items()}
-        found[kind] = {str(next(iter(new))): dict(sorted(per.items(), key=lambda kv: kv[1]))}
-    return found
-
-
-@contextlib.contextmanager
-def _autotune_off():  # noqa: ANN202
-    """SCL_KERNELS_AUTOTUNE=0 inside the block: each kernel launched there keeps its first fitting config."""
-    old = os.environ.get("SCL_KERNELS_AUTOTUNE")
-    os.environ["SCL_KERNELS_AUTOTUNE"] = "0"
-    try:
-        yield
-    finally:
-        if old is None:
-            del os.environ["SCL_KERNELS_AUTOTUNE"]
-        else:
-            os.environ["SCL_KERNELS_AUTOTUNE"] = old
-
-
-def run_attention(ctx: Ctx, kernels: Any, attn_shapes: list[S.AttnShape]) -> None:
-    print("== masked_attention", flush=True)
-    dtype = torch.float32 if ctx.smoke else torch.bfloat16
-    dname = str(dtype).removeprefix("torch.")
-    gen = torch.Generator(device=ctx.device).manual_seed(0)
-    for shape in attn_shapes:
-        if ctx.left() < ctx.step_reserve_s:
-            ctx.notes.append(f"attention {shape.name} and later skipped: time budget")
-            break
-        try:
-            q, k, v, km = _attn_inputs(shape, ctx.device, dtype, gen)
-            g = torch.randn_like(q)
-            ref_out, ref_grads = _attn_reference(q, k, v, km, shape, g)
-        except Exception as err:  # noqa: BLE001 - report and go on
-            ctx.add(section="attention", case=shape.name, impl="inputs", status=f"error: {_error_text(err)}")
-            continue
-        impls: dict[str, Any] = dict(_attn_impls(ctx, kernels, shape))
-        eager = impls.pop("eager")
-        try:
-            impls.update(_peers(ctx, shape, q, km))
-        except Exception as err:  # noqa: BLE001 - the peers' setup must not cost us our own rows
-            impls["peers"] = f"error: {_error_text(err)}"
-        impls["eager"] = eager
-        for name, make in impls.items():
-            if isinstance(make, str):
-                ctx.add(section="attention", case=shape.name, impl=name, dtype=dname, status=make)
-                continue
-            try:
-                if isinstance(make, _Peer):
-                    _attn_tuned(ctx, kernels, shape, name, make, (q, k, v, km, g), (ref_out, ref_grads), dname)
-                else:
-                    _attn_case(ctx, kernels, shape, name, make, (q, k, v, km, g), (ref_out, ref_grads), dname)
-            except Exception as err:  # noqa: BLE001 - one failing backend must not end the report
-                ctx.add(section="attention", case=shape.name, impl=name, dtype=dname,
-                        status=f"error: {_error_text(err)}")
-            finally:
-                _free(ctx)
-        _free(ctx)
-
-
-def _attn_tuned(ctx: Ctx, kernels: Any, shape: S.AttnShape, name: str, peer: _Peer, inputs: tuple, refs: tuple,
-                dname: str) -> None:
-    """A tuned peer's configurations tried (``_tune``), then its fastest measured like every implementation."""
-    backward = not (name == "flex" and ctx.device.type != "cuda")  # FlexAttention has no backward on a CPU
-    best = _tune(ctx, shape, name, peer, inputs, refs[0], dname, backward=backward)
-    if "fwd" not in best:
-        tried = [r for r in ctx.rows if r["section"] == "attention_peers" and r["case"] == shape.name
-                 and r["impl"] == name]
-        why = tried[0]["status"] if len(tried) == 1 else "no configuration ran (see attention_peers)"
-        ctx.add(section="attention", case=shape.name, impl=name, dtype=dname, status=why)
-        return
-    (cand_f, make_f), fb = best["fwd"], best.get("fwd+bwd")
-    if fb is None:
-        why = ("skipped: FlexAttention has no CPU backward" if not backward
-               else "error: no configuration ran forward + backward (see attention_peers)")
-        _attn_fwd_only(ctx, shape, name, make_f, inputs, refs[0], dname, cand_f.config, why)
-        return
-    _attn_case(ctx, kernels, shape, name, make_f, inputs, refs, dname, make_fb=fb[1],
-               configs=(cand_f.config, fb[0].config))
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# 2b. host time of one attention call
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def _host_ms(ctx: Ctx, fn: Callable[[], Any], calls: int) -> float:
-    """Wall milliseconds per call of ``fn`` over ``calls`` back-to-back calls and one final sync: the host's time,
-    when the kernels are shorter than it (the GPU then waits on every launch)."""
-    for _ in range(10):
-        fn()
-    ctx.sync()
-    t0 = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    ctx.sync()
-    return (time.perf_counter() - t0) * 1e3 / calls
-
-
-def _profile_top(fn: Callable[[], Any], calls: int, n: int = 20) -> list[dict[str, Any]]:
-    """cProfile of ``calls`` calls: the ``n`` functions with the most own time, per call (us)."""
-    import cProfile
-    import pstats
-
-    prof = cProfile.Profile()
-    prof.enable()
-    for _ in range(calls):
-        fn()
-    prof.disable()
-    stats = pstats.Stats(prof).stats  # {(file, line, name): (primitive calls, calls, own s, cumulative s, callers)}
-    rows = [{"function": f"{Path(file).name}:{line}({name})", "calls": nc / calls, "own_us": tt / calls * 1e6,
-             "cum_us": ct / calls * 1e6} for (file, line, name), (_, nc, tt, ct, _) in stats.items()]
-    return sorted(rows, key=lambda r: -r["own_us"])[:n]
-
-
-def _fwd_bwd_call(make: Callable, q, k, v, km, g) -> Callable[[], None]:  # noqa: ANN001
-    """One forward + backward of ``make``'s implementation on fresh leaves, their gradients cleared each call."""
-    qg, kg, vg = (t.detach().clone().requires_grad_(True) for t in (q, k, v))
-    call = make(qg, kg, vg, km)
-
-    def fwd_bwd() -> None:
-        for t in (qg, kg, vg):
-            t.grad = None
-        call().backward(g)
-
-    return fwd_bwd
-
-
-@contextlib.contextmanager
-def _direct_launches_off(kernels: Any):  # noqa: ANN202
-    """Attention's launchers go through ``JITFunction.run`` inside the block (see ``TunedLaunch``)."""
-    launchers = list(_autotuners(kernels, "attention").values())  # TunedLaunch objects
-    before = [launcher.direct for launcher in launchers]
-    for launcher in launchers:
-        launcher.direct = False
-    try:
-        yield
-    finally:
-        for launcher, direct in zip(launchers, before, strict=True):
-            launcher.direct = direct
-
-
-def run_host(ctx: Ctx, kernels: Any, shape: S.AttnShape) -> None:
-    """Host time per attention call, fused against SDPA, at a shape so small (2 x 2 heads x 50 tokens) that the
-    GPU waits on the host throughout; then where the fused forward + backward spends it (cProfile). Short
-    sequences are bound by this time on a GPU (padded text: the fused kernels took 0.16 ms of a 0.99 ms
-    forward + backward on the H200, 2026-11-30), and the CI CPU's host-path benchmark does not transfer: another
-    CPU, and an offline driver's launcher in place of CUDA's. Ours is timed again with ``TunedLaunch``'s direct
-    launches off."""
-    print("== host", flush=True)
-    dtype = torch.float32 if ctx.smoke else torch.bfloat16
-    dname = str(dtype).removeprefix("torch.")
-    calls = 20 if ctx.smoke else 300
-    q, k, v, km = _attn_inputs(shape, ctx.device, dtype, torch.Generator(device=ctx.device).manual_seed(0))
-    g = torch.randn_like(q)
-    impls = _attn_impls(ctx, kernels, shape)
-    for name in [n for n in impls if n.startswith("scl")] + ["sdpa"]:
-        make = impls[name]
-        if isinstance(make, str):
-            ctx.add(section="host", case=shape.name, impl=name, dtype=dname, status=make)
-            continue
-        fwd_bwd = _fwd_bwd_call(make, q, k, v, km, g)
-        for pass_, fn in (("fwd", make(q, k, v, km)), ("fwd+bwd", fwd_bwd)):
-            ctx.add(section="host", case=shape.name, impl=name, pass_=pass_, dtype=dname, ms=_host_ms(ctx, fn, calls),
-                    status="ok")
-        if name.startswith("scl"):
-            ctx.host_profile = _profile_top(fwd_bwd, calls)
-            ctx.sync()
-            # the same calls with TunedLaunch's direct launches off: what launching through JITFunction.run costs
-            with _direct_launches_off(kernels):
-                for pass_, fn in (("fwd", make(q, k, v, km)), ("fwd+bwd", fwd_bwd)):
-                    ctx.add(section="host", case=shape.name, impl=f"{name}/JITFunction.run", pass_=pass_, dtype=dname,
-                            ms=_host_ms(ctx, fn, calls), status="ok")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -955,69 +312,11 @@ def run_masking(ctx: Ctx, kernels: Any, mask_shapes: list[S.MaskingShape], text_
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def run_step(ctx: Ctx, step_shapes: list[S.StepShape], *, reps: int) -> None:
-    print("== training step (fused vs naive)", flush=True)
-    try:
-        from benchmarks.bench_step import StepRunner
-    except Exception as err:  # noqa: BLE001 - the model may be missing in a partial checkout
-        ctx.add(section="step", case="-", impl="-", status=f"missing: {_error_text(err)}")
-        return
-    for shape in step_shapes:
-        losses: dict[str, float] = {}
-        for schedule in ("fused", "naive"):
-            if ctx.left() < 10:
-                ctx.notes.append(f"step {shape.name} {schedule} skipped: time budget")
-                continue
-            try:
-                runner = StepRunner(shape, schedule=schedule, device=ctx.device, autocast=not ctx.smoke)
-                loss = runner.loss_once()
-                losses[schedule] = loss
-                for _ in range(1 if ctx.smoke else 2):  # warm-up: autotuning, cuBLAS handles, allocator growth
-                    runner.step()
-                ctx.sync()
-                if ctx.device.type == "cuda":
-                    ms = _events_ms(runner.step, reps=reps, warmup=0)
-                    torch.cuda.reset_peak_memory_stats(ctx.device)
-                    runner.step()
-                    ctx.sync()
-                    mem = torch.cuda.max_memory_allocated(ctx.device) / 2**20
-                    busy, per = kernel_ms(ctx, runner.step, reps=2)
-                else:
-                    times = []
-                    for _ in range(reps):
-                        t0 = time.perf_counter()
-                        runner.step()
-                        times.append((time.perf_counter() - t0) * 1e3)
-                    ms, mem = statistics.median(times), None
-                    busy, per = None, {}
-                flops = runner.useful_flops()
-                achieved = flops / ms / 1e9 if flops else None
-                ctx.add(section="step", case=shape.name, impl=schedule, pass_="fwd+bwd",
-                        dtype="bf16-autocast" if not ctx.smoke else "fp32", ms=ms, kernel_ms=busy,
-                        kernels=_top_kernels(per),
-                        samples_per_s=shape.batch / ms * 1e3, tflops=achieved,
-                        mfu=_frac(ctx, tflops=achieved) if achieved else None, peak_mb=mem, loss=loss, status="ok")
-                del runner
-            except Exception as err:  # noqa: BLE001
-                traceback.print_exc()
-                ctx.add(section="step", case=shape.name, impl=schedule, status=f"error: {_error_text(err)}")
-            finally:
-                _free(ctx)
-        fused_rows = [r for r in ctx.rows if r.get("section") == "step" and r.get("case") == shape.name
-                      and r.get("status") == "ok"]
-        by = {r["impl"]: r for r in fused_rows}
-        if "fused" in by and "naive" in by:
-            ctx.add(section="step", case=shape.name, impl="fused/naive", speedup=by["fused"]["samples_per_s"]
-                    / by["naive"]["samples_per_s"], loss_diff=abs(losses["fused"] - losses["naive"]),
-                    mem_ratio=(by["fused"]["peak_mb"] / by["naive"]["peak_mb"]) if by["fused"].get("peak_mb")
-                    and by["naive"].get("peak_mb") else None, status="ok")
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Output
 # ----------------------------------------------------------------------------------------------------------------
 
-COLUMNS = ["case", "impl", "config", "pass_", "dtype", "ms", "kernel_ms", "graph_ms", "tflops", "gbps",
+COLUMNS = ["case", "impl", "config", "pass_", "dtype", "ms", "kernel_ms", "busy", "graph_ms", "tflops", "gbps",
            "frac_ceiling", "samples_per_s", "mfu", "speedup", "peak_mb", "rel_err", "max_abs_err", "rel_err_fp16",
            "grad_rel_err_fp16", "exact", "loss", "loss_diff", "blocks", "kernels", "status"]
 
@@ -1073,9 +372,14 @@ def summary_lines(rows: list[dict[str, Any]]) -> list[str]:
     """Headlines: the step speedups, and per kernel case our fwd+bwd rate against the best other implementation."""
     out = []
     for r in rows:
-        if r["section"] == "step" and r.get("impl") == "fused/naive":
-            out.append(f"- step {r['case']}: fused schedule {r['speedup']:.2f}x the naive one's samples/s "
-                       f"(loss difference {r['loss_diff']:.2e})")
+        if r["section"] == "step" and r.get("impl") == "fused/naive" and r.get("status") == "ok":
+            out.append(f"- step {r['case']}: fused schedule {r['speedup']:.2f}x the naive one's speed, forward + "
+                       f"backward (loss difference {r['loss_diff']:.2e})")
+        elif r["section"] == "step" and r.get("status") == "ok" and r.get("pass_") == "step":
+            mfu = f", MFU {r['mfu']:.1%}" if r.get("mfu") else ""
+            busy = f", GPU busy {r['busy']:.0%}" if r.get("busy") else ""
+            out.append(f"- step {r['case']} {r['impl']}: {r['ms']:.1f} ms, {r['samples_per_s']:.0f} samples/s"
+                       f"{mfu}{busy}")
     for section, metric in (("attention", "tflops"), ("info_nce", "tflops"), ("random_masking", "gbps"),
                             ("mlm_mask", "gbps"), ("scl_text_mask", "gbps")):
         ok = [r for r in rows if r["section"] == section and r.get("status") == "ok" and r.get(metric)]
@@ -1191,6 +495,23 @@ def write(result: dict[str, Any], out: Path) -> None:
           flush=True)
 
 
+def crossover_cases(rows: list[dict[str, Any]], shapes: list[S.AttnShape]) -> list[Any]:
+    """The attention section's cases where both ``scl_triton`` and ``sdpa`` ran, as ``backend="auto"``'s table
+    entries (``scl_kernels.attention.auto.Measured``): shape, mask kind, pass, both wall times."""
+    from scl_kernels.attention import auto
+
+    ms = {(r["case"], r["impl"], r.get("pass_")): r["ms"] for r in rows
+          if r.get("section") == "attention" and r.get("status") == "ok" and r.get("ms") is not None}  # fmt: skip
+    cases = []
+    for s in shapes:
+        mask = "+".join(m for m, on in (("key", s.key_mask), ("frames", s.frames)) if on) or "none"
+        for grad, pass_ in ((False, "fwd"), (True, "fwd+bwd")):
+            ours, sdpa = ms.get((s.name, "scl_triton", pass_)), ms.get((s.name, "sdpa", pass_))
+            if ours is not None and sdpa is not None:
+                cases.append(auto.Measured(s.name, mask, grad, s.batch * s.heads, s.lq, s.lk, s.head_dim, ours, sdpa))
+    return cases
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # main
 # ----------------------------------------------------------------------------------------------------------------
@@ -1220,7 +541,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="stop starting new cases after this many seconds (the report must fit in 8 minutes)")
     parser.add_argument("--step-reserve-s", type=float, default=180.0,
                         help="seconds kept for the training-step section at the end")
-    parser.add_argument("--step-reps", type=int, default=5, help="timed steps per schedule (median)")
+    parser.add_argument("--step-reps", type=int, default=5, help="timed steps per mode (median)")
+    parser.add_argument("--step-modes", default="eager,compiled,graphed",
+                        help="comma-separated subset of eager,compiled,graphed (the training step's modes)")
     parser.add_argument("--quick", action="store_true", help="first three attention shapes only")
     parser.add_argument("--peer-search", choices=("full", "fwd"), default="full",
                         help="tuned peers (SDPA backends, FlexAttention configurations): time each forward and "
@@ -1276,7 +599,8 @@ def _run(args: argparse.Namespace, sections: list[str], smoke: bool, argv: list[
         "host": lambda: run_host(ctx, kernels, S.ATTN_HOST),
         "info_nce": lambda: run_info_nce(ctx, kernels, sh["nce"]),
         "masking": lambda: run_masking(ctx, kernels, sh["mask"], sh["text"]),
-        "step": lambda: run_step(ctx, sh["step"], reps=1 if smoke else args.step_reps),
+        "step": lambda: run_step(ctx, sh["step"], reps=1 if smoke else args.step_reps,
+                                 modes=("eager",) if smoke else tuple(args.step_modes.split(","))),
     }
     section_s: dict[str, float] = {}
     out = Path(args.out)
@@ -1305,6 +629,12 @@ def _run(args: argparse.Namespace, sections: list[str], smoke: bool, argv: list[
         partial = snapshot([*ctx.notes, f"partial: written after the {name} section"])
         (out / "report.json").write_text(json.dumps(partial, indent=1, default=str) + "\n")
     write(snapshot(ctx.notes), out)
+    cases = crossover_cases(ctx.rows, sh["attn"])
+    if cases:
+        from scl_kernels.attention import auto
+
+        auto.dump(cases, out / "attention_crossover.json", device=env.get("gpu", "?"), dtype="bfloat16",
+                  source=f"{env['command']} ({env['date_utc']}, commit {env.get('commit')})")  # fmt: skip
     return 0
 
 

@@ -168,9 +168,10 @@ STEP_CPU: list[StepShape] = [
     StepShape("demo_b16", preset="demo", batch=16),
     StepShape("compact_b2", preset="compact", batch=2),
 ]
-STEP_GPU: list[StepShape] = [
-    StepShape("compact_b64", preset="compact", batch=64),
+STEP_GPU: list[StepShape] = [  # most telling first: the paper preset's MFU and busy fraction are the goal
     StepShape("paper_b32", preset="paper", batch=32),
+    StepShape("paper_b128", preset="paper", batch=128),  # a large batch: an out-of-memory error is a result too
+    StepShape("compact_b64", preset="compact", batch=64),
 ]
 
 

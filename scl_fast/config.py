@@ -60,7 +60,12 @@ class TrainConfig:
     optimizer: Literal["adamw", "apex_adam", "apex_lamb"] = "adamw"
     """adamw = torch AdamW (fused on CUDA); apex_* need NVIDIA apex installed from source."""
     compile: bool = False
-    """Wrap the model in torch.compile."""
+    """Compile the step's forward and loss with torch.compile (backward with it): one graph per frame count, no
+    graph break (``scl_fast/step.py``)."""
+    cuda_graphs: bool = False
+    """Replay the compiled forward and backward from CUDA graphs (torch.compile's ``reduce-overhead`` mode: one
+    graph per shape, warmed up and autotuned before its capture, inputs copied into static buffers). Implies
+    ``compile``; CUDA only, one process (not yet with DDP/FSDP). Off by default until a GPU run has measured it."""
     distributed: Literal["ddp", "fsdp"] = "ddp"
     """Data-parallel engine under torchrun (FSDP2 shards parameters: for the paper preset on many GPUs)."""
     seed: int = 0
@@ -94,6 +99,9 @@ class TrainConfig:
             raise ValueError(f"train.warmup_frac must be in [0, 1), got {self.warmup_frac}")
         if self.lr <= 0:
             raise ValueError(f"train.lr must be > 0, got {self.lr}")
+        if self.cuda_graphs and self.optimizer != "adamw":
+            raise ValueError("train.cuda_graphs needs train.optimizer adamw (its fused kernel skips a non-finite "
+                             "step on the device; an apex optimizer needs a host read)")
 
 
 @dataclass(kw_only=True)
@@ -117,7 +125,9 @@ def preset(name: str) -> Config:
     model = model_preset(name)  # type: ignore[arg-type]
     if name == "demo":
         # Tiny model on the synthetic corpus: a higher LR because it trains from scratch, in minutes.
-        data = DataConfig(image_size=model.vision.image_size, tokenizer="demo")
+        # captions of at most 11 tokens (questions and statements of the fine-tuning demos a few more): training
+        # pads every caption to max_text_len (static shapes), so a short one saves text-encoder work
+        data = DataConfig(image_size=model.vision.image_size, tokenizer="demo", max_text_len=24)
         # ITC takes off after ~40 steps from scratch (model_preset("demo"): init_std); 700 steps ran in about 4 min
         # on 2 CPU cores, demo corpus generation and evaluation included (the limit is 5).
         train = TrainConfig(steps=700, lr=1e-3, head_lr_mult=1.0, warmup_frac=0.05, ckpt_every=100, log_every=25)

@@ -74,9 +74,11 @@ def close_distributed() -> None:
     that holds it is freed), it joins that worker while holding the GIL, and the process never exits: a rank of
     the 2-process gradient test hung so after its last all-reduce in about one run of four (PyTorch issue
     56297 describes the destructor). No collective is pending by now, so the pause is all the worker needs."""
+    global _HOST_GROUP
     if dist.is_initialized():
         time.sleep(0.2)
         dist.destroy_process_group()
+    _HOST_GROUP = None
 
 
 def barrier(info: DistInfo) -> None:
@@ -100,6 +102,22 @@ def gather_objects(obj: Any, info: DistInfo) -> list[Any]:
     out: list[Any] = [None] * info.world_size
     dist.all_gather_object(out, obj)
     return out
+
+
+_HOST_GROUP: Any = None
+
+
+def any_rank(flags: list[bool], info: DistInfo) -> list[bool]:
+    """Each flag True where it is True on some rank, through a CPU (gloo) group: agreeing on host-side flags (the
+    stop signals, every step) without a device read that would stall a GPU's launch queue."""
+    if not info.distributed:
+        return flags
+    global _HOST_GROUP
+    if _HOST_GROUP is None:
+        _HOST_GROUP = dist.group.WORLD if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
+    t = torch.tensor([float(f) for f in flags])
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=_HOST_GROUP)
+    return [bool(v > 0) for v in t.tolist()]
 
 
 def all_reduce_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:

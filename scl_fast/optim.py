@@ -22,15 +22,16 @@ def build_optimizer(
 ) -> torch.optim.Optimizer:
     """The optimizer named by ``cfg.optimizer`` over ``param_groups`` (each with its own ``lr``/``weight_decay``).
 
-    ``adamw`` is torch's AdamW: the fused kernel on CUDA (one launch for all parameters), the foreach path on the
-    CPU (bit-reproducible, which the resume test relies on). ``apex_*`` need NVIDIA apex and CUDA.
+    ``adamw`` is torch's fused AdamW, on CUDA and on the CPU: one kernel for all parameters, which also skips an
+    update on the device when told to (``found_inf``: the step's non-finite check needs no host read, see
+    ``step.py``); elementwise, so bit-reproducible, which the resume test relies on. ``apex_*`` need NVIDIA apex and
+    CUDA (and cost a host read per step to skip a non-finite one).
     """
     groups = list(param_groups)
     if not groups:
         raise ValueError("build_optimizer got no parameter groups")
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay,
-                                 fused=True if device.type == "cuda" else None)
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, fused=True)
     try:
         import apex.optimizers as apex_optim
     except ImportError as err:

@@ -68,15 +68,28 @@ class Task:
     def has_val(self) -> bool:
         return self.cfg.data.val is not None or self.cfg.data.train is None
 
-    def forward(self, module: nn.Module, batch: Any, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
-        """The loss of one batch (what backward goes through) and its named parts for the logs."""
-        out = module(batch.pixels, batch.input_ids, batch.attention_mask, batch.special_mask, generator=generator)
+    def forward(self, module: nn.Module, model: nn.Module, batch: Any, generator: torch.Generator
+                ) -> tuple[torch.Tensor, dict]:
+        """The loss of one batch (what backward goes through) and its named parts for the logs.
+
+        ``module`` computes (the model as wrapped for the run: DDP, compiled); ``model`` is the bare model. The
+        step's random choices are drawn here, on the device, before ``module`` runs: a compiled graph takes them
+        as inputs (a generator object cannot be traced)."""
+        args = (batch.pixels, batch.input_ids, batch.attention_mask, batch.special_mask)
+        if not hasattr(model, "draw_step_inputs"):  # a stand-in model of the tests draws its own
+            out = module(*args, generator=generator)
+        else:
+            steps = model.draw_step_inputs(*args, generator=generator, valid=batch.valid)
+            out = module(*args, step_inputs=steps)
         return out.loss, out.losses
 
     def count(self, batch: Any) -> tuple[int, int]:
-        """(samples, tokens) of one batch on this rank: real text tokens plus visual tokens."""
-        b, f = batch.pixels.shape[:2]
-        return b, int(batch.attention_mask.sum()) + b * f * (self.cfg.model.num_patches + 1)
+        """(samples, tokens) of one batch on this rank, padding rows left out: real text tokens plus visual
+        tokens. Called before the batch goes to the device (a count on the device would be a host read)."""
+        f = batch.pixels.shape[1]
+        mask = batch.attention_mask if batch.valid is None else batch.attention_mask[batch.valid]
+        b = len(batch) - batch.padded
+        return b, int(mask.sum()) + b * f * (self.cfg.model.num_patches + 1)
 
     def flops_key(self, batch: Any) -> tuple[int, ...]:
         """The shape one FLOP count stands for: text lengths rounded up to a multiple of 8 (a slight overestimate;

@@ -16,7 +16,6 @@ import contextlib
 import dataclasses
 import json
 import logging
-import math
 import os
 import random
 import sys
@@ -39,6 +38,7 @@ from scl_fast.errors import UserError
 from scl_fast.metrics import MetricsLogger, peak_flops
 from scl_fast.optim import build_optimizer, build_scheduler
 from scl_fast.preemption import Preempted, StopSignals
+from scl_fast.step import TrainStep
 from scl_fast.task import Task
 
 log = logging.getLogger("scl_fast.train")
@@ -47,7 +47,8 @@ log = logging.getLogger("scl_fast.train")
 # data.num_workers, which moves the data position as a resume on another number of ranks does (same sample order).
 RESUMABLE_CHANGES = (
     "train.resume", "train.run_dir", "train.overwrite", "train.log_every", "train.ckpt_every", "train.keep_ckpts",
-    "train.eval_every", "train.max_bad_steps", "train.compile", "data.cache_dir", "data.dali_threads",
+    "train.eval_every", "train.max_bad_steps", "train.compile", "train.cuda_graphs", "data.cache_dir",
+    "data.dali_threads",
     "data.num_workers",
 )
 
@@ -182,9 +183,12 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, tc)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.generator = torch.Generator(self.device).manual_seed(tc.seed + self.info.rank)
-        if tc.compile:
-            self.step_module = torch.compile(self.step_module)
+        self.step = TrainStep(task=task, module=self.step_module, model=self.model, optimizer=self.optimizer,
+                              scheduler=self.scheduler, scaler=self.scaler, info=self.info, clip_grad=tc.clip_grad,
+                              autocast=self.autocast, generator=self.generator, compile=tc.compile,
+                              cuda_graphs=tc.cuda_graphs)
         self.counters = Counters()
+        self._bad = _BadSteps(self.device)
 
         self.loader = task.build_loader("train", rank=self.info.rank, world_size=self.info.world_size, seed=tc.seed)
         self.has_val = task.has_val
@@ -285,6 +289,7 @@ class Trainer:
 
     def save_checkpoint(self) -> Path | None:
         """Write the checkpoint of the current step (rank 0 writes; every rank contributes RNG and data state)."""
+        self._flush_bad_steps()
         per_rank = {"rng": ckpt.rng_state(self.generator), "data": self.loader.state_dict()}
         gathered = dist_util.gather_objects(per_rank, self.info)
         model_state = self._model_state()  # collective under FSDP: every rank calls it
@@ -345,6 +350,7 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.counters.load_state_dict(state["counters"])
+        self._bad = _BadSteps(self.device, in_row=self.counters.bad_in_row)
         self.last_losses = dict(state.get("last_losses", {}))
         if same_layout:
             ckpt.set_rng_state(ranks[self.info.rank]["rng"], self.generator)
@@ -433,10 +439,8 @@ class Trainer:
         """(the stop signal's name or None, whether a checkpoint was asked for), the same on every rank: a signal
         that reached one rank stops them all at the same step, so they write one checkpoint together."""
         stop, checkpoint_now = signals.stop, signals.checkpoint_requested
-        if self.info.distributed:
-            flags = torch.tensor([stop is not None, checkpoint_now], dtype=torch.float32, device=self.device)
-            dist_util.all_reduce_sum(flags, self.info)
-            asked, checkpoint_now = (bool(v > 0) for v in flags.tolist())
+        if self.info.distributed:  # host flags through a CPU group: no device read
+            asked, checkpoint_now = dist_util.any_rank([stop is not None, checkpoint_now], self.info)
             stop = (stop or "a signal on another rank") if asked else None
         return stop, checkpoint_now
 
@@ -444,54 +448,46 @@ class Trainer:
         return not self.loader.ordered or self.loader.at_global_boundary()
 
     def _run_steps(self, signals: StopSignals) -> None:
+        """The loop. Nothing in a step reads the device (``step.py``): the losses, the count of updates applied and
+        of skipped steps stay on the device until a log line (every ``log_every`` steps) or a checkpoint reads them."""
         tc = self.cfg.train
-        accum = tc.grad_accum
         batches: Iterator = iter(self.loader)
         self._batches = batches
         window: dict[str, torch.Tensor] = {}
-        win_steps = win_samples = win_tokens = 0
+        applied = torch.zeros((), device=self.device)
+        win_samples = win_tokens = 0
         win_wait = win_time = win_flops = 0.0
         flops_known = True
         self.model.train()
         while self.counters.step < tc.steps:
             t0 = time.perf_counter()
-            wait = 0.0
-            step_losses: dict[str, torch.Tensor] = {}
+            wait = flops = 0.0
             samples = tokens = 0
-            flops = 0.0
-            for micro in range(accum):
+            micro = []
+            for _ in range(tc.grad_accum):
                 tw = time.perf_counter()
                 # The DataLoader draws its worker seed from the global RNG when it starts: keep that draw out of
                 # the RNG stream dropout uses, or a resumed run (which starts its loader later) would diverge.
                 with torch.random.fork_rng(devices=[]):
                     batch = next(batches)
-                batch = batch.to(self.device, non_blocking=True)
-                wait += time.perf_counter() - tw
-                sync = micro == accum - 1 or not self.info.distributed or dist_util.is_fsdp(self.model)
-                ctx = contextlib.nullcontext() if sync else self.step_module.no_sync()
-                with ctx:
-                    with self.autocast():
-                        loss, parts = self.task.forward(self.step_module, batch, self.generator)
-                    self.scaler.scale(loss / accum).backward()
-                for name, value in {"total": loss, **parts}.items():
-                    value = value.detach().float()
-                    step_losses[name] = step_losses.get(name, 0.0) + value / accum
-                b, t = self.task.count(batch)
-                samples += b
-                tokens += t
+                b, t = self.task.count(batch)  # on the host, before the copy
+                samples, tokens = samples + b, tokens + t
                 if flops_known and self.peak is not None:
                     step_f = self._step_flops(batch)
                     flops_known = step_f is not None
                     flops += step_f or 0.0
-            ok = self._optimizer_step(step_losses["total"])
+                micro.append(batch.to(self.device, non_blocking=True))
+                wait += time.perf_counter() - tw
+            result = self.step(micro)
+            for name, value in result.losses.items():  # on the device: a skipped step adds nothing
+                window[name] = window.get(name, 0.0) + torch.where(result.applied, value, 0.0)
+            applied = applied + result.applied
+            self._bad.add(result.bad)
+            self.last_grad_norm = result.grad_norm
             self.counters.step += 1
             world = self.info.world_size
             self.counters.samples += samples * world
             self.counters.tokens += tokens * world
-            if ok:
-                for name, value in step_losses.items():
-                    window[name] = window.get(name, 0.0) + value
-                win_steps += 1
             dt = time.perf_counter() - t0
             self.counters.train_seconds += dt
             win_samples += samples * world
@@ -501,9 +497,10 @@ class Trainer:
             win_flops += flops
             step = self.counters.step
             if step % tc.log_every == 0 or step == tc.steps:
-                record = self._log_window(window, win_steps, win_samples, win_tokens, win_wait, win_time,
+                self._flush_bad_steps()  # the loop's one host read of the device, with the log line's
+                record = self._log_window(window, applied, win_samples, win_tokens, win_wait, win_time,
                                           win_flops if flops_known else None)
-                window, win_steps, win_samples, win_tokens = {}, 0, 0, 0
+                window, applied, win_samples, win_tokens = {}, torch.zeros((), device=self.device), 0, 0
                 win_wait = win_time = win_flops = 0.0
                 self.logger.advance(0, {"loss": f"{record.get('loss/total', float('nan')):.3f}",
                                         "samples/s": f"{record['samples_per_s']:.0f}"})
@@ -522,49 +519,31 @@ class Trainer:
                 self.evaluate()
                 self.model.train()
 
-    def _optimizer_step(self, loss: torch.Tensor) -> bool:
-        """Clip, check finiteness (one host sync), step; a non-finite step is skipped and counted."""
-        tc = self.cfg.train
-        self.scaler.unscale_(self.optimizer)
-        params = [p for p in self.model.parameters() if p.grad is not None]
-        max_norm = tc.clip_grad if tc.clip_grad > 0 else math.inf
-        norm = torch.nn.utils.clip_grad_norm_(params, max_norm) if params else torch.zeros((), device=self.device)
-        if self.info.distributed:  # the loss is per rank: agree on skipping
-            flag = (~torch.isfinite(loss)).float().reshape(1)
-            dist_util.all_reduce_sum(flag, self.info)
-            finite_loss = float(flag) == 0.0
-        else:
-            finite_loss = bool(torch.isfinite(loss))
-        finite = finite_loss and math.isfinite(float(norm))
-        if finite or self.scaler.is_enabled():
-            # With fp16 an infinite gradient is the scaler's normal signal: it skips the step and lowers the scale.
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scheduler.step()
-        if finite or (self.scaler.is_enabled() and finite_loss):
-            self.counters.bad_in_row = 0
-            self.last_grad_norm = float(norm)
-            return finite
-        self.counters.bad_steps += 1
-        self.counters.bad_in_row += 1
-        if self.info.is_main:
-            self.logger.write(f"step {self.counters.step + 1}: non-finite loss/gradient ({float(loss):.4g}), step "
-                              f"skipped ({self.counters.bad_in_row} in a row)")
-        if self.counters.bad_in_row >= tc.max_bad_steps:
-            raise NonFiniteLossError(f"{self.counters.bad_in_row} consecutive steps had a non-finite loss or "
-                                     f"gradient (train.max_bad_steps={tc.max_bad_steps}); lower train.lr, enable "
-                                     f"clipping or use bf16 instead of fp16")
-        return False
+    def _flush_bad_steps(self) -> None:
+        """Read the device's counts of skipped steps into the counters (a host read: at log lines and checkpoints
+        only); too many in a row stop the run."""
+        total, in_row, worst = self._bad.take()
+        self.counters.bad_steps += total
+        self.counters.bad_in_row = in_row
+        limit = self.cfg.train.max_bad_steps
+        if total and self.info.is_main:
+            self.logger.write(f"step {self.counters.step}: {total} step(s) skipped since the last log line for a "
+                              f"non-finite loss or gradient (at most {worst} in a row)")
+        if worst >= limit:
+            raise NonFiniteLossError(f"{worst} consecutive steps had a non-finite loss or gradient "
+                                     f"(train.max_bad_steps={limit}); lower train.lr, enable clipping or use bf16 "
+                                     f"instead of fp16")
 
-    def _log_window(self, window: dict[str, torch.Tensor], steps: int, samples: int, tokens: int, wait: float,
-                    elapsed: float, flops: float | None) -> dict[str, Any]:
+    def _log_window(self, window: dict[str, torch.Tensor], steps: torch.Tensor, samples: int, tokens: int,
+                    wait: float, elapsed: float, flops: float | None) -> dict[str, Any]:
+        """One log record from the window's device sums (``steps``: the updates applied in it); the host reads the
+        device here."""
         names = sorted(window)
         if names:
             vec = torch.stack([torch.as_tensor(window[n], device=self.device, dtype=torch.float32) for n in names])
         else:
             vec = torch.zeros(0, device=self.device)
-        vec = torch.cat([vec, torch.tensor([float(steps)], device=self.device)])
+        vec = torch.cat([vec, steps.reshape(1).to(device=self.device, dtype=torch.float32)])
         dist_util.all_reduce_sum(vec, self.info)
         total_steps = float(vec[-1])
         losses = {}
@@ -574,7 +553,7 @@ class Trainer:
         record: dict[str, Any] = {f"loss/{n}": v for n, v in losses.items()}
         record |= {
             "lr": self.scheduler.get_last_lr()[0],
-            "grad_norm": getattr(self, "last_grad_norm", float("nan")),
+            "grad_norm": float(getattr(self, "last_grad_norm", float("nan"))),
             "samples_per_s": samples / max(elapsed, 1e-9),
             "tokens_per_s": tokens / max(elapsed, 1e-9),
             "data_wait_frac": wait / max(elapsed, 1e-9),
@@ -659,6 +638,28 @@ class Trainer:
             batches.close()
             self._batches = None
         dist_util.close_distributed()
+
+
+class _BadSteps:
+    """Counts of skipped steps kept on the device: added to every step without a host read, read at log lines."""
+
+    def __init__(self, device: torch.device, in_row: int = 0) -> None:
+        self.total = torch.zeros((), dtype=torch.int64, device=device)
+        self.in_row = torch.full((), in_row, dtype=torch.int64, device=device)
+        self.worst = self.in_row.clone()
+
+    def add(self, bad: torch.Tensor) -> None:
+        bad = bad.to(torch.int64)
+        self.total += bad
+        self.in_row = (self.in_row + bad) * bad  # back to 0 after a good step
+        self.worst = torch.maximum(self.worst, self.in_row)
+
+    def take(self) -> tuple[int, int, int]:
+        """(skipped since the last take, the current run of skipped steps, the longest run since the last take)."""
+        total, in_row, worst = (int(v) for v in torch.stack([self.total, self.in_row, self.worst]).tolist())
+        self.total.zero_()
+        self.worst.copy_(self.in_row)
+        return total, in_row, worst
 
 
 def format_summary(summary: dict[str, Any], task: Task) -> str:

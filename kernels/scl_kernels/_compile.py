@@ -65,6 +65,7 @@ class CompileResult:
     instructions: int | None = None  # SASS instructions in the kernel (all loops and passes, each once)
     uses_tf32: bool = False  # TF32 matrix instructions in the PTX: fine for fp16/bf16 inputs, a bug for fp32 ones
     int_divisions: int = 0  # integer div/rem in the PTX: ~20 instructions each with a runtime divisor
+    vector_bits: int = 0  # the widest global load or store in the PTX, in bits (128: 16-byte vector accesses)
     seconds: float = 0.0
     error: str = ""
 
@@ -210,6 +211,7 @@ def compile_spec(spec: CompileSpec, arch: int) -> CompileResult:
             instructions=instructions,
             uses_tf32=".tf32" in ptx,
             int_divisions=len(re.findall(r"\b(?:div|rem)\.[su](?:16|32|64)\b", ptx)),
+            vector_bits=widest_global_access(ptx),
             seconds=time.perf_counter() - start,
             error=error,
         )  # fmt: skip
@@ -217,6 +219,13 @@ def compile_spec(spec: CompileSpec, arch: int) -> CompileResult:
         msg = f"{type(e).__name__}: {e}"
         elapsed = time.perf_counter() - start
         return CompileResult(spec.name, arch, False, spec.default, seconds=elapsed, error=msg[-4000:])
+
+
+def widest_global_access(ptx: str) -> int:
+    """Bits moved by the widest ``ld.global`` / ``st.global`` in ``ptx`` (``ld.global.v4.b32``: 128)."""
+    widths = [int(m.group(1) or 1) * int(m.group(2))
+              for m in re.finditer(r"\b(?:ld|st)\.global(?:\.[\w:]+)*?(?:\.v(\d))?\.[bfsu](\d+)\b", ptx)]  # fmt: skip
+    return max(widths, default=0)
 
 
 _SPECS: list[CompileSpec] = []

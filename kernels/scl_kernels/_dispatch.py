@@ -8,6 +8,9 @@ whose implementation runs one of three backends:
 - ``"native"``: the C++ CPU kernel from ``scl_kernels._C`` (built by CMakeLists.txt). The default on
   CPU for ops that have one, when the extension is built.
 - ``"reference"``: the plain PyTorch version in ``reference.py``. The fallback everywhere.
+- ``"sdpa"``: ``torch.nn.functional.scaled_dot_product_attention`` (cuDNN / flash) with the op's semantics, for the
+  op that has a PyTorch peer (``masked_attention``). An op may make ``"auto"``'s choice itself, per call (``auto``
+  argument of ``resolve``): attention on CUDA takes it where a measured table says it is faster.
 
 The backend is resolved *outside* the custom op (argument > ``use_backend`` context > device default) and
 passed into it as a string, so ``torch.compile`` sees the choice as a constant and tests can force any
@@ -20,14 +23,14 @@ from __future__ import annotations
 import contextlib
 import os
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from typing import Literal
 
 import torch
 
-Backend = Literal["auto", "triton", "native", "reference"]
-BACKENDS: tuple[str, ...] = ("auto", "triton", "native", "reference")
+Backend = Literal["auto", "triton", "native", "reference", "sdpa"]
+BACKENDS: tuple[str, ...] = ("auto", "triton", "native", "reference", "sdpa")
 
 _forced: ContextVar[str] = ContextVar("scl_kernels_backend", default="auto")
 
@@ -71,7 +74,15 @@ def use_backend(backend: Backend) -> Iterator[None]:
         _forced.reset(token)
 
 
-def resolve(op: str, device: torch.device, backend: Backend | None = None, *, has_native: bool = False) -> str:
+def resolve(
+    op: str,
+    device: torch.device,
+    backend: Backend | None = None,
+    *,
+    has_native: bool = False,
+    has_sdpa: bool = False,
+    auto: Callable[[], str] | None = None,
+) -> str:
     """Pick the backend for one call of ``op`` on tensors living on ``device``.
 
     Args:
@@ -79,14 +90,21 @@ def resolve(op: str, device: torch.device, backend: Backend | None = None, *, ha
         device: where the inputs live.
         backend: explicit choice; ``None`` or ``"auto"`` defers to ``use_backend`` and then the device default.
         has_native: whether ``op`` has a C++ CPU kernel.
+        has_sdpa: whether ``op`` has an ``"sdpa"`` backend.
+        auto: the op's own choice for this call, given where it has one (``masked_attention``: on CUDA), in place of
+            the device default; returns a backend name. Never called for a forced backend.
     """
     choice = backend if backend not in (None, "auto") else _forced_backend()
     if choice not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {choice!r}")
     if choice == "auto":
+        if auto is not None:
+            return auto()
         if device.type == "cuda":
             return "triton"
         return "native" if (has_native and HAS_NATIVE and device.type == "cpu") else "reference"
+    if choice == "sdpa" and not has_sdpa:
+        raise ValueError(f"{op} has no sdpa backend; use backend 'triton' or 'reference'")
     if choice == "native":
         if not has_native:
             raise ValueError(f"{op} has no native (C++) kernel; use backend 'reference' or 'triton'")

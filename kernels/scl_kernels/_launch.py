@@ -63,12 +63,15 @@ class TunedLaunch:
        (pointer alignment, integers equal to 1 or divisible by 16) and hashes that into its cache key on every
        call. Here the first launch of a specialisation goes through it and returns the ``CompiledKernel``; later
        launches with the same key call that kernel's launcher with the arguments ``JITFunction.run`` passes
-       (triton 3.6 and 3.9 alike; ``tests/kernels/test_launch.py`` compares the two under the offline driver).
+       (triton 3.6 and 3.9 alike; ``tests/kernels/test_launch.py`` compares the two under the offline driver,
+       checks that Triton tells pointers apart by their 16-byte alignment and nothing finer, and fails on a Triton
+       version outside the checked ones, which would silently lose the direct launches).
        The key holds every scalar argument's exact value and type and every pointer's 16-byte alignment, so it
        is finer than Triton's specialisation: a new sequence length makes a new entry that Triton's own cache
-       resolves, never a wrong kernel. Arguments marked ``do_not_specialize`` (a per-call dropout seed) enter
-       the key by their integer width only, as in Triton. A callable grid gets the launch's keyword arguments
-       and the chosen config (its constexprs), not the positional arguments. Skipped: Triton's check that the
+       resolves, never a wrong kernel. Arguments marked ``do_not_specialize`` enter the key by their integer
+       width only, as in Triton (no kernel of the package has one since dropout's seed became a device tensor).
+       A callable grid gets the launch's keyword arguments and the chosen config (its constexprs), not the
+       positional arguments. Skipped: Triton's check that the
        kernel's global constants did not change since it compiled (module constants here), and Triton knobs
        changed after a specialisation's first launch (``TRITON_DEBUG`` at run time) do not reach it. Every
        launch of a kernel with pre-run hooks goes through ``JITFunction.run``.

@@ -39,14 +39,16 @@ class _Utils:
 
 class Launch:
     """What one launch passed to the launcher: which compiled kernel (its name and Triton's hash of the
-    specialisation), the grid, the stream and the kernel's arguments in signature order (the kernel handle,
-    packed metadata and hooks are left out: the same for every launch of one compiled kernel)."""
+    specialisation), the grid, the stream, the kernel handle and packed metadata (``handles``) and the kernel's
+    arguments in signature order (the hooks are left out: the launcher calls them, ``launch_scenario`` records
+    what they saw)."""
 
     def __init__(self, name: str, kernel_hash: str, args: tuple) -> None:
         self.name = name
         self.kernel_hash = kernel_hash
         self.grid = tuple(args[:3])
         self.stream = args[3]
+        self.handles = (args[4], args[5])
         self.kernel_args = tuple(args[9:])
 
 

@@ -11,8 +11,9 @@ encoder's padding mask stays (B, 1, 1, Lk) and reaches the kernel as ``key_mask`
 dense matrix); other masks are built as for SDPA (bool, True = may attend) and go in as ``attn_mask``. Nothing
 in the model's weights or modules changes, so ``unpatch_hf`` (or ``model.set_attn_implementation("sdpa")``) restores it.
 
-Attention dropout in training mode is fused in the kernel. Causal attention (decoders; not a mask kind of this op)
-goes to PyTorch SDPA with the same mask.
+Decoders work too: grouped-query K/V heads reach the kernel as they are (indexed there, never repeated), causal
+attention without a mask is the op's ``is_causal`` (tiles above the diagonal skipped), and a causal mask with padding
+arrives as a dense bool ``attn_mask``. Attention dropout in training mode is fused in the kernel.
 
 transformers is imported lazily: ``scl_kernels`` depends on torch and triton only.
 """
@@ -22,7 +23,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ._dispatch import BACKENDS
@@ -56,31 +56,26 @@ def _make_attention_fn(backend: str | None):  # noqa: ANN202 (the AttentionInter
     def scl_attention_forward(
         module: nn.Module,
         query: torch.Tensor,  # (B, H, Lq, D)
-        key: torch.Tensor,  # (B, H, Lk, D)
-        value: torch.Tensor,  # (B, H, Lk, D)
+        key: torch.Tensor,  # (B, Hkv, Lk, D), Hkv dividing H (grouped-query attention)
+        value: torch.Tensor,  # (B, Hkv, Lk, D)
         attention_mask: torch.Tensor | None,
         scaling: float | None = None,
         dropout: float = 0.0,
         **kwargs: Any,
     ) -> tuple[torch.Tensor, None]:
         """Returns ((B, Lq, H, D), None): HF's attention-function contract (no attention weights)."""
-        b, h, lq, _ = query.shape
+        b, _, lq, _ = query.shape
         lk = key.shape[2]
-        if key.shape[1] != h:  # grouped-query attention (decoders): repeat the shared k/v heads
-            key = key.repeat_interleave(h // key.shape[1], dim=1)
-            value = value.repeat_interleave(h // value.shape[1], dim=1)
+        # grouped K/V heads go in as they are: the kernel indexes head h // (H // Hkv), no repeat_interleave copy
         key_mask, attn_mask = _split_mask(attention_mask, b, lk)
-        causal = bool(kwargs.get("is_causal", getattr(module, "is_causal", False))) and lq > 1
+        # HF's SDPA rule: is_causal only with no mask and more than one query (a mask carries the causal pattern
+        # itself, cache offset included); then Lq == Lk, where SDPA's top-left alignment, the op's, is the usual one
+        is_causal = kwargs.get("is_causal")
+        is_causal = getattr(module, "is_causal", False) if is_causal is None else is_causal
+        causal = bool(is_causal) and lq > 1 and attention_mask is None
         drop = dropout if module.training else 0.0
-        if causal:
-            mask = attention_mask
-            if mask is not None and mask.dtype != torch.bool:
-                mask = mask.to(query.dtype)
-            out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=drop, scale=scaling,
-                                                 is_causal=causal and mask is None)  # fmt: skip
-        else:
-            out = masked_attention(query, key, value, key_mask=key_mask, attn_mask=attn_mask, dropout_p=drop,
-                                   scale=scaling, backend=backend)  # fmt: skip
+        out = masked_attention(query, key, value, key_mask=key_mask, attn_mask=attn_mask, is_causal=causal,
+                               dropout_p=drop, scale=scaling, backend=backend)  # fmt: skip
         return out.transpose(1, 2).contiguous(), None
 
     return scl_attention_forward
@@ -136,7 +131,8 @@ def patch_hf(model: nn.Module, *, backend: str | None = None) -> nn.Module:
     Args:
         model: a transformers ``PreTrainedModel`` whose attention uses the attention-function registry (BERT,
             RoBERTa, ViT, CLIP, and most models of transformers >= 4.48).
-        backend: ``masked_attention``'s backend: None/"auto" (Triton on CUDA, reference on CPU), "triton",
+        backend: ``masked_attention``'s backend: None/"auto" (on CUDA the faster of Triton and SDPA for each call, by
+            the measured table of ``scl_kernels.attention.auto``; the reference on CPU), "triton", "sdpa",
             "reference".
 
     Returns:

@@ -3,14 +3,15 @@
 ``random_masking`` keeps K = int(P * keep_ratio) of the P spatial positions per sample, the same subset in every
 frame, and gathers the kept tokens (plus the position embedding) in one pass:
 
-- Triton (CUDA): one kernel draws the keys (philox, from a seed the caller's generator gives) or loads them,
-  selects the K smallest per row, and gathers. Each key is packed as ``(order-preserving key bits << 32) | index``
-  into int64, so comparing packed values compares keys with ties going to the lower index (the stable-argsort
-  rule of the reference); a position's rank is the number of packed values below it, counted against column
-  chunks of the row (O(P^2) compares, nothing for P of a few hundred; ``tl.sort`` was the other option, but it
-  compiles 10x slower and runs 100x slower under the interpreter). The K lowest ranks are kept, and a prefix
-  count of the kept flags gives each its output slot, so ``ids_keep`` comes out ascending with no sort at all.
-  Each program recomputes its row's selection (cheaper than a second launch) and gathers BLOCK_K slots.
+- Triton (CUDA), two launches. The selection, one program per sample, draws the keys (philox, from a seed the
+  caller's generator gives) or loads them, and ranks them. Each key is packed as ``(order-preserving key bits
+  << 32) | index`` into int64, so comparing packed values compares keys with ties going to the lower index (the
+  stable-argsort rule of the reference); a position's rank is the number of packed values below it, counted
+  against column chunks of the row (O(P^2) compares, nothing for P of a few hundred; ``tl.sort`` was the other
+  option, but it compiles 10x slower and runs 100x slower under the interpreter). The K lowest ranks are kept,
+  and a prefix count of the kept flags gives each its output slot, so ``ids_keep`` comes out ascending with no
+  sort at all. The gather, one program per (sample, frame, tile of kept rows), then copies whole rows with the
+  position embedding added: a memory-bound copy with 16-byte vector accesses along D.
 - C++ (CPU, ``csrc/random_masking.cpp``): nth_element + a sort of the K winners, OpenMP over samples.
 - Reference: argsort + gather + add (``reference.random_masking_ref``).
 
@@ -37,7 +38,7 @@ import triton
 import triton.language as tl
 
 from . import reference
-from ._compile import specs_from_configs
+from ._compile import contiguous_strides, specs_from_configs
 from ._dispatch import HAS_NATIVE, interpreting, record, resolve
 from ._launch import cdiv, dot_block
 
@@ -75,37 +76,20 @@ def _masking_keys(NOISE_ptr, SEED_ptr, row, P, stride_noise_b, stride_noise_p, o
 
 
 @triton.jit
-def _random_masking_fwd_kernel(
-    X_ptr,  # (B, F*P, D)
+def _random_masking_select_kernel(
     NOISE_ptr,  # (B, P) keys, read when HAS_NOISE
     SEED_ptr,  # (1,) int64 philox seed, read when not HAS_NOISE
-    POS_ptr,  # (P, D), read when HAS_POS
-    KEPT_ptr,  # (B, F*K, D) out
-    IDS_ptr,  # (B, K) int64 out
+    IDS_ptr,  # (B, K) int64 out: the kept positions, ascending
     SLOT_ptr,  # (B, P) int32 out: output slot of a kept position, -1 otherwise
     P,
     K,
-    D,
-    stride_x_b,
-    stride_x_n,
-    stride_x_d,
     stride_noise_b,
     stride_noise_p,
-    stride_pos_p,
-    stride_pos_d,
-    stride_kept_b,
-    stride_kept_n,
-    stride_kept_d,
-    FRAMES: tl.constexpr,
     HAS_NOISE: tl.constexpr,
-    HAS_POS: tl.constexpr,
     BLOCK_P: tl.constexpr,
     BLOCK_J: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-    BLOCK_D: tl.constexpr,
 ):
-    pid_b = tl.program_id(0).to(tl.int64)  # int64: b * stride overflows int32 for large batches of big tokens
-    pid_k = tl.program_id(1)
+    pid_b = tl.program_id(0).to(tl.int64)  # one program per sample
     offs_p = tl.arange(0, BLOCK_P)
     p_ok = offs_p < P
     packed = _packed_keys(_masking_keys(NOISE_ptr, SEED_ptr, pid_b, P, stride_noise_b, stride_noise_p, offs_p, p_ok,
@@ -122,31 +106,49 @@ def _random_masking_fwd_kernel(
         rank += tl.sum((packed_j[None, :] < packed[:, None]).to(tl.int32), 1)
     kept = (rank < K) & p_ok
     slot = tl.cumsum(kept.to(tl.int32), 0) - 1  # ascending output slot of each kept position
-    if pid_k == 0:
-        tl.store(SLOT_ptr + pid_b * P + offs_p, tl.where(kept, slot, -1), mask=p_ok)
+    tl.store(SLOT_ptr + pid_b * P + offs_p, tl.where(kept, slot, -1), mask=p_ok)
+    tl.store(IDS_ptr + pid_b * K + slot, offs_p.to(tl.int64), mask=kept)  # slots are distinct: a plain scatter
 
-    offs_k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+
+@triton.jit
+def _random_masking_gather_kernel(
+    X_ptr,  # (B, F*P, D)
+    POS_ptr,  # (P, D), read when HAS_POS
+    IDS_ptr,  # (B, K) int64: the kept positions
+    KEPT_ptr,  # (B, F*K, D) out
+    P,
+    K,
+    D,
+    stride_x_b,
+    stride_x_n,
+    stride_x_d,
+    stride_pos_p,
+    stride_pos_d,
+    stride_kept_b,
+    stride_kept_n,
+    stride_kept_d,
+    HAS_POS: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    # one program per (sample, frame, tile of kept rows): a pure copy of BLOCK_K whole rows, the position rows
+    # added on the way; D contiguous, so each thread moves 16-byte vectors
+    pid_b = tl.program_id(0).to(tl.int64)  # int64: b * stride overflows int32 for large batches of big tokens
+    frame = tl.program_id(1)
+    offs_k = tl.program_id(2) * BLOCK_K + tl.arange(0, BLOCK_K)
     k_ok = offs_k < K
-    # the position whose slot is offs_k: one match per row of this (BLOCK_K, BLOCK_P) table
-    match = kept[None, :] & (slot[None, :] == offs_k[:, None])
-    ids = tl.sum(tl.where(match, offs_p[None, :], 0), 1)  # (BLOCK_K,)
-    tl.store(IDS_ptr + pid_b * K + offs_k, ids.to(tl.int64), mask=k_ok)
-
-    for f in range(FRAMES):
-        src_row = X_ptr + pid_b * stride_x_b + (f * P + ids).to(tl.int64)[:, None] * stride_x_n
-        dst_row = KEPT_ptr + pid_b * stride_kept_b + (f * K + offs_k).to(tl.int64)[:, None] * stride_kept_n
-        for d0 in range(0, D, BLOCK_D):
-            offs_d = d0 + tl.arange(0, BLOCK_D)
-            mask = k_ok[:, None] & (offs_d[None, :] < D)
-            val = tl.load(src_row + offs_d[None, :] * stride_x_d, mask=mask, other=0.0)
-            if HAS_POS:
-                pe = tl.load(
-                    POS_ptr + ids.to(tl.int64)[:, None] * stride_pos_p + offs_d[None, :] * stride_pos_d,
-                    mask=mask,
-                    other=0.0,
-                )
-                val = val.to(tl.float32) + pe.to(tl.float32)  # one rounding at the store, like `x + pos`
-            tl.store(dst_row + offs_d[None, :] * stride_kept_d, val.to(KEPT_ptr.dtype.element_ty), mask=mask)
+    ids = tl.load(IDS_ptr + pid_b * K + offs_k, mask=k_ok, other=0)
+    src_row = X_ptr + pid_b * stride_x_b + (frame * P + ids)[:, None] * stride_x_n
+    dst_row = KEPT_ptr + pid_b * stride_kept_b + (frame * K + offs_k).to(tl.int64)[:, None] * stride_kept_n
+    pos_row = POS_ptr + ids[:, None] * stride_pos_p
+    for d0 in range(0, D, BLOCK_D):
+        offs_d = d0 + tl.arange(0, BLOCK_D)
+        mask = k_ok[:, None] & (offs_d[None, :] < D)
+        val = tl.load(src_row + offs_d[None, :] * stride_x_d, mask=mask, other=0.0)
+        if HAS_POS:
+            pe = tl.load(pos_row + offs_d[None, :] * stride_pos_d, mask=mask, other=0.0)
+            val = val.to(tl.float32) + pe.to(tl.float32)  # one rounding at the store, like `x + pos`
+        tl.store(dst_row + offs_d[None, :] * stride_kept_d, val.to(KEPT_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -334,14 +336,20 @@ def _block_j(block_p: int) -> int:
     return min(block_p, 128) if interpreting() else max(2, min(32, 4096 // block_p))
 
 
-def _block_rows(n: int) -> int:
-    return min(32 if interpreting() else 16, dot_block(n))
-
-
 @functools.lru_cache(maxsize=16)
 def _ratio_tensor(ratio: float, device: torch.device) -> torch.Tensor:
     """The SCL ratio as a (1,) float64 device tensor (Triton passes Python floats as fp32), made once per value."""
     return torch.tensor([ratio], dtype=torch.float64, device=device)
+
+
+def _gather_blocks(keep: int, d: int) -> tuple[int, int]:
+    """(BLOCK_K, BLOCK_D) of the gather: 8 kept rows (video keeps 39 of 196 positions: 5 tiles, one ragged) by the
+    widest power of two up to 256 that divides D (768 = 3 x 256, no masked lanes); the interpreter takes wider D
+    tiles, as it pays per program, and 16 rows (64 kept rows still span four tiles)."""
+    if interpreting():
+        return 16, min(256, dot_block(d))
+    divisor = d & -d
+    return 8, min(256, divisor if divisor >= 64 else dot_block(d))
 
 
 def _random_masking_fwd_triton(
@@ -357,21 +365,21 @@ def _random_masking_fwd_triton(
         return kept, ids, slot
     if keep == 0:
         return kept, ids, slot.fill_(-1)
-    block_k = _block_rows(keep)
-    grid = (b, cdiv(keep, block_k))
     dummy = x  # never read: the constexpr flags compile the loads away
-    _random_masking_fwd_kernel[grid](
-        x, noise if noise is not None else dummy, seed if seed is not None else dummy,
-        pos if pos is not None else dummy,
-        kept, ids, slot,
-        p, keep, d,
-        x.stride(0), x.stride(1), x.stride(2),
+    # the selection once per sample, then the copy: one kernel doing both recomputed each sample's O(P^2)
+    # selection in every program of the sample (1% to 4% of the copy ceiling on the H200, 2026-11-30)
+    _random_masking_select_kernel[(b,)](
+        noise if noise is not None else dummy, seed if seed is not None else dummy, ids, slot, p, keep,
         noise.stride(0) if noise is not None else 0, noise.stride(1) if noise is not None else 0,
+        HAS_NOISE=noise is not None, BLOCK_P=dot_block(p), BLOCK_J=_block_j(dot_block(p)), num_warps=_FWD_WARPS,
+    )  # fmt: skip
+    block_k, block_d = _gather_blocks(keep, d)
+    _random_masking_gather_kernel[(b, frames, cdiv(keep, block_k))](
+        x, pos if pos is not None else dummy, ids, kept, p, keep, d,
+        x.stride(0), x.stride(1), x.stride(2),
         pos.stride(0) if pos is not None else 0, pos.stride(1) if pos is not None else 0,
         kept.stride(0), kept.stride(1), kept.stride(2),
-        FRAMES=frames, HAS_NOISE=noise is not None, HAS_POS=pos is not None,
-        BLOCK_P=dot_block(p), BLOCK_J=_block_j(dot_block(p)), BLOCK_K=block_k, BLOCK_D=_block_d(d),
-        num_warps=_FWD_WARPS,
+        HAS_POS=pos is not None, BLOCK_K=block_k, BLOCK_D=block_d,
     )  # fmt: skip
     return kept, ids, slot
 
@@ -809,21 +817,23 @@ def _compile_specs() -> list:
     """One spec per variant a GPU launches; the dtype x shape x flag grid is sampled rather than enumerated, to
     keep the compile test short."""
     specs = []
-    fwd = (  # (dtype, P, D, frames, has_noise, has_pos)
-        ("fp16", 324, 768, 1, True, True),
-        ("bf16", 324, 768, 1, False, True),
-        ("fp32", 324, 768, 1, True, False),
-        ("bf16", 196, 768, 4, False, False),
-    )
-    for i, (dt, p, d, frames, has_noise, has_pos) in enumerate(fwd):
-        tag = f"{dt}-p{p}-d{d}-f{frames}" + ("-noise" if has_noise else "-philox") + ("-pos" if has_pos else "")
+    for i, (p, has_noise) in enumerate(((324, True), (324, False), (196, False))):
+        tag = f"p{p}" + ("-noise" if has_noise else "-philox")
         specs += specs_from_configs(
-            _random_masking_fwd_kernel, f"masking.random_masking_fwd/{tag}",
-            {"X_ptr": f"*{dt}", "NOISE_ptr": "*fp32", "SEED_ptr": "*i64", "POS_ptr": f"*{dt}",
-             "KEPT_ptr": f"*{dt}", "IDS_ptr": "*i64", "SLOT_ptr": "*i32"},
-            {"FRAMES": frames, "HAS_NOISE": has_noise, "HAS_POS": has_pos, "BLOCK_P": dot_block(p),
-             "BLOCK_J": max(2, min(32, 4096 // dot_block(p))), "BLOCK_K": 16, "BLOCK_D": 128},
+            _random_masking_select_kernel, f"masking.random_masking_select/{tag}",
+            {"NOISE_ptr": "*fp32", "SEED_ptr": "*i64", "IDS_ptr": "*i64", "SLOT_ptr": "*i32"},
+            {"HAS_NOISE": has_noise, "BLOCK_P": dot_block(p), "BLOCK_J": max(2, min(32, 4096 // dot_block(p)))},
             num_warps=_FWD_WARPS, default=i == 0,
+        )  # fmt: skip
+    for i, (dt, d, has_pos) in enumerate((("fp16", 768, True), ("bf16", 768, True), ("fp32", 768, False),
+                                          ("bf16", 384, False))):
+        unit, divisible = contiguous_strides(_random_masking_gather_kernel)
+        block_k, block_d = 8, min(256, d & -d)
+        specs += specs_from_configs(
+            _random_masking_gather_kernel, f"masking.random_masking_gather/{dt}-d{d}" + ("-pos" if has_pos else ""),
+            {"X_ptr": f"*{dt}", "POS_ptr": f"*{dt}", "IDS_ptr": "*i64", "KEPT_ptr": f"*{dt}"},
+            {"HAS_POS": has_pos, "BLOCK_K": block_k, "BLOCK_D": block_d, **unit}, default=i == 0,
+            divisible=(*divisible, "D"),  # D = 384, 768: Triton specialises on it, and vectorises on that
         )  # fmt: skip
     for dt, frames in (("fp16", 1), ("bf16", 1), ("fp32", 1), ("bf16", 4)):
         specs += specs_from_configs(

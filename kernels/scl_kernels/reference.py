@@ -47,14 +47,22 @@ def attention_mask_ref(
     key_mask: torch.Tensor | None = None,
     frames: int | None = None,
     attn_mask: torch.Tensor | None = None,
+    is_causal: bool = False,
     device: torch.device | None = None,
 ) -> torch.Tensor | None:
-    """Combine the three mask kinds into one bool mask broadcastable to (B, H, Lq, Lk), or None."""
+    """Combine the mask kinds into one bool mask broadcastable to (B, H, Lq, Lk), or None.
+
+    ``is_causal`` is SDPA's: the top-left aligned lower triangle, query i sees keys 0..i whatever Lq and Lk (with
+    Lq > Lk the rows from Lk on see every key; with Lq < Lk the last Lk - Lq keys are seen by none).
+    """
     mask = None
     if frames is not None:
         if lq != lk:
             raise ValueError(f"frames is for self-attention, got Lq={lq} != Lk={lk}")
         mask = frame_block_mask(lk, frames, device)[None, None]  # (1, 1, L, L)
+    if is_causal:
+        causal = torch.ones(lq, lk, dtype=torch.bool, device=device).tril()[None, None]  # (1, 1, Lq, Lk)
+        mask = causal if mask is None else mask & causal
     if key_mask is not None:
         if key_mask.shape != (batch, lk):
             raise ValueError(f"key_mask must be (B, Lk)=({batch}, {lk}), got {tuple(key_mask.shape)}")
@@ -67,6 +75,15 @@ def attention_mask_ref(
     return mask
 
 
+def expand_kv_heads(t: torch.Tensor, heads: int) -> torch.Tensor:
+    """(B, Hkv, L, D) -> (B, heads, L, D) for grouped-query attention: query head h reads K/V head
+    h // (heads // Hkv). A copy, as the reference may make; the fused kernel indexes instead."""
+    h_kv = t.shape[1]
+    if heads % h_kv:
+        raise ValueError(f"the query heads ({heads}) must be a multiple of the K/V heads ({h_kv})")
+    return t if h_kv == heads else t.repeat_interleave(heads // h_kv, dim=1)
+
+
 def masked_attention_ref(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -75,37 +92,55 @@ def masked_attention_ref(
     key_mask: torch.Tensor | None = None,
     frames: int | None = None,
     attn_mask: torch.Tensor | None = None,
+    is_causal: bool = False,
     dropout_p: float = 0.0,
     scale: float | None = None,
     upcast: bool = False,
-) -> torch.Tensor:
+    return_lse: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """softmax(q k^T * scale + mask) v with dense matrices; rows that see no key return zeros.
 
     Args:
-        q: (B, H, Lq, D); k, v: (B, H, Lk, D).
+        q: (B, H, Lq, D); k, v: (B, Hkv, Lk, D) with H a multiple of Hkv (grouped-query attention).
         key_mask: (B, Lk) bool, True for real keys.
         frames: F for the frame-block + global-CLS pattern (self-attention only).
         attn_mask: bool, broadcastable to (B, H, Lq, Lk), True = may attend.
+        is_causal: SDPA's top-left aligned causal mask (``attention_mask_ref``).
         dropout_p: dropout on the attention probabilities (training only).
         scale: defaults to 1/sqrt(D).
+        return_lse: also return the log-sum-exp of the masked, scaled scores, (B, H, Lq), natural log, in float32
+            (float64 with ``upcast``), +inf for rows that see no key (so that exp(s - lse) is 0 there).
+
+    Returns:
+        out (B, H, Lq, D), or (out, lse) with ``return_lse``.
     """
     dtype = q.dtype
     q, k, v = _maybe_upcast(upcast, q, k, v)
+    k, v = expand_kv_heads(k, q.shape[1]), expand_kv_heads(v, q.shape[1])
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     scores = torch.matmul(q, k.transpose(-1, -2)) * scale  # (B, H, Lq, Lk)
-    mask = attention_mask_ref(
-        q.shape[0], q.shape[-2], k.shape[-2], key_mask=key_mask, frames=frames, attn_mask=attn_mask, device=q.device
-    )
+    mask = attention_mask_ref(q.shape[0], q.shape[-2], k.shape[-2], key_mask=key_mask, frames=frames,
+                              attn_mask=attn_mask, is_causal=is_causal, device=q.device)  # fmt: skip
+    empty = None
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))
+        empty = ~mask.any(dim=-1, keepdim=True)  # rows with no visible key
     probs = torch.softmax(scores, dim=-1)
-    if mask is not None:
+    if empty is not None:
         # a row with no visible key is all -inf -> NaN after softmax; the op's contract is zeros
-        probs = probs.masked_fill(~mask.any(dim=-1, keepdim=True), 0.0)
+        probs = probs.masked_fill(empty, 0.0)
     if dropout_p > 0.0:
         probs = F.dropout(probs, p=dropout_p)
     out = torch.matmul(probs, v)
-    return out if upcast else out.to(dtype)
+    out = out if upcast else out.to(dtype)
+    if not return_lse:
+        return out
+    lse_in = scores if scores.dtype == torch.float64 else scores.float()
+    if empty is None:
+        return out, torch.logsumexp(lse_in, dim=-1)
+    # the empty rows' scores are set finite before the reduction: its gradient there is then 0, not NaN
+    lse = torch.logsumexp(lse_in.masked_fill(empty, 0.0), dim=-1)
+    return out, lse.masked_fill(empty[..., 0], float("inf"))
 
 
 # --------------------------------------------------------------------------------------------------------------

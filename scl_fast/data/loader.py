@@ -51,7 +51,13 @@ CROP_RATIO = (3 / 4, 4 / 3)
 
 @dataclass
 class Batch:
-    """One batch: images only (F=1) or videos only (F=data.frames); text padded to the longest caption."""
+    """One batch: images only (F=1) or videos only (F=data.frames).
+
+    Training batches have one shape per frame count (static shapes for compiled and graphed steps): B =
+    ``data.batch_size`` rows, text padded to ``data.max_text_len``. A batch short of rows (bad samples skipped) is
+    padded with blank rows that ``valid`` marks False (the model leaves them out of every loss); evaluation batches
+    keep their real size and the longest caption's length.
+    """
 
     pixels: torch.Tensor  # float32 (B, F, 3, H, W), CLIP-normalised
     input_ids: torch.Tensor  # int64 (B, L)
@@ -59,12 +65,19 @@ class Batch:
     special_mask: torch.Tensor  # bool (B, L), True for [CLS]/[SEP]/[PAD]
     captions: list[str]  # the text that was tokenised ("left"/"right" swapped for flipped samples)
     keys: list[str]
+    valid: torch.Tensor | None = None  # bool (B,), False for padding rows; None = every row is a sample
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
         move = {"non_blocking": non_blocking}
         return replace(self, pixels=self.pixels.to(device, **move), input_ids=self.input_ids.to(device, **move),
                        attention_mask=self.attention_mask.to(device, **move),
-                       special_mask=self.special_mask.to(device, **move))
+                       special_mask=self.special_mask.to(device, **move),
+                       valid=None if self.valid is None else self.valid.to(device, **move))
+
+    @property
+    def padded(self) -> int:
+        """Padding rows in the batch (known on the host: no device read)."""
+        return 0 if self.valid is None else self.valid.numel() - len([k for k in self.keys if k])
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -97,6 +110,7 @@ class _WorkerBatch:
     stats: Stats
     samples: list[_Prepared] = field(default_factory=list)
     tokens: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+    frames: int | None = None  # the frame count of a batch (None: a position marker, not a batch)
 
 
 def _identity(x):
@@ -216,12 +230,15 @@ class _SampleStream(IterableDataset):
                     # if some were bad): all slots emit here, at the same point of the shared stream, so every
                     # rank's k-th batch has the same frame count.
                     if key is not None and index >= 0 and (index + 1) % global_batch == 0:
+                        # emitted even when every sample of this slot's share was bad: the main process pads it, and
+                        # every rank still gets a batch of this frame count at this step (not while replaying up to a
+                        # restored position: those batches were consumed before the checkpoint)
                         group, groups[key] = groups.get(key, []), []
-                        if group:
-                            yield self._emit(wid, group, tokenizer, stats, epoch, seq, groups, kinds, skip)
+                        if seq > replay_to:
+                            yield self._emit(wid, group, tokenizer, stats, epoch, seq, groups, kinds, skip, key)
                 elif sample is not None and len(groups[sample.frames]) == self.cfg.batch_size:
                     group, groups[sample.frames] = groups[sample.frames], []
-                    yield self._emit(wid, group, tokenizer, stats, epoch, seq, groups, kinds, skip)
+                    yield self._emit(wid, group, tokenizer, stats, epoch, seq, groups, kinds, skip, sample.frames)
             if self.aligned and slot == 0 and epoch == start["epoch"]:
                 for key, n in sorted((k, n) for k, n in kinds.items() if k is not None):
                     if n < self.cfg.batch_size * slots:
@@ -232,19 +249,20 @@ class _SampleStream(IterableDataset):
                 for frames in sorted(groups):
                     if groups[frames]:
                         group, groups[frames] = groups[frames], []
-                        yield self._emit(wid, group, tokenizer, stats, epoch, seq, groups, kinds, skip)
+                        yield self._emit(wid, group, tokenizer, stats, epoch, seq, groups, kinds, skip, frames)
             epoch += 1
             yield _WorkerBatch(wid, {"epoch": epoch, "seq": 0, "pending": []}, stats.take())
             if prepared == 0 and self.epochs is None:
                 return  # nothing usable in this slot: looping forever would never yield a batch
 
     def _emit(self, wid: int, group: list[_Prepared], tokenizer, stats: Stats, epoch: int, seq: int,
-              groups: dict[int, list[_Prepared]], kinds: Counter, skip: dict[str, int]) -> _WorkerBatch:
+              groups: dict[int, list[_Prepared]], kinds: Counter, skip: dict[str, int], frames: int) -> _WorkerBatch:
         pending = sorted(s.seq for g in groups.values() for s in g)
-        tokens = tokenizer.encode_batch([s.caption for s in group])
+        # training: one text length for every batch (static shapes); evaluation: the longest caption's
+        tokens = tokenizer.encode_batch([s.caption for s in group], fixed_length=self.train) if group else None
         position = {"epoch": epoch, "seq": seq, "pending": pending,
                     "kinds": {str(k): n for k, n in kinds.items()}, "skip": dict(skip)}
-        return _WorkerBatch(wid, position, stats.take(), group, tokens)
+        return _WorkerBatch(wid, position, stats.take(), group, tokens, frames)
 
     def _epoch_samples(self, epoch: int, slot: int, slots: int, ledger: Ledger) -> Iterator[RawSample]:
         kind, paths = self.source
@@ -541,6 +559,7 @@ class Loader:
         expand_spec(spec)  # fail early on a bad spec, in the caller's process
         self.stats = Stats()
         self._decoder: Decoder | None = None
+        self._tokenizer = None  # for the text of padding rows, loaded when a batch first needs them
         self._positions: dict[int, dict] = {}
         self._last_worker: int | None = None
 
@@ -574,6 +593,8 @@ class Loader:
                 self._last_worker = wb.worker
                 self.stats.merge(wb.stats)
                 self.stats.merge(decode_stats)
+                if wb.frames is not None and self.train and self.drop_last:  # training: B rows, always
+                    batch = self._pad(batch, wb.frames)
                 if batch is not None:
                     delivered += 1
                     yield batch
@@ -585,6 +606,28 @@ class Loader:
                              f"{self.stats.as_dict()})")
         if delivered == 0:
             log.warning("data: %r yielded no batch (stats: %s)", self.spec, self.stats.as_dict())
+
+    def _pad(self, batch: Batch | None, frames: int) -> Batch:
+        """``batch`` (or nothing, when every sample of a slot's share was bad) padded to ``data.batch_size`` rows
+        with blank rows marked invalid (counted in ``stats.info["padded_rows"]``)."""
+        missing = self.cfg.batch_size - (0 if batch is None else len(batch))
+        if missing == 0:
+            return batch
+        if self._tokenizer is None:
+            self._tokenizer = load_tokenizer(self.cfg.tokenizer, self.cfg.max_text_len)
+        ids, attention, special = (torch.from_numpy(t) for t in
+                                   self._tokenizer.padding_rows(missing, self.cfg.max_text_len))
+        size = self.cfg.image_size
+        device = None if batch is None else batch.pixels.device
+        pad = Batch(torch.zeros(missing, frames, 3, size, size, device=device), ids, attention, special,
+                    [""] * missing, [""] * missing, torch.zeros(missing, dtype=torch.bool))
+        self.stats.info["padded_rows"] += missing
+        if batch is None:
+            return pad
+        return Batch(torch.cat([batch.pixels, pad.pixels]), torch.cat([batch.input_ids, ids]),
+                     torch.cat([batch.attention_mask, attention]), torch.cat([batch.special_mask, special]),
+                     batch.captions + pad.captions, batch.keys + pad.keys,
+                     torch.cat([torch.ones(len(batch), dtype=torch.bool), pad.valid]))
 
     @property
     def ordered(self) -> bool:

@@ -90,7 +90,8 @@ class Stats:
     ``repaired`` = delivered samples that needed a repair, by reason; ``info`` = decoding paths taken
     (``pyav_fallback``: video decoded by PyAV because DALI cannot decode its codec on this device;
     ``host_decode``: samples of a batch DALI rejected, re-decoded one by one with PIL/PyAV; ``pil`` / ``pyav``:
-    images / videos read by the host decoder, ``data.decoder host``).
+    images / videos read by the host decoder, ``data.decoder host``; ``padded_rows``: blank rows added to training
+    batches short of samples, so that every step has the same shape).
     """
 
     good: int = 0

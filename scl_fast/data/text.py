@@ -51,18 +51,20 @@ class TextTokenizer:
         self._tok.enable_truncation(max_length=max_len)
         self._special = np.array(sorted({self.cls_id, self.sep_id, self.pad_id}), dtype=np.int64)
 
-    def encode_batch(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Tokenise ``texts``.
+    def encode_batch(self, texts: list[str], *, fixed_length: bool = False
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Tokenise ``texts``, padded to the longest of them or (``fixed_length``: training's static shapes) to
+        ``max_len``.
 
         Returns:
-            ids: int64 (B, L), L = longest caption in ``texts`` (<= max_len), padded with ``pad_id``.
+            ids: int64 (B, L), L = longest caption in ``texts`` (<= max_len) or ``max_len``, padded with ``pad_id``.
             attention_mask: bool (B, L), True = real token.
             special_mask: bool (B, L), True for [CLS], [SEP] and [PAD] (tokens masked modelling must not pick).
         """
         if not texts:
             raise ValueError("encode_batch needs at least one text, got an empty list")
         encodings = self._tok.encode_batch(list(texts))
-        length = max(len(e.ids) for e in encodings)
+        length = self.max_len if fixed_length else max(len(e.ids) for e in encodings)
         ids = np.full((len(texts), length), self.pad_id, dtype=np.int64)
         attention = np.zeros((len(texts), length), dtype=bool)
         for i, e in enumerate(encodings):
@@ -70,6 +72,15 @@ class TextTokenizer:
             attention[i, : len(e.ids)] = True
         special = np.isin(ids, self._special) | ~attention
         return ids, attention, special
+
+    def padding_rows(self, n: int, length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``n`` rows of (ids, attention, special) holding only [CLS] [SEP] and padding: the text of the rows a
+        batch is padded with to keep its size (they take part in no loss)."""
+        ids = np.full((n, length), self.pad_id, dtype=np.int64)
+        ids[:, 0], ids[:, 1] = self.cls_id, self.sep_id
+        attention = np.zeros((n, length), dtype=bool)
+        attention[:, :2] = True
+        return ids, attention, np.ones((n, length), dtype=bool)
 
     def normalize(self, text: str) -> str:
         """``text`` as the tokenizer sees it (uncased models lowercase and strip accents): what decode returns."""

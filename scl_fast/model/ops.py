@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
+import torch.nn.functional as F  # noqa: N812
 
 import scl_kernels
 from scl_kernels import reference
@@ -44,6 +45,24 @@ def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float | torch.Tensor
              ) -> torch.Tensor:
     """Symmetric InfoNCE of matched rows (both directions summed), rows L2-normalised over the feature dim."""
     return _op("info_nce")(a, b, temperature, detach_b=detach_b)
+
+
+def info_nce_rows(a: torch.Tensor, b: torch.Tensor, temperature: float | torch.Tensor, valid: torch.Tensor, *,
+                  detach_b: bool = False) -> torch.Tensor:
+    """``info_nce`` over the rows where ``valid`` (N,) is True only: the others are neither anchors nor negatives.
+
+    Plain PyTorch (an N x N matrix) for the rare batch the loader padded to its fixed size (``Batch.valid``): the
+    fused op has no row mask, and at these sizes the matrix is small. Equal to ``info_nce`` on the valid rows."""
+    if detach_b:
+        b = b.detach()
+    dtype = torch.promote_types(a.dtype, torch.float32)  # fp16/bf16 upcast for the softmax; float64 kept
+    an, bn = F.normalize(a.to(dtype), dim=-1), F.normalize(b.to(dtype), dim=-1)
+    logits = (an @ bn.t() / temperature).masked_fill(~valid[None, :], float("-inf"))  # (N, N) invalid keys out
+    diag = torch.arange(a.shape[0], device=a.device)
+    per_row = F.cross_entropy(logits, diag, reduction="none") + F.cross_entropy(
+        logits.t().masked_fill(~valid[None, :], float("-inf")), diag, reduction="none")
+    weight = valid.to(per_row.dtype)
+    return (per_row.nan_to_num() * weight).sum() / weight.sum().clamp_min(1)
 
 
 def cosine_recovery(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

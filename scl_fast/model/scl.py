@@ -15,10 +15,17 @@
 
 All randomness of a step (MLM and SCL text masks, the kept patches, the ITM negatives) is drawn once by
 ``draw_step_inputs``, so both schedules can be fed the very same step.
+
+Static shapes, no host synchronisation: every tensor of a step has a shape fixed by (B, F, L) and the config (the
+MLM head reads a fixed number of positions, ``mlm_slots``, padded with the ignore index), and nothing reads a
+device value on the host, so the step compiles once per frame count and can be captured in a CUDA graph
+(``scl_fast/step.py``). A batch the loader padded to its fixed size marks its real rows in ``valid``: the padding
+rows take part in no loss, as anchors or as negatives.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields
 from typing import Literal
 
@@ -56,9 +63,10 @@ class StepInputs:
     mlm_ids: torch.Tensor
     """(B, L) text with BERT's 80/10/10 masking applied."""
     mlm_positions: torch.Tensor
-    """(M,) int64 flat indices into (B*L) of the tokens MLM predicts (the head runs on these rows only)."""
+    """(K,) int64 flat indices into (B*L): first those of the tokens MLM predicts, in order, then filler rows;
+    K = ``mlm_slots(B, L)`` whatever was drawn (the head runs on these rows only)."""
     mlm_targets: torch.Tensor
-    """(M,) int64 original token ids at ``mlm_positions``."""
+    """(K,) int64 original token ids at ``mlm_positions``, -100 (ignored) at the filler rows."""
     scl_ids: torch.Tensor
     """(B, L) text with ``scl_text_ratio`` of the real tokens replaced by [MASK] (SCL's masked-text pass)."""
     patch_noise: torch.Tensor
@@ -71,6 +79,8 @@ class StepInputs:
     """(B,) int64 in-batch negative image of each pair, never its own index."""
     itm_noise: torch.Tensor
     """(B,) uniform [0, 1) keys for sampling hard negatives from ITC similarities (``itm_negatives="hard"``)."""
+    valid: torch.Tensor | None = None
+    """(B,) bool, False for the rows the loader padded the batch with (they join no loss); None = every row real."""
 
     def to(self, device: torch.device | str) -> StepInputs:
         """The same inputs on ``device`` (``"meta"`` keeps only shapes: the FLOP counter uses it)."""
@@ -78,9 +88,37 @@ class StepInputs:
                              for f in fields(self)})
 
 
+def mlm_slots(batch: int, length: int, p: float) -> int:
+    """How many token positions the MLM head reads for a (B, L) batch: a fixed bound on the number MLM draws.
+
+    Each real token is chosen with probability p (BERT), so the count is random; the bound is its mean for a batch
+    of real tokens only, plus 6 standard deviations, plus 8 (a count above it has probability below 1e-9; the
+    positions past it would then go unpredicted, their tokens still masked in the input). Fixed, so the step's
+    shapes do not depend on the draw."""
+    n = batch * length
+    return min(n, math.ceil(n * p + 6 * math.sqrt(n * p * (1 - p)) + 8))
+
+
 def _upcast(x: torch.Tensor) -> torch.Tensor:
     """fp16/bf16 logits -> fp32 for the softmax of a loss; fp32/fp64 unchanged."""
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+def _row_mean(values: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+    """Mean over the rows (B,), the padding rows of a padded batch left out."""
+    if valid is None:
+        return values.mean()
+    weight = valid.to(values.dtype)
+    return (values * weight).sum() / weight.sum().clamp_min(1)
+
+
+def _nce(a: torch.Tensor, b: torch.Tensor, temperature: float | torch.Tensor, valid: torch.Tensor | None, *,
+         detach_b: bool = False) -> torch.Tensor:
+    """InfoNCE of gathered rows: the fused op, or for a padded batch the row-masked form (``valid`` gathered too)."""
+    if valid is None:
+        return ops.info_nce(a, b, temperature, detach_b=detach_b)
+    gathered = ops.all_gather_with_grad(valid.to(a.dtype)) > 0.5
+    return ops.info_nce_rows(a, b, temperature, gathered, detach_b=detach_b)
 
 
 def _as_video(pixels: torch.Tensor) -> torch.Tensor:
@@ -121,12 +159,14 @@ class SCLModel(nn.Module):
     # ----------------------------------------------------------------------------------------------------------
 
     def draw_step_inputs(self, pixels: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                         special_mask: torch.Tensor, *, generator: torch.Generator | None = None) -> StepInputs:
+                         special_mask: torch.Tensor, *, generator: torch.Generator | None = None,
+                         valid: torch.Tensor | None = None) -> StepInputs:
         """Draw every random choice of one step from ``generator`` (the global RNG when None), in a fixed order.
 
         Uses no parameter, so it runs on the inputs' device whatever device the model is on (the FLOP counter
         draws on the CPU and moves the result to ``meta``). Everything is drawn whatever the loss weights, so an
-        ablation sees the same masks. ``pixels`` is read for its shape only.
+        ablation sees the same masks. ``pixels`` is read for its shape only. ``valid`` (B,) marks the real rows of
+        a padded batch: the text of the others is never masked.
         """
         pixels = _as_video(pixels)
         b, length = input_ids.shape
@@ -136,10 +176,16 @@ class SCLModel(nn.Module):
         dev = input_ids.device
         lc, tc = self.cfg.loss, self.cfg.text
         special = special_mask.bool() | ~attention_mask.bool()  # padding is never masked, whatever the caller says
+        if valid is not None:
+            special = special | ~valid.bool()[:, None]
         mlm_ids, labels = ops.mlm_mask(input_ids, special, p=lc.mlm_prob, replace=tuple(lc.mlm_replace),
                                        vocab_size=tc.vocab_size, mask_id=tc.mask_token_id, generator=generator)
         flat = labels.reshape(-1)
-        positions = (flat != -100).nonzero().squeeze(1)  # (M,) the one host sync of the step's randomness
+        # The chosen positions first, in order (a chosen token scores above every other), then fillers: a fixed
+        # number of rows for the head, and no nonzero() (a host sync of its result's size).
+        n = flat.shape[0]
+        score = (flat != -100).to(torch.int64) * (2 * n) - torch.arange(n, device=dev)
+        positions = score.topk(mlm_slots(b, length, lc.mlm_prob), sorted=True).indices
         scl_ids = ops.scl_text_mask(input_ids, special, ratio=lc.scl_text_ratio, mask_id=tc.mask_token_id,
                                     generator=generator)
         p = (pixels.shape[-2] // self.cfg.vision.patch_size) * (pixels.shape[-1] // self.cfg.vision.patch_size)
@@ -153,7 +199,7 @@ class SCLModel(nn.Module):
         itm_noise = torch.rand(b, generator=generator, device=dev)
         return StepInputs(mlm_ids=mlm_ids, mlm_positions=positions, mlm_targets=flat[positions], scl_ids=scl_ids,
                           patch_noise=patch_noise, keep=keep, itm_labels=itm_labels, itm_neg_index=itm_neg_index,
-                          itm_noise=itm_noise)
+                          itm_noise=itm_noise, valid=None if valid is None else valid.bool())
 
     # ----------------------------------------------------------------------------------------------------------
     # the step
@@ -161,7 +207,8 @@ class SCLModel(nn.Module):
 
     def forward(self, pixels: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 special_mask: torch.Tensor, *, generator: torch.Generator | None = None,
-                schedule: Schedule | None = None, step_inputs: StepInputs | None = None) -> StepOutput:
+                schedule: Schedule | None = None, step_inputs: StepInputs | None = None,
+                valid: torch.Tensor | None = None) -> StepOutput:
         """The losses of one pre-training step.
 
         Args:
@@ -172,8 +219,9 @@ class SCLModel(nn.Module):
             generator: source of the step's randomness (``draw_step_inputs``), global RNG when None; it must
                 live on the inputs' device (a CUDA generator for CUDA inputs).
             schedule: "fused" or "naive"; None = ``cfg.schedule``.
-            step_inputs: the step's randomness, drawn beforehand (then ``generator`` is unused): how two schedules
-                are given the very same step.
+            step_inputs: the step's randomness, drawn beforehand (then ``generator`` and ``valid`` are unused): how
+                two schedules are given the very same step.
+            valid: (B,) bool, False for rows that only pad the batch to its fixed size: they join no loss.
 
         Returns:
             ``StepOutput`` with the weighted total, the unweighted losses and detached metrics.
@@ -191,7 +239,8 @@ class SCLModel(nn.Module):
             raise ValueError(f"ITM needs at least 2 pairs per batch (in-batch negatives), got B={b}")
         schedule = self.cfg.schedule if schedule is None else schedule
         if step_inputs is None:
-            step_inputs = self.draw_step_inputs(pixels, input_ids, attention_mask, special_mask, generator=generator)
+            step_inputs = self.draw_step_inputs(pixels, input_ids, attention_mask, special_mask, generator=generator,
+                                                valid=valid)
         mask = attention_mask.bool()
         if schedule == "fused":
             losses, metrics = self._fused(pixels, input_ids, mask, step_inputs)
@@ -231,7 +280,7 @@ class SCLModel(nn.Module):
         if do_itc or hard:
             t_itc, v_itc = self._itc_features(text["intact"], image, nf)
             if do_itc:
-                losses["itc"] = self._itc_loss(t_itc, v_itc)
+                losses["itc"] = self._itc_loss(t_itc, v_itc, s.valid)
 
         # ITM, MLM and SCL-text fusion inputs have the same shapes: one call over their concatenation
         segments: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -250,7 +299,7 @@ class SCLModel(nn.Module):
                                  text_rows=None if do_mlm else slice(0, 1), image_rows=slice(0, nf))
             fused = dict(zip(segments, zip(xt.split(b), xv.split(b), strict=True), strict=True))
         if do_itm:
-            losses["itm"], metrics["itm_acc"] = self._itm_loss(*fused["itm"], nf, s.itm_labels)
+            losses["itm"], metrics["itm_acc"] = self._itm_loss(*fused["itm"], nf, s.itm_labels, s.valid)
         if do_mlm:
             losses["mlm"], metrics["mlm_acc"] = self._mlm_loss(fused["mlm"][0], s)
         if do_scl:
@@ -258,7 +307,7 @@ class SCLModel(nn.Module):
             mt, mv = self.fusion(text["intact"], mask, masked, text_rows=slice(0, 1),
                                  image_rows=slice(0, nf))  # SCL-vision: (B, 1, W), (B, F, W)
             st, sv = fused["scl_text"]
-            losses["scl"] = self._scl_loss(metrics, st[:, 0], mt[:, 0], mv[:, :nf], sv[:, :nf])
+            losses["scl"] = self._scl_loss(metrics, s.valid, st[:, 0], mt[:, 0], mv[:, :nf], sv[:, :nf])
         return losses, metrics
 
     def _naive(self, pixels: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, s: StepInputs
@@ -280,17 +329,17 @@ class SCLModel(nn.Module):
             with torch.set_grad_enabled(torch.is_grad_enabled() and do_itc):
                 t_itc, v_itc = self._itc_features(text(ids), image(pixels), nf)
             if do_itc:
-                losses["itc"] = self._itc_loss(t_itc, v_itc)
+                losses["itc"] = self._itc_loss(t_itc, v_itc, s.valid)
         if do_itm:  # pass: ITM
             xt, xv = self.fusion(text(ids), mask, image(pixels[self._itm_index(s, t_itc, v_itc)]))
-            losses["itm"], metrics["itm_acc"] = self._itm_loss(xt, xv, nf, s.itm_labels)
+            losses["itm"], metrics["itm_acc"] = self._itm_loss(xt, xv, nf, s.itm_labels, s.valid)
         if do_mlm:  # pass: MLM
             xt, _ = self.fusion(text(s.mlm_ids), mask, image(pixels))
             losses["mlm"], metrics["mlm_acc"] = self._mlm_loss(xt, s)
         if do_scl:  # passes: SCL-vision, SCL-text
             mt, mv = self.fusion(text(ids), mask, image(pixels, mask_noise=s.patch_noise, keep=s.keep))
             st, sv = self.fusion(text(s.scl_ids), mask, image(pixels))
-            losses["scl"] = self._scl_loss(metrics, st[:, 0], mt[:, 0], mv[:, :nf], sv[:, :nf])
+            losses["scl"] = self._scl_loss(metrics, s.valid, st[:, 0], mt[:, 0], mv[:, :nf], sv[:, :nf])
         return losses, metrics
 
     # ----------------------------------------------------------------------------------------------------------
@@ -303,8 +352,8 @@ class SCLModel(nn.Module):
         of the frame CLS tokens -> (B, itc_dim) each, not normalised (info_nce normalises)."""
         return self.itc.text(text[:, 0]), self.itc.image(image[:, :frames].mean(dim=1))
 
-    def _itc_loss(self, t: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        return ops.info_nce(ops.all_gather_with_grad(v), ops.all_gather_with_grad(t), self.itc.temp())
+    def _itc_loss(self, t: torch.Tensor, v: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+        return _nce(ops.all_gather_with_grad(v), ops.all_gather_with_grad(t), self.itc.temp(), valid)
 
     def _itm_index(self, s: StepInputs, t_itc: torch.Tensor | None, v_itc: torch.Tensor | None) -> torch.Tensor:
         """(B,) the image each ITM pair is fused with: its own, or (label 0) an in-batch negative, uniform or
@@ -317,6 +366,8 @@ class SCLModel(nn.Module):
                 v = F.normalize(v_itc.float(), dim=-1)
                 w = torch.softmax(t @ v.T / self.itc.temperature.float(), dim=1) + 1e-5  # (B, B)
                 w = w.masked_fill(torch.eye(b, dtype=torch.bool, device=w.device), 0.0)
+                if s.valid is not None:  # a padding row is never a negative
+                    w = w.masked_fill(~s.valid[None, :], 0.0)
                 cdf = w.cumsum(dim=1)
                 neg = torch.searchsorted(cdf, (s.itm_noise.float() * cdf[:, -1])[:, None], right=True).squeeze(1)
                 neg = neg.clamp_max(b - 1)
@@ -325,24 +376,27 @@ class SCLModel(nn.Module):
             neg = s.itm_neg_index
         return torch.where(s.itm_labels.bool(), own, neg)
 
-    def _itm_loss(self, text: torch.Tensor, image: torch.Tensor, frames: int, labels: torch.Tensor
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _itm_loss(self, text: torch.Tensor, image: torch.Tensor, frames: int, labels: torch.Tensor,
+                  valid: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.itm(text, image, frames)  # (B, 2)
-        acc = (logits.detach().argmax(dim=-1) == labels).float().mean()
-        return F.cross_entropy(_upcast(logits), labels), acc
+        right = (logits.detach().argmax(dim=-1) == labels).float()
+        loss = F.cross_entropy(_upcast(logits), labels, reduction="none")
+        return _row_mean(loss, valid), _row_mean(right, valid)
 
     def _mlm_loss(self, text: torch.Tensor, s: StepInputs) -> tuple[torch.Tensor, torch.Tensor]:
-        """Cross-entropy at the M masked positions only (the head never sees the other B*L - M rows)."""
-        if s.mlm_positions.numel() == 0:  # a batch of tiny captions can mask nothing: a zero that keeps the graph
-            zero = text.sum() * 0.0
-            return zero, zero.detach()
-        hidden = text.flatten(0, 1).index_select(0, s.mlm_positions)  # (M, W)
-        logits = self.mlm_head(hidden)  # (M, vocab)
-        acc = (logits.detach().argmax(dim=-1) == s.mlm_targets).float().mean()
-        return F.cross_entropy(_upcast(logits), s.mlm_targets), acc
+        """Cross-entropy at the masked positions only: the head reads the K = ``mlm_slots`` rows of
+        ``mlm_positions`` (the masked ones and fillers, never the other B*L - K), the fillers ignored. A batch of
+        tiny captions can mask nothing: then 0, keeping the graph."""
+        hidden = text.flatten(0, 1).index_select(0, s.mlm_positions)  # (K, W)
+        logits = self.mlm_head(hidden)  # (K, vocab)
+        counted = s.mlm_targets != -100
+        n = counted.sum().clamp_min(1)
+        loss = F.cross_entropy(_upcast(logits), s.mlm_targets, ignore_index=-100, reduction="sum") / n
+        acc = ((logits.detach().argmax(dim=-1) == s.mlm_targets) & counted).sum() / n
+        return loss, acc
 
-    def _scl_terms(self, t_rec: torch.Tensor, t_tgt: torch.Tensor, v_rec: torch.Tensor, v_tgt: torch.Tensor
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _scl_terms(self, valid: torch.Tensor | None, t_rec: torch.Tensor, t_tgt: torch.Tensor, v_rec: torch.Tensor,
+                   v_tgt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(NCE(t~, sg(t)), mean_f NCE(v~_f, sg(v_f))); t (B, W), v (B, F, W) raw fusion outputs. Features are
         normalised over the feature dim inside the op (fix 1 of SCL_METHOD.md), targets detached."""
         lc = self.cfg.loss
@@ -350,17 +404,22 @@ class SCLModel(nn.Module):
         def recover(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
             a, b = a.contiguous(), b.detach().contiguous()
             if lc.scl_loss == "cosine":
-                return ops.cosine_recovery(a, b)
-            return ops.info_nce(ops.all_gather_with_grad(a), ops.all_gather_with_grad(b), lc.scl_temperature,
-                                detach_b=True)
+                if valid is None:
+                    return ops.cosine_recovery(a, b)
+                dtype = torch.promote_types(a.dtype, torch.float32)
+                return _row_mean(1.0 - (F.normalize(a.to(dtype), dim=-1) * F.normalize(b.to(dtype), dim=-1)).sum(-1),
+                                 valid)
+            return _nce(ops.all_gather_with_grad(a), ops.all_gather_with_grad(b), lc.scl_temperature, valid,
+                        detach_b=True)
 
         frames = v_rec.shape[1]
         vision = sum(recover(v_rec[:, f], v_tgt[:, f]) for f in range(frames)) / frames
         return recover(t_rec, t_tgt), vision
 
-    def _scl_loss(self, metrics: dict[str, torch.Tensor], *features: torch.Tensor) -> torch.Tensor:
+    def _scl_loss(self, metrics: dict[str, torch.Tensor], valid: torch.Tensor | None, *features: torch.Tensor
+                  ) -> torch.Tensor:
         """L_SCL = text term + vision term (``_scl_terms``); both terms also go to ``metrics``."""
-        text, vision = self._scl_terms(*features)
+        text, vision = self._scl_terms(valid, *features)
         metrics["scl_text"], metrics["scl_vision"] = text.detach(), vision.detach()
         return text + vision
 

@@ -19,15 +19,16 @@ from triton import knobs
 
 import scl_kernels
 from scl_kernels import _dispatch
-from scl_kernels import attention as attn_mod
 from scl_kernels._offline import Launch, counting_jit_runs, offline_driver
+from scl_kernels.attention import launch as attn_launch
 
 
-def _qkv(b: int, h: int, lq: int, lk: int, d: int, dtype: torch.dtype, offset: int = 0) -> list[torch.Tensor]:
+def _qkv(b: int, h: int, lq: int, lk: int, d: int, dtype: torch.dtype, offset: int = 0,
+         kv_heads: int | None = None) -> list[torch.Tensor]:  # fmt: skip
     """(B, H, L, D) views of (B, L, H, D) buffers, as the model passes them; ``offset`` elements shift q's start
-    (an fp16 offset of 1 leaves it 2 bytes off Triton's 16-byte alignment)."""
+    (an fp16 offset of 1 leaves it 2 bytes off Triton's 16-byte alignment); K/V with ``kv_heads`` heads."""
     q = torch.randn(b * lq * h * d + offset, dtype=dtype)[offset:].view(b, lq, h, d).transpose(1, 2)
-    k, v = (torch.randn(b, lk, h, d, dtype=dtype).transpose(1, 2) for _ in range(2))
+    k, v = (torch.randn(b, lk, kv_heads or h, d, dtype=dtype).transpose(1, 2) for _ in range(2))
     return [t.requires_grad_(True) for t in (q, k, v)]
 
 
@@ -39,10 +40,11 @@ def _hook(metadata: object) -> None:
 
 
 def _call(lq: int = 50, lk: int = 50, dtype: torch.dtype = torch.float16, offset: int = 0, seed: int = 0,
-          key_mask: bool = False, hooked: bool = False, **options: object) -> Callable[[], None]:
+          key_mask: bool = False, hooked: bool = False, kv_heads: int | None = None,
+          **options: object) -> Callable[[], None]:  # fmt: skip
     def run() -> None:
-        torch.manual_seed(seed)  # the dropout seed masked_attention draws
-        q, k, v = _qkv(2, 2, lq, lk, 32, dtype, offset)
+        torch.manual_seed(seed)  # the dropout Philox pair masked_attention draws
+        q, k, v = _qkv(2, 2, lq, lk, 32, dtype, offset, kv_heads)
         km = None
         if key_mask:
             km = torch.ones(2, lk, dtype=torch.bool)
@@ -67,6 +69,7 @@ CALLS: dict[str, Callable[[], None]] = {
     "frames": _call(lq=48, lk=48, frames=2),
     "dropout": _call(key_mask=True, dropout_p=0.1, seed=3),
     "dropout, another seed": _call(key_mask=True, dropout_p=0.1, seed=4),
+    "grouped K/V heads, causal": _call(lq=40, lk=56, key_mask=True, kv_heads=1, is_causal=True),
     "attn_mask": _call(attn_mask=torch.rand(50, 50) > 0.3),
     "cross-attention": _call(lq=7, lk=50, key_mask=True),
     "fp32": _call(dtype=torch.float32, key_mask=True),
@@ -82,12 +85,12 @@ def _plain(value: object) -> object:
 
 def _record(launch: Launch) -> dict[str, object]:
     return {"kernel": launch.name, "hash": launch.kernel_hash, "grid": list(launch.grid),
-            "args": [_plain(a) for a in launch.kernel_args]}  # fmt: skip
+            "handles": [repr(h) for h in launch.handles], "args": [_plain(a) for a in launch.kernel_args]}  # fmt: skip
 
 
 def main() -> None:
     _dispatch.interpreting = lambda: True  # the triton backend on CPU tensors
-    launchers = (attn_mod._attn_fwd, attn_mod._attn_bwd_dq, attn_mod._attn_bwd_dkdv)
+    launchers = (attn_launch._attn_fwd, attn_launch._attn_bwd_dq, attn_launch._attn_bwd_dkdv)
     passes: dict[str, dict[str, object]] = {}
     with offline_driver() as driver, counting_jit_runs() as runs:
         for call in CALLS.values():  # the first launch of each key tunes: not compared
@@ -105,3 +108,30 @@ def main() -> None:
                                       "hook saw": HOOK_SAW[hooked:]}  # fmt: skip
             passes[name] = {"jit_runs": runs[0], "launches": len(driver.launches), "records": records}
     print(json.dumps(passes))
+
+
+def specialization_probe() -> None:
+    """Print, as JSON, how Triton's own launch path specialises a pointer argument: the specialisation of a probe
+    kernel's ``X_ptr`` for fp16 and fp32 tensors starting at every even byte offset up to 256 from a 256-byte
+    aligned buffer, through ``JITFunction``'s binder under the offline driver. ``TunedLaunch`` keys a remembered
+    kernel on the pointer's dtype and on ``data_ptr() % 16 == 0`` only; ``test_launch`` checks that this is all
+    Triton tells apart."""
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def probe(X_ptr, n, BLOCK: tl.constexpr):
+        tl.store(X_ptr + tl.arange(0, BLOCK), 0.0, mask=tl.arange(0, BLOCK) < n)
+
+    found: dict[str, list[list[object]]] = {}
+    with offline_driver():
+        *_, binder = probe.create_binder()
+        for dtype in (torch.float16, torch.float32):
+            elt = dtype.itemsize
+            buf = torch.empty(4096, dtype=dtype)
+            start = -(-buf.data_ptr() // 256) * 256 - buf.data_ptr()  # bytes to the next 256-byte boundary
+            for offset in range(0, 258, elt):
+                view = buf[(start + offset) // elt :]
+                _, specialization, _ = binder(view, 5, BLOCK=16)
+                found.setdefault(str(dtype), []).append([offset, repr(specialization[0])])
+    print(json.dumps(found))

@@ -62,18 +62,41 @@ def test_every_kernel_compiles_for_sm80_and_sm90() -> None:
     divides = [f"{r.name} sm_{r.arch}: {r.int_divisions}" for r in frames if r.int_divisions > MAX_FRAME_DIVISIONS]
     assert not divides, f"integer divisions in the frames kernels beyond the per-row setup: {divides}"
     # what each dtype and head dim launches first (its default) keeps its registers: the fp32 defaults spilled
-    # 7.1-7.4 KB per thread before fp32 had tiles of its own
+    # 7.1-7.4 KB per thread before fp32 had tiles of its own, and the D <= 128 tiles at D=256 up to 600 B
     defaults = [r for r in results if r.default and r.name.startswith("attention.")]
-    assert any("/fp32-d64" in r.name for r in defaults) and any("/fp32-d128" in r.name for r in defaults)
+    # every list's default is among them: each dtype and head-dim list (D up to 256: the wide-head tiles), and the
+    # kernels' other specialisations (causal, grouped K/V heads with kv_group a runtime value, the lse gradient)
+    for tag in ("/fp32-d64-", "/fp32-d128-", "/bf16-d160-", "/bf16-d192-", "/bf16-d256-", "/fp32-d256-",
+                "-key+causal[", "-key+gqa[", "dq/bf16-d64-key+lse["):  # fmt: skip
+        assert any(tag in r.name for r in defaults), f"no default attention spec {tag}: its spills go unchecked"
     spills = [f"{r.name} sm_{r.arch}: {r.spill_bytes} B" for r in defaults
               if r.spill_bytes is None or r.spill_bytes > MAX_DEFAULT_SPILL]
     assert not spills, f"attention default configs spilling registers: {spills}"
+    # the same for the contrastive and masking kernels: the fp32 info_nce backward defaults spilled 1.4-2.0 KB
+    # per thread when it split D over programs
+    ours = [r for r in results if r.default and r.name.startswith(("contrastive.", "masking."))]
+    for kernel in ("info_nce_fwd", "info_nce_grad", "info_nce_gemm"):
+        assert any(r.name.startswith(f"contrastive.{kernel}/fp32") for r in ours), f"no fp32 default of {kernel}"
+    spills = [f"{r.name} sm_{r.arch}: {r.spill_bytes} B" for r in ours
+              if r.spill_bytes is None or r.spill_bytes > MAX_DEFAULT_SPILL]
+    assert not spills, f"contrastive / masking default configs spilling registers: {spills}"
+    # random_masking's gather is a copy: it must move 16-byte vectors (ld/st.global.v4.b32), not 2-byte elements
+    gathers = {f"{r.name} sm_{r.arch}": r.vector_bits for r in results if "random_masking_gather" in r.name}
+    assert gathers and all(bits == 128 for bits in gathers.values()), f"gather accesses narrower than 16 B: {gathers}"
 
 
 # _frame_span's two and _frame_id's one per resident row a thread holds (one or two in every config)
 MAX_FRAME_DIVISIONS = 8
 # bytes per thread: the 16-bit defaults spill up to 24 B on one architecture or the other (compile report)
 MAX_DEFAULT_SPILL = 64
+
+
+def test_widest_global_access_reads_ptx() -> None:
+    """The gather check above reads the widest global access from the PTX, vector or not, with cache hints."""
+    assert _compile.widest_global_access("ld.global.b16 %rs1, [%rd1];\nst.global.b16 [%rd2], %rs1;") == 16
+    assert _compile.widest_global_access("ld.global.L1::evict_last.v4.b32 {%r1, %r2, %r3, %r4}, [%rd1];") == 128
+    assert _compile.widest_global_access("ld.global.v2.b64 {%rd3, %rd4}, [%rd1];\nld.shared.v4.b32 x") == 128
+    assert _compile.widest_global_access("ld.shared.v4.b32 {%r1, %r2, %r3, %r4}, [%r5];") == 0
 
 
 TF32_PROBE = """

@@ -6,11 +6,18 @@ the launchers allocate is poisoned with NaN first, so an element a kernel forget
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
 import scl_kernels
 from scl_kernels import _dispatch
+from scl_kernels.contrastive import configs, gemm_flops, recorded_launches
 from scl_kernels.reference import cosine_recovery_ref, info_nce_ref
 from tests.utils import ATOL, REL_TOL, assert_close, poison_
 
@@ -76,6 +83,111 @@ SHAPES = [(1, 32, 0.07), (3, 768, 0.01), (127, 32, 0.03), (127, 384, 0.01)]
 @pytest.mark.parametrize(("n", "d", "temp"), SHAPES)
 def test_info_nce_triton(n: int, d: int, temp: float, dtype: torch.dtype, symmetric: bool) -> None:
     _check_info_nce("triton", n, d, dtype, temp, symmetric)
+
+
+# the issue's batch sizes: one pair (no negatives), a ragged two-tile batch, and 4099 rows (17 x 256 + 3: several
+# backward chunks, column splits, ragged tiles everywhere) at a small D so the interpreter finishes in seconds
+BATCHES = [(1, 32, dt, det) for dt in (torch.float32, torch.float16) for det in (False, True)]
+BATCHES += [(37, 200, dt, det) for dt in (torch.float32, torch.float16) for det in (False, True)]
+BATCHES += [(4099, 16, torch.float32, False), (4099, 16, torch.float16, True)]
+
+
+@pytest.mark.usefixtures("poisoned")
+@pytest.mark.parametrize(("n", "d", "dtype", "detach_b"), BATCHES,
+                         ids=lambda v: str(v).removeprefix("torch.") if not isinstance(v, bool) else f"detach{v:d}")
+def test_info_nce_batch_sizes(n: int, d: int, dtype: torch.dtype, detach_b: bool) -> None:
+    """Loss and the gradients of a, b (or none, detached) and the temperature against the fp64 reference."""
+    with recorded_launches() as launches:
+        _check_info_nce("triton", n, d, dtype, 0.05, symmetric=True, detach_b=detach_b)
+    kernels = [launch.kernel for launch in launches]
+    assert kernels.count("_info_nce_fwd_kernel") == 1, "the forward is one pass over the similarity tiles"
+    chunks = kernels.count("_info_nce_grad_kernel")
+    assert chunks == -(-n // configs.chunk_rows(n, d)) and (n < 4099 or chunks > 1)
+    # the gradient of b is never computed for detach_b: no GEMM over G's transpose
+    gemms = [launch for launch in launches if launch.kernel == "_info_nce_gemm_kernel"]
+    assert len(gemms) == chunks * (1 if detach_b else 2)
+
+
+@pytest.mark.usefixtures("poisoned")
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_info_nce_backward_in_chunks(monkeypatch: pytest.MonkeyPatch, symmetric: bool) -> None:
+    """Chunks smaller than a tile and not a multiple of it (48 rows in 32-row tiles: 48, 48, 31): the chunk
+    offsets, the partial sums per chunk and the gradient of b accumulated over the chunks."""
+    monkeypatch.setattr(configs, "chunk_rows", lambda n, d: 48)
+    with recorded_launches() as launches:
+        _check_info_nce("triton", 127, 40, torch.float32, 0.03, symmetric)
+    assert [launch.ints["ROWS"] for launch in launches if launch.kernel == "_info_nce_grad_kernel"] == [48, 48, 31]
+    splits = [launch.grid[2] for launch in launches if launch.kernel == "_info_nce_gemm_kernel"]
+    assert max(splits) > 1, "the gradient of a's GEMM ran without a split of K: the split path is unchecked"
+
+
+OFFLINE_SCENARIO = """
+import json
+import torch
+from scl_kernels._offline import offline_driver
+from scl_kernels.contrastive import launch, recorded_launches
+
+a, b = torch.randn(37, 200, dtype=torch.float16), torch.randn(37, 200, dtype=torch.float16)
+t = torch.tensor(0.05)
+with offline_driver() as driver, recorded_launches() as ours:
+    loss, stats = launch.info_nce_fwd(a, b, t, True)
+    launch.info_nce_bwd(torch.tensor(1.0), a, b, t, stats, True, True, True, True)
+print(json.dumps([sorted({launch.kernel for launch in ours}), sorted({launch.name for launch in driver.launches})]))
+"""
+
+
+def test_gpu_launch_path_offline() -> None:
+    """The launchers as a GPU runs them, without one: under the offline driver (``scl_kernels._offline``: each
+    kernel compiled for sm_90 as its launch specialises it, the launch recorded instead of run) the forward and
+    backward go through the autotuners (every fitting config compiled and "timed", the first kept), the tiles read
+    back from the autotuner's choice, and ``JITFunction.run``. Every kernel the host path launched must have
+    reached the driver."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.pop("SCL_KERNELS_AUTOTUNE", None)
+    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # triton 3.9 warns when unset; 1 is its current default
+    proc = subprocess.run([sys.executable, "-c", OFFLINE_SCENARIO], cwd=Path(__file__).resolve().parents[2], env=env,
+                          capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    ours, reached = json.loads(proc.stdout.splitlines()[-1])
+    assert len(ours) == 7 and ours == reached, (ours, reached)  # norms, forward, lse, scale, tiles, GEMM, epilogue
+
+
+def test_info_nce_triton_is_deterministic() -> None:
+    """No atomics: the same inputs give the same bits, loss and every gradient."""
+    a, b = _pair(70, 48, torch.float32)
+    runs = [_info_nce_grads(scl_kernels.info_nce, a, b, torch.tensor(0.05), torch.tensor(1.0), backend="triton")
+            for _ in range(2)]  # fmt: skip
+    assert torch.equal(runs[0][0], runs[1][0])
+    assert all(torch.equal(x, y) for x, y in zip(runs[0][1], runs[1][1], strict=True))
+
+
+def test_launched_flop_count_reads_real_launches() -> None:
+    """benchmarks/bench_contrastive.py counts the GEMM work each launch does from its grid and tiles; on launches
+    that really ran (64 x 32 in 32-wide tiles: no padding), the forward is one similarity GEMM and the backward
+    three (the similarity, the gradients of a and of b), exactly."""
+    a, b = _pair(64, 32, torch.float32)
+    with recorded_launches() as fwd:
+        loss = scl_kernels.info_nce(a.requires_grad_(), b.requires_grad_(), 0.05, backend="triton")
+    with recorded_launches() as bwd:
+        loss.backward()
+    gemm = 2.0 * 64 * 64 * 32
+    assert sum(map(gemm_flops, fwd)) == gemm
+    assert sum(map(gemm_flops, bwd)) == 3 * gemm
+    assert {launch.kernel for launch in bwd} >= {"_info_nce_grad_kernel", "_info_nce_gemm_kernel"}
+
+
+@pytest.mark.parametrize("n", [1, 100, 128, 129, 4096, 4099, 32768, 65536])
+@pytest.mark.parametrize("d", [16, 256, 768])
+def test_chunk_rows_bound_the_memory(n: int, d: int) -> None:
+    """The backward's G chunk is O(N * D) (at most max(4 N D, 2^24) elements), never all N rows of a batch past
+    one aligned chunk, and the chunks are balanced: memory never N x N."""
+    rows = configs.chunk_rows(n, d)
+    assert 0 < rows <= n
+    assert rows * n <= max(configs.CHUNK_INPUTS * n * d, configs.CHUNK_MIN) + configs.CHUNK_ALIGN * n
+    if n > configs.CHUNK_ALIGN:
+        assert rows < n and rows % configs.CHUNK_ALIGN == 0
+        chunks = -(-n // rows)
+        assert n - (chunks - 1) * rows > rows - configs.CHUNK_ALIGN * chunks, "unbalanced chunks"
 
 
 @pytest.mark.usefixtures("poisoned")

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import scl_kernels
-from scl_kernels import attention as attn_mod
+from scl_kernels.attention import launch as attn_launch
 from scl_kernels.reference import cosine_recovery_ref, info_nce_ref, masked_attention_ref
 from tests.kernels.test_attention import CASES, GRAD_SLACK, Case, _inputs, _masks, _run
 from tests.utils import ATOL, REL_TOL, assert_close, poison_
@@ -38,8 +38,8 @@ GPU_CASES = MODEL_CASES + CASES + [dataclasses.replace(c, dtype=BF16) for c in C
 @pytest.fixture
 def poisoned(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every buffer the launchers allocate starts as NaN."""
-    new_output = attn_mod._new_output
-    monkeypatch.setattr(attn_mod, "_new_output", lambda *a, **k: poison_(new_output(*a, **k)))
+    new_output = attn_launch._new_output
+    monkeypatch.setattr(attn_launch, "_new_output", lambda *a, **k: poison_(new_output(*a, **k)))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, BF16], ids=str)
@@ -78,7 +78,7 @@ def test_attention_on_gpu(case: Case, poisoned: None) -> None:
     if case in MODEL_CASES and key_mask is not None:  # text padding: a suffix of each row, never empty
         lengths = torch.randint(1, case.lk + 1, (case.b,), generator=gen).cuda()
         key_mask = torch.arange(case.lk, device="cuda")[None, :] < lengths[:, None]
-    masks = {"key_mask": key_mask, "frames": case.frames, "attn_mask": attn_mask}
+    masks = {"key_mask": key_mask, "frames": case.frames, "attn_mask": attn_mask, "is_causal": case.causal}
     g = torch.randn(case.b, case.h, case.lq, case.d, generator=gen).to(case.dtype).cuda()
     out, grads = _run(scl_kernels.masked_attention, q, k, v, g, backend="triton", **masks)
     ref, ref_grads = _run(masked_attention_ref, q.double(), k.double(), v.double(), g.double(), **masks)

@@ -119,3 +119,37 @@ def test_training_mode_dropout_runs_fused() -> None:
     with torch.no_grad():
         again = model(**inputs).last_hidden_state
     assert not torch.equal(again, out.detach())
+
+
+LLAMA = {"vocab_size": 99, "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+         "num_key_value_heads": 2, "intermediate_size": 64, "max_position_embeddings": 64}  # fmt: skip
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_gqa_decoder_without_repeat_interleave(monkeypatch: pytest.MonkeyPatch, padded: bool) -> None:
+    """A Llama-style decoder with 2 query heads per K/V head: patched equals eager, its K/V reach the kernel with
+    their own 2 heads (no repeat_interleave), unpadded text goes in as is_causal (tiles past the diagonal skipped)
+    and left-padded text as HF's causal bool mask."""
+    seen = []
+    real = scl_kernels.hf.masked_attention
+
+    def spy(q, k, v, **kwargs):  # noqa: ANN001, ANN003, ANN202
+        seen.append((q.shape[1], k.shape[1], v.shape[1], kwargs["is_causal"], kwargs["attn_mask"] is not None))
+        return real(q, k, v, **kwargs)
+
+    monkeypatch.setattr(scl_kernels.hf, "masked_attention", spy)
+    model = transformers.LlamaModel(transformers.LlamaConfig(**LLAMA)).eval()
+    inputs = {"input_ids": torch.randint(3, 99, (2, 13))}
+    if padded:
+        mask = torch.ones(2, 13, dtype=torch.long)
+        mask[1, :4] = 0  # left padding, as generation pads
+        inputs["attention_mask"] = mask
+    model.set_attn_implementation("eager")
+    with torch.no_grad():
+        want = model(**inputs).last_hidden_state
+    scl_kernels.patch_hf(model, backend="triton")
+    with torch.no_grad():
+        got = model(**inputs).last_hidden_state
+    assert seen == [(4, 2, 2, not padded, padded)] * model.config.num_hidden_layers, seen
+    valid = inputs.get("attention_mask", torch.ones(2, 13)).bool()  # padded query rows: HF's own convention there
+    assert_close(got[valid], want[valid], rtol=1e-5, name="llama")

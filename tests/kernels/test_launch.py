@@ -29,7 +29,8 @@ def test_matches_triton() -> None:
 def test_autotune_switch_reaches_every_pruner(monkeypatch: pytest.MonkeyPatch) -> None:
     """SCL_KERNELS_AUTOTUNE=0 leaves one config to each autotuned kernel (attention and contrastive), so a GPU test
     run compiles one kernel per shape; unset, several stay to be timed."""
-    from scl_kernels import attention, contrastive
+    from scl_kernels import contrastive
+    from scl_kernels.attention import configs as attention
 
     bf16 = torch.empty(0, dtype=torch.bfloat16)
     prunes = {
@@ -141,3 +142,40 @@ def test_direct_launches_pass_what_jit_function_run_passes() -> None:
     hooked = through_run["records"]["key mask again, a launch hook set"]
     assert hooked["hook saw"] == [r["kernel"] for r in hooked["launches"]]
     assert sum(len(records["hook saw"]) for records in through_run["records"].values()) == 3
+
+
+def _child(code: str) -> subprocess.CompletedProcess:
+    """Run ``code`` in a process of its own without the interpreter (Triton's real launch path)."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # triton 3.9 warns when unset; 1 is its current default
+    return subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[2], env=env,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+
+
+def test_triton_tells_pointers_apart_by_16_byte_alignment_only() -> None:
+    """TunedLaunch remembers a compiled kernel per (pointer dtype, ``data_ptr() % 16 == 0``, exact scalars): it
+    relies on Triton specialising a pointer on nothing finer. Triton's own binder, asked about fp16 and fp32
+    pointers at every even byte offset up to 256, must give one specialisation for the 16-byte aligned ones and
+    one for the others; a Triton that told 32- or 64-byte alignment apart would make a remembered kernel wrong
+    for some launches, and fails here."""
+    proc = _child("from tests.kernels.launch_scenario import specialization_probe; specialization_probe()")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    found = json.loads(proc.stdout.splitlines()[-1])
+    assert set(found) == {"torch.float16", "torch.float32"}, found
+    for dtype, rows in found.items():
+        classes: dict[bool, set[str]] = {}
+        for offset, specialization in rows:
+            classes.setdefault(offset % 16 == 0, set()).add(specialization)
+        assert len(classes[True]) == 1 and len(classes[False]) == 1, (dtype, classes)
+        assert classes[True] != classes[False], (dtype, classes)
+
+
+def test_installed_triton_is_one_the_direct_launches_were_checked_against() -> None:
+    """Outside the checked versions TunedLaunch falls back to JITFunction.run: still correct, but the host time the
+    direct launches save (tens of microseconds a launch, three launches a forward + backward) goes, silently. Fail
+    instead, so a Triton upgrade re-runs ``test_direct_launches_pass_what_jit_function_run_passes`` and the probe
+    above and then widens ``DIRECT_LAUNCHES``."""
+    assert DIRECT_LAUNCHES, (
+        f"triton {triton.__version__} is outside the versions TunedLaunch's direct launches were checked against "
+        "(scl_kernels._launch.DIRECT_LAUNCHES): check it with tests/kernels/test_launch.py and widen the range"
+    )

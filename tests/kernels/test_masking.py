@@ -57,9 +57,12 @@ def _masking_run(backend, x, keep_ratio, frames, pos, noise, g):
     "b, p, d, frames, keep_ratio, with_pos",
     [
         (2, 1, 32, 1, 1.0, True),  # P = 1
+        (4, 16, 128, 1, 0.2, True),  # the demo preset: 64 px / 16 = 16 patches, width 128, keep 3
+        (2, 16, 128, 4, 0.2, True),  # the demo's 4-frame videos
         (2, 196, 384, 1, 0.2, True),  # ViT-B/16 at 224
         (1, 324, 768, 1, 0.2, True),  # ViT-B/16 at 288, SCL's keep ratio
-        (2, 196, 32, 4, 0.2, True),  # video: 4 frames share the subset
+        (3, 324, 24, 4, 0.2, True),  # the paper's grid, 4 frames: keep 64 in four row tiles of every frame
+        (2, 196, 32, 4, 0.2, True),  # video: 4 frames share the subset (keep 39: a ragged last tile)
         (3, 7, 32, 4, 0.5, False),
         (2, 13, 48, 1, 0.75, False),
     ],

@@ -74,7 +74,7 @@ def _itc_spread(cfg: ModelConfig) -> float:
 def test_wider_init_separates_samples_at_start() -> None:
     """The reason for the demo's init: with BERT's 0.02 in a narrow model the CLS features of different inputs are
     nearly parallel (contrastive losses see no signal); at 1/sqrt(width) they are clearly apart."""
-    base = tiny_config()
+    base = tiny_config(init_std=0.02)
     narrow = _itc_spread(base)
     wide = _itc_spread(dataclasses.replace(base, init_std=base.fusion.width ** -0.5))
     assert narrow > 0.98, narrow

@@ -2,7 +2,9 @@
 
 Float64 with dropout off and the model's ops on their PyTorch references (``ops.reference_ops``): what is tested
 is the schedule (which passes are shared, how the fusion batch is assembled), so the only differences left are
-summation orders, far below the tolerances of the issue (losses 1e-5, gradients 1e-4 relative).
+summation orders: losses agree to ~1e-15 and gradients to ~1e-14 relative (the tiny model's features are not
+collapsed, see ``tests.model.tiny_config``), asserted at 1e-12 and 1e-10. The fp32 test of the production ops
+keeps fp32's tolerances (losses 1e-5).
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from scl_fast.model.scl import LOSS_NAMES, SCLModel, StepInputs
 from tests.model import tiny_batch, tiny_config
 from tests.utils import rel_err
 
-LOSS_TOL, GRAD_TOL = 1e-5, 1e-4
+LOSS_TOL, GRAD_TOL = 1e-12, 1e-10  # float64
+FP32_LOSS_TOL = 1e-5
 
 
 @pytest.fixture(autouse=True)
@@ -47,13 +50,16 @@ def _assert_same_step(a, b, label: str) -> None:
     per-row constant) is compared against the largest gradient's scale instead of its own rounding noise."""
     (la, ga, ta), (lb, gb, tb) = a, b
     for k in LOSS_NAMES:
+        if not la[k].abs() > 0 and lb[k].abs() == 0:  # a loss with weight 0 is reported as 0 by both
+            continue
         assert torch.isfinite(la[k]) and la[k].abs() > 0, f"{label}: loss {k} = {la[k]}"
         err = rel_err(la[k], lb[k])
         assert err < LOSS_TOL, f"{label}: loss {k} differs: {la[k].item()} vs {lb[k].item()} (rel {err:.2e})"
     assert rel_err(ta, tb) < LOSS_TOL
     assert ga.keys() == gb.keys(), f"{label}: parameters with a gradient differ: {ga.keys() ^ gb.keys()}"
     scale = max(g.norm().item() for g in gb.values())
-    floor = 1e-9 if next(iter(gb.values())).dtype == torch.float64 else 1e-6  # rounding noise of a true zero
+    # a true zero (the key biases) is rounding noise: ~1e-16 absolute in float64, so compared with the scale
+    floor = 1e-4 if next(iter(gb.values())).dtype == torch.float64 else 1e-6
     for name, g in gb.items():
         assert torch.isfinite(ga[name]).all(), f"{label}: non-finite gradient of {name}"
         err = (ga[name] - g).norm().item() / max(g.norm().item(), floor * scale)
@@ -66,9 +72,11 @@ def _assert_same_step(a, b, label: str) -> None:
         (1, {}),
         (4, {}),
         (1, {"itm_negatives": "hard"}),
+        (4, {"itm_negatives": "hard"}),
         (4, {"scl_loss": "cosine"}),
+        (1, {"mlm_weight": 0.0}),
     ],
-    ids=["image", "video4", "image-hard-negatives", "video4-cosine"],
+    ids=["image", "video4", "image-hard-negatives", "video4-hard-negatives", "video4-cosine", "image-no-mlm"],
 )
 def test_fused_equals_naive(frames: int, loss_kw: dict) -> None:
     cfg = tiny_config(**loss_kw)
@@ -76,14 +84,20 @@ def test_fused_equals_naive(frames: int, loss_kw: dict) -> None:
     model = SCLModel(cfg).double().train()
     batch = tiny_batch(cfg, batch=6, frames=frames, dtype=torch.float64, seed=frames)
     steps = model.draw_step_inputs(*batch, generator=torch.Generator().manual_seed(7))
-    assert steps.mlm_positions.numel() > 0
+    assert (steps.mlm_targets != -100).any()
     fused = _step(model, batch, steps, "fused")
     naive = _step(model, batch, steps, "naive")
     _assert_same_step(fused, naive, f"frames={frames} {loss_kw}")
+    # The comparison can see a segment paired wrongly: SCL's masked text rolled by one sample moves the losses by
+    # far more than the tolerance (features not collapsed).
+    wrong = _step(model, batch, dataclasses.replace(steps, scl_ids=steps.scl_ids.roll(1, 0)), "fused")
+    assert rel_err(wrong[2], fused[2]) > 1e5 * LOSS_TOL, "a wrong pairing must show in the losses"
     # every parameter trains (the key biases aside, whose gradient is 0 by construction)
     grads = fused[1]
-    dead = [n for n, p in model.named_parameters() if n not in grads or (grads[n].abs().max() == 0 and
-                                                                          not n.endswith("key.bias"))]
+    unused = "mlm_head." if cfg.loss.mlm_weight == 0 else None  # a loss with weight 0 trains nothing
+    dead = [n for n, p in model.named_parameters() if (n not in grads or (grads[n].abs().max() == 0 and
+            not n.endswith("key.bias"))) and not (unused and n.startswith(unused))]
+    assert not unused or not any(n.startswith(unused) for n in grads), "the MLM head trained with mlm_weight 0"
     assert not dead, f"parameters without gradient: {dead}"
 
 
@@ -106,8 +120,8 @@ def test_fused_equals_naive_fp32_default_ops(frames: int) -> None:
         ref_losses, ref, _ = _step(ref_model, tuple(t.double() if t.is_floating_point() else t for t in batch),
                                    steps, "naive")
     for k in LOSS_NAMES:
-        assert rel_err(fused_losses[k], ref_losses[k]) < LOSS_TOL, k
-        assert rel_err(fused_losses[k], naive_losses[k]) < LOSS_TOL, k
+        assert rel_err(fused_losses[k], ref_losses[k]) < FP32_LOSS_TOL, k
+        assert rel_err(fused_losses[k], naive_losses[k]) < FP32_LOSS_TOL, k
     assert fused.keys() == naive.keys() == ref.keys()
     for name, g in ref.items():
         if name.endswith("key.bias"):  # true gradient 0: nothing relative to compare
