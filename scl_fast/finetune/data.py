@@ -27,6 +27,7 @@ from scl_fast.data import Batch, DataConfig, Loader, Stats
 from .formats import Example, media_kind
 
 LabelFn = Callable[[list[int]], "torch.Tensor | None"]
+PAD_LABEL = -100  # the integer label of a padding row: F.cross_entropy's default ignore_index
 
 
 @dataclass
@@ -99,8 +100,20 @@ class ExampleLoader:
             yield from self._joined()
 
     def _labelled(self, batch: Batch) -> LabelledBatch:
-        rows = [example_row(k) for k in batch.keys]
-        labels = self.label_fn(rows) if self.label_fn is not None else None
+        """Rows and labels of ``batch``. The training loader pads a batch short of rows (bad samples) with blank
+        rows (key ``""``, ``valid`` False): their row is -1 and their label :data:`PAD_LABEL` (integer targets,
+        cross-entropy's ignore index) or 0, and the task's loss leaves them out."""
+        rows = [example_row(k) if k else -1 for k in batch.keys]
+        labels = None
+        if self.label_fn is not None:
+            real = [i for i, r in enumerate(rows) if r >= 0]
+            got = self.label_fn([rows[i] for i in real])
+            if len(real) == len(rows):
+                labels = got
+            else:
+                fill = PAD_LABEL if not got.is_floating_point() else 0
+                labels = torch.full((len(rows), *got.shape[1:]), fill, dtype=got.dtype)
+                labels[real] = got
         return LabelledBatch(**vars(batch), rows=torch.tensor(rows, dtype=torch.long), labels=labels)
 
     def _joined(self) -> Iterator[LabelledBatch]:
@@ -111,7 +124,7 @@ class ExampleLoader:
             for batches in zip_longest(*iterators):
                 for store, batch in zip(pending, batches, strict=True):
                     if batch is not None:
-                        store.update((k, (batch, i)) for i, k in enumerate(batch.keys))
+                        store.update((k, (batch, i)) for i, k in enumerate(batch.keys) if k)  # "": padding
                 ready = [k for k in pending[0] if all(k in store for store in pending[1:])]
                 if ready:
                     self.paired += len(ready)
@@ -124,10 +137,11 @@ class ExampleLoader:
                 it.close()
 
     def _collate(self, keys: list[str], pending: list[dict[str, tuple[Batch, int]]]) -> Batch:
-        """One batch of ``keys``: images stacked as frames in loader order, the first loader's text re-padded."""
+        """One batch of ``keys``: images stacked as frames in loader order, the first loader's text (at the loader's
+        fixed width, so the text shape stays static)."""
         pixels = torch.stack([torch.cat([store[k][0].pixels[store[k][1]] for store in pending]) for k in keys])
         first = [pending[0][k] for k in keys]
-        length = max(int(b.attention_mask[i].sum()) for b, i in first)
+        length = first[0][0].input_ids.shape[1]
         ids = torch.full((len(keys), length), self.pad_id, dtype=torch.long)
         attention = torch.zeros(len(keys), length, dtype=torch.bool)
         special = torch.ones(len(keys), length, dtype=torch.bool)

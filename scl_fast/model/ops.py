@@ -47,6 +47,15 @@ def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float | torch.Tensor
     return _op("info_nce")(a, b, temperature, detach_b=detach_b)
 
 
+def row_mean(values: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+    """Mean over the rows (B,), the padding rows of a padded batch (``Batch.valid`` False) left out; computed on the
+    device (a batch of padding only gives 0, not NaN)."""
+    if valid is None:
+        return values.mean()
+    weight = valid.to(values.dtype)
+    return (values * weight).sum() / weight.sum().clamp_min(1)
+
+
 def info_nce_rows(a: torch.Tensor, b: torch.Tensor, temperature: float | torch.Tensor, valid: torch.Tensor, *,
                   detach_b: bool = False) -> torch.Tensor:
     """``info_nce`` over the rows where ``valid`` (N,) is True only: the others are neither anchors nor negatives.

@@ -104,14 +104,6 @@ def _upcast(x: torch.Tensor) -> torch.Tensor:
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
-def _row_mean(values: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
-    """Mean over the rows (B,), the padding rows of a padded batch left out."""
-    if valid is None:
-        return values.mean()
-    weight = valid.to(values.dtype)
-    return (values * weight).sum() / weight.sum().clamp_min(1)
-
-
 def _nce(a: torch.Tensor, b: torch.Tensor, temperature: float | torch.Tensor, valid: torch.Tensor | None, *,
          detach_b: bool = False) -> torch.Tensor:
     """InfoNCE of gathered rows: the fused op, or for a padded batch the row-masked form (``valid`` gathered too)."""
@@ -381,7 +373,7 @@ class SCLModel(nn.Module):
         logits = self.itm(text, image, frames)  # (B, 2)
         right = (logits.detach().argmax(dim=-1) == labels).float()
         loss = F.cross_entropy(_upcast(logits), labels, reduction="none")
-        return _row_mean(loss, valid), _row_mean(right, valid)
+        return ops.row_mean(loss, valid), ops.row_mean(right, valid)
 
     def _mlm_loss(self, text: torch.Tensor, s: StepInputs) -> tuple[torch.Tensor, torch.Tensor]:
         """Cross-entropy at the masked positions only: the head reads the K = ``mlm_slots`` rows of
@@ -407,7 +399,7 @@ class SCLModel(nn.Module):
                 if valid is None:
                     return ops.cosine_recovery(a, b)
                 dtype = torch.promote_types(a.dtype, torch.float32)
-                return _row_mean(1.0 - (F.normalize(a.to(dtype), dim=-1) * F.normalize(b.to(dtype), dim=-1)).sum(-1),
+                return ops.row_mean(1.0 - (F.normalize(a.to(dtype), dim=-1) * F.normalize(b.to(dtype), dim=-1)).sum(-1),
                                  valid)
             return _nce(ops.all_gather_with_grad(a), ops.all_gather_with_grad(b), lc.scl_temperature, valid,
                         detach_b=True)

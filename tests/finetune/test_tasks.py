@@ -41,7 +41,9 @@ def test_vqa_fixture_reader_to_metric(vqa_files: dict[str, str], tmp_path: Path)
     cfg = parse_finetune_args("vqa", args)
     task = make_task(cfg)
     batch = next(iter(task.build_loader("train", rank=0, world_size=1, seed=0)))
-    by_row = dict(zip(batch.rows.tolist(), batch.labels, strict=True))
+    real = batch.valid
+    assert batch.rows[~real].eq(-1).all() and batch.labels[~real].eq(0).all()  # padding rows: no example, no target
+    by_row = dict(zip(batch.rows[real].tolist(), batch.labels[real], strict=True))
     examples, _ = task.examples("train")
     assert {examples[r].uid for r in by_row} == {"10", "11"}  # the empty question and the missing image skipped
     expected = {"10": [1.0, 0.0, 0.6], "11": [0.0, 1.0, 0.0]}  # vocabulary red, 2, blue
@@ -113,3 +115,36 @@ def test_init_loads_a_pretraining_checkpoint(vqa_files: dict[str, str], tmp_path
     for name, value in pretrained.state_dict().items():
         assert torch.equal(model.backbone.state_dict()[name], value), name
     assert path.is_dir()
+
+
+@pytest.mark.parametrize("task", ["vqa", "nlvr2"])
+def test_padding_rows_weigh_nothing_in_the_loss(task: str, tmp_path: Path) -> None:
+    """A training batch the loader padded to its fixed size (``valid`` False, label 0 or the ignore index): the
+    classifier losses equal those of the real rows alone, whatever the padding rows' logits."""
+    from types import SimpleNamespace
+
+    from scl_fast.finetune.data import PAD_LABEL
+
+    g = torch.Generator().manual_seed(0)
+    classes = 5 if task == "vqa" else 2
+    logits = torch.randn(6, classes, generator=g, dtype=torch.float64) * 3
+    if task == "vqa":
+        labels = torch.rand(6, classes, generator=g, dtype=torch.float64).round(decimals=1)
+        labels[4:] = 0
+    else:
+        labels = torch.tensor([0, 1, 1, 0, PAD_LABEL, PAD_LABEL])
+    valid = torch.tensor([True] * 4 + [False] * 2)
+    t = make_task(parse_finetune_args(task, tiny_run(tmp_path)))
+
+    def loss_of(lg: torch.Tensor, lb: torch.Tensor, v: torch.Tensor | None) -> tuple[torch.Tensor, dict]:
+        batch = SimpleNamespace(pixels=None, input_ids=None, attention_mask=None, labels=lb, valid=v)
+        return t.forward(lambda *_: lg, None, batch, g)
+
+    real, real_parts = loss_of(logits[:4], labels[:4], None)
+    poisoned = logits.clone()
+    poisoned[4:] = 1e4 * torch.randn(2, classes, generator=g, dtype=torch.float64)
+    for lg in (logits, poisoned):
+        padded, parts = loss_of(lg, labels, valid)
+        assert abs(padded.item() - real.item()) <= 1e-12 * abs(real.item()), (padded, real)
+        for name, value in real_parts.items():
+            assert abs(parts[name].item() - value.item()) <= 1e-12 * max(1.0, abs(value.item())), name

@@ -15,7 +15,9 @@ from torch import nn
 from scl_fast import distributed as dist_util
 from scl_fast.data.shards import Ledger
 from scl_fast.errors import ConfigError, UserError
+from scl_fast.model.ops import row_mean
 
+from ..data import PAD_LABEL
 from ..formats import Example
 from ..formats.nlvr2 import read_statements
 from ..model import PooledClassifier
@@ -61,10 +63,12 @@ class NLVR2Task(FinetuneTask):
     def new_model(self) -> nn.Module:
         return PooledClassifier(self.cfg.model, CLASSES, images=2, classifier_lr_mult=self.section.classifier_lr_mult)
 
-    def forward(self, module: nn.Module, batch: Any, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
+    def forward(self, module: nn.Module, model: nn.Module, batch: Any, generator: torch.Generator
+                ) -> tuple[torch.Tensor, dict]:
+        """Cross-entropy over the real rows (a padding row's label is the ignore index)."""
         logits = module(batch.pixels, batch.input_ids, batch.attention_mask).float()  # (B, 2)
-        loss = F.cross_entropy(logits, batch.labels)
-        acc = (logits.detach().argmax(dim=-1) == batch.labels).float().mean()
+        loss = F.cross_entropy(logits, batch.labels, ignore_index=PAD_LABEL)
+        acc = row_mean((logits.detach().argmax(dim=-1) == batch.labels).float(), batch.valid)
         return loss, {"ce": loss.detach(), "acc": acc}
 
     @torch.no_grad()

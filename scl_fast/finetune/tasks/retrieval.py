@@ -61,9 +61,10 @@ class RetrievalTask(FinetuneTask):
                          "itm_k": k}
         return result
 
-    def forward(self, module: nn.Module, batch: Any, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
+    def forward(self, module: nn.Module, model: nn.Module, batch: Any, generator: torch.Generator
+                ) -> tuple[torch.Tensor, dict]:
         """Pre-training's step; the losses it does not compute (MLM, SCL: weight 0) are left out of the logs."""
-        loss, parts = super().forward(module, batch, generator)
+        loss, parts = super().forward(module, model, batch, generator)
         weights = {name: getattr(self.cfg.model.loss, f"{name}_weight", 1.0) for name in parts}
         return loss, {name: value for name, value in parts.items() if weights[name] > 0}
 

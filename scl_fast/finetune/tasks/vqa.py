@@ -23,6 +23,7 @@ from torch import nn
 from scl_fast import distributed as dist_util
 from scl_fast.data.shards import Ledger
 from scl_fast.errors import UserError
+from scl_fast.model.ops import row_mean
 
 from ..formats import Example
 from ..formats.vqa import Targets, answer_vocabulary, read_questions, training_targets
@@ -90,9 +91,12 @@ class VQATask(FinetuneTask):
     def model_for(self, weights: dict[str, torch.Tensor]) -> nn.Module:
         return self.new_model(PooledClassifier.class_names_in(weights))  # the answers the checkpoint was trained on
 
-    def forward(self, module: nn.Module, batch: Any, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
+    def forward(self, module: nn.Module, model: nn.Module, batch: Any, generator: torch.Generator
+                ) -> tuple[torch.Tensor, dict]:
+        """BCE summed over answers, averaged over the batch's real rows (padding rows weigh 0; no host read)."""
         logits = module(batch.pixels, batch.input_ids, batch.attention_mask).float()  # (B, answers)
-        loss = F.binary_cross_entropy_with_logits(logits, batch.labels, reduction="sum") / logits.shape[0]
+        per_row = F.binary_cross_entropy_with_logits(logits, batch.labels, reduction="none").sum(dim=-1)
+        loss = row_mean(per_row, batch.valid)
         return loss, {"bce": loss.detach()}
 
     # ------------------------------------------------------------------------------------------------ evaluation
