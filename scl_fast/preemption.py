@@ -12,17 +12,19 @@ SIGKILL    nothing can be done in the process: the last checkpoint stays; the lo
 
 The handlers only set flags; the loop reads them between steps (under DDP/FSDP the ranks agree on them first, so all
 stop at the same step and write one checkpoint together). Loader workers ignore SIGINT and SIGTERM, which a terminal
-or a scheduler sends to the whole process group: the trainer decides when they stop. They ask the kernel to kill them
-when the trainer dies (``PR_SET_PDEATHSIG``), so a SIGKILLed trainer leaves no worker blocked on a full pipe.
+or a scheduler sends to the whole process group: the trainer decides when they stop. Each exits as soon as the trainer
+has exited (a thread waiting on the trainer's pidfd), so a SIGKILLed trainer leaves no worker blocked on a full pipe.
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
+import select
 import signal
 import sys
 import threading
+import time
 from types import FrameType
 
 from scl_fast.errors import EXIT_PREEMPTED
@@ -86,13 +88,37 @@ def _say(message: str) -> None:
 
 def worker_init(worker_id: int, *, trainer_pid: int) -> None:
     """``worker_init_fn`` of the loader's DataLoader (bound to the trainer's pid with ``functools.partial``): die with
-    the trainer, leave SIGINT/SIGTERM to it."""
+    the trainer, leave SIGINT/SIGTERM to it.
+
+    The worker's parent is the fork server the trainer started (the loader's default, ``worker_context``), not the
+    trainer, and that server outlives the trainer while workers hold it open: so the worker watches the trainer
+    itself, a thread waiting on a pidfd that becomes readable when the trainer exits (a worker blocked on a full
+    pipe still dies). Where the parent is the trainer (``fork``), the kernel's parent-death signal covers it too."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    if sys.platform.startswith("linux"):
+    if sys.platform.startswith("linux") and os.getppid() == trainer_pid:
         try:
             ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         except (OSError, AttributeError):
             pass
-    if os.getppid() != trainer_pid:  # the trainer died before prctl took effect: its death signal would never come
+    threading.Thread(target=_exit_with, args=(trainer_pid,), name="scl-watch-trainer", daemon=True).start()
+
+
+def _exit_with(pid: int) -> None:
+    """Exit this process as soon as process ``pid`` has exited (already gone: at once)."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
         os._exit(1)
+    except (AttributeError, OSError):  # no pidfd (not Linux, or a kernel before 5.3): poll
+        while True:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                os._exit(1)
+            except PermissionError:
+                pass
+            time.sleep(0.5)
+    select.select([fd], [], [])  # readable once the process has exited (reaped or not)
+    os._exit(1)
+    return True

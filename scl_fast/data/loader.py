@@ -17,6 +17,7 @@ import functools
 import io
 import logging
 import math
+import multiprocessing
 import os
 import queue
 import threading
@@ -542,6 +543,21 @@ def _decode_ahead(worker_batches: Iterator[_WorkerBatch], decoder: Decoder, dept
         _PREFETCHERS.discard((stop, thread))
 
 
+def worker_context() -> multiprocessing.context.BaseContext | None:
+    """How the loader starts its DataLoader workers: forked from a fork server where the platform has one.
+
+    A trainer is a threaded process (the decode-ahead thread, DALI's thread pool, the intra-op pool, gloo's and CUDA's
+    threads), and a child forked from it inherits, in whatever state they were, the locks and buffers those threads
+    were using at that instant: a worker can crash or hang at random. The fork server is a single-threaded process,
+    started once per trainer with this module imported, so a worker still starts in milliseconds. (Python 3.14 made
+    it the default on Linux for this reason.) Workers exit with the trainer (``preemption.worker_init``)."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return None  # Windows: torch's default (spawn)
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])
+    return context
+
+
 class Loader:
     """Iterable of :class:`Batch` with a resumable position (``state_dict`` / ``load_state_dict``) and ``stats``."""
 
@@ -578,6 +594,7 @@ class Loader:
                                capability=torch.cuda.get_device_capability() if self.device == "gpu" else None)
         loader = DataLoader(stream, batch_size=None, num_workers=self.cfg.num_workers, collate_fn=_identity,
                             prefetch_factor=4 if self.cfg.num_workers else None,
+                            multiprocessing_context=worker_context() if self.cfg.num_workers else None,
                             worker_init_fn=functools.partial(worker_init, trainer_pid=os.getpid()))
         # The iterator is made here, in the consumer's thread: making it draws the workers' base seed from torch's
         # global RNG, and the draw must not land at a random moment of the consumer's RNG stream.
