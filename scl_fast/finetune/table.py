@@ -107,9 +107,10 @@ def main(argv: list[str] | None = None) -> str:
                 took = (time.perf_counter() - t0) / 60
             minutes.setdefault(task, {})[label] = took
             results.setdefault(task, {})[label] = summary
+            # after every run, so an interrupted table resumes with the runs it finished
+            (root / "table.json").write_text(json.dumps({"results": results, "minutes": minutes}, indent=2) + "\n")
     table = markdown(results, minutes)
     (root / "table.md").write_text(table + "\n")
-    (root / "table.json").write_text(json.dumps({"results": results, "minutes": minutes}, indent=2) + "\n")
     print(f"\ndownstream demos ({root}, {(time.perf_counter() - started) / 60:.1f} min in all):\n\n{table}")
     return table
 
