@@ -10,22 +10,7 @@ from pathlib import Path
 
 from scl_fast.data import DataConfig, Loader
 
-
-def _children() -> dict[int, list[int]]:
-    out: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            out.setdefault(ppid, []).append(int(entry.name))
-    return out
-
-
-def _threads(pid: int) -> int:
-    status = Path(f"/proc/{pid}/status").read_text()
-    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("Threads:")))
+from ..processes import children_by_parent, descendants, parent_of, threads
 
 
 def test_workers_are_not_forked_from_the_threaded_trainer(demo_corpus: dict[str, str], tmp_path: Path) -> None:
@@ -37,18 +22,14 @@ def test_workers_are_not_forked_from_the_threaded_trainer(demo_corpus: dict[str,
     it = iter(Loader(cfg, demo_corpus["train"], train=True))
     try:
         next(it)  # the workers are up
-        children = _children()
-        found, todo = set(), [os.getpid()]
-        while todo:
-            for child in children.get(todo.pop(), []):
-                found.add(child)
-                todo.append(child)
+        children = children_by_parent()
+        found = descendants(os.getpid(), children)
         workers = [p for p in found if not children.get(p)
                    and b"resource_tracker" not in Path(f"/proc/{p}/cmdline").read_bytes()]
         assert len(workers) == 2, (found, workers)
         for pid in workers:
-            parent = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-            assert parent != os.getpid() and _threads(parent) == 1, f"worker {pid} forked from {parent}"
+            parent = parent_of(pid)
+            assert parent != os.getpid() and threads(parent) == 1, f"worker {pid} forked from {parent}"
     finally:
         it.close()
         busy.set()

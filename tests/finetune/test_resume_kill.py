@@ -4,11 +4,6 @@ fine-tuning data path with the most position to restore."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +11,7 @@ import torch
 
 from scl_fast import checkpoint as ckpt
 
-from ..train.conftest import ROOT, TINY_MODEL, run_program
+from ..train.conftest import TINY_MODEL, run_program, sigkill_after_first_checkpoint
 
 STEPS = 8
 
@@ -35,19 +30,7 @@ def test_sigkill_then_resume_gives_the_same_weights(tmp_path: Path) -> None:
     done = run_program(_args(tmp_path, full), cwd=tmp_path, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
 
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    proc = subprocess.Popen([sys.executable, *_args(tmp_path, cut)], env=env, cwd=tmp_path,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 240
-        while not ckpt.list_checkpoints(cut) and time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.02)
-        os.kill(proc.pid, signal.SIGKILL)
-        assert proc.wait(timeout=30) == -signal.SIGKILL
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    steps_done = [s for s, _ in ckpt.list_checkpoints(cut)]
+    steps_done = sigkill_after_first_checkpoint(_args(tmp_path, cut), cut, cwd=tmp_path)
     assert steps_done and steps_done[-1] < STEPS, steps_done  # killed mid-run, after at least one checkpoint
 
     resumed = run_program(_args(tmp_path, cut, "--train.resume", "auto"), cwd=tmp_path, timeout=300)

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -63,6 +64,26 @@ def run_program(args: list[str], *, cwd: Path, timeout: float, env: dict[str, st
     finally:
         _kill_matching(str(cwd))  # a rank orphaned by its launcher must not outlive the test (or hold the CPU)
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def sigkill_after_first_checkpoint(args: list[str], run_dir: Path, *, cwd: Path, timeout: float = 240) -> list[int]:
+    """Start ``python ARGS`` (a run writing to ``run_dir``), SIGKILL it as soon as its first checkpoint is there, and
+    return the steps of the checkpoints it left."""
+    from scl_fast import checkpoint as ckpt
+
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    proc = subprocess.Popen([sys.executable, *args], env=env, cwd=cwd, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + timeout
+        while not ckpt.list_checkpoints(run_dir) and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.02)
+        os.kill(proc.pid, signal.SIGKILL)
+        assert proc.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    return [s for s, _ in ckpt.list_checkpoints(run_dir)]
 
 
 def _kill_matching(marker: str) -> None:

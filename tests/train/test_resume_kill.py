@@ -3,11 +3,6 @@ that was never interrupted (CPU, deterministic mode, the real model at a tiny si
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +10,7 @@ import torch
 
 from scl_fast import checkpoint as ckpt
 
-from .conftest import ROOT, TINY_MODEL, run_program, short_run_args
+from .conftest import TINY_MODEL, run_program, short_run_args, sigkill_after_first_checkpoint
 
 STEPS = 10
 
@@ -26,28 +21,13 @@ def _args(cache: Path, run: Path, *extra: str) -> list[str]:
     return ["-m", "scl_fast.train", *args]
 
 
-def _env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-
-
 @pytest.mark.slow
 def test_sigkill_then_resume_gives_the_same_weights(demo_cache: Path, tmp_path: Path) -> None:
     full, cut = tmp_path / "full", tmp_path / "cut"
     done = run_program(_args(demo_cache, full), cwd=tmp_path, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
 
-    proc = subprocess.Popen([sys.executable, *_args(demo_cache, cut)], env=_env(), cwd=tmp_path,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 240
-        while not ckpt.list_checkpoints(cut) and time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.02)
-        os.kill(proc.pid, signal.SIGKILL)
-        assert proc.wait(timeout=30) == -signal.SIGKILL
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    steps_done = [s for s, _ in ckpt.list_checkpoints(cut)]
+    steps_done = sigkill_after_first_checkpoint(_args(demo_cache, cut), cut, cwd=tmp_path)
     assert steps_done and steps_done[-1] < STEPS, steps_done  # killed mid-run, after at least one checkpoint
     assert not (cut / "summary.json").exists()
 

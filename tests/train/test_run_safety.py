@@ -20,6 +20,7 @@ from scl_fast import runfolder
 from scl_fast.errors import EXIT_PREEMPTED, EXIT_USER_ERROR, PathError, run_cli
 
 from ..data.media import write_tar
+from ..processes import alive, descendants
 from .conftest import ROOT, TINY_MODEL, run_program, short_run_args
 
 
@@ -147,31 +148,6 @@ def test_sigusr1_checkpoints_and_sigterm_stops_resumably_with_the_same_weights(d
     assert logged == sorted(logged) == [*range(2, steps + 1, 2), steps], "metrics.jsonl must not run backwards"
 
 
-def _descendants(pid: int) -> set[int]:
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = set(), [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.add(child)
-            todo.append(child)
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"  # a zombie is dead; only its parent's reaping is left
-
-
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads the process tree from /proc (Linux)")
 def test_sigkill_leaves_no_process_of_the_trainer_alive(demo_cache: Path, tmp_path: Path) -> None:
@@ -183,17 +159,17 @@ def test_sigkill_leaves_no_process_of_the_trainer_alive(demo_cache: Path, tmp_pa
     proc = _start(args, tmp_path)
     try:
         _wait(lambda: _logged_step(run) >= 2, proc, "the first metrics")
-        tree = _descendants(proc.pid)
+        tree = descendants(proc.pid)
         assert len(tree) >= 2, f"expected the loader workers among {tree}"
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
         deadline = time.monotonic() + 10
-        while any(_alive(p) for p in tree) and time.monotonic() < deadline:
+        while any(alive(p) for p in tree) and time.monotonic() < deadline:
             time.sleep(0.1)
-        left = [p for p in tree if _alive(p)]
+        left = [p for p in tree if alive(p)]
     finally:
         for p in tree if "tree" in locals() else ():
-            if _alive(p):
+            if alive(p):
                 os.kill(p, signal.SIGKILL)
     assert not left, f"processes of the killed trainer still alive after 10 s: {left}"
 
