@@ -611,7 +611,7 @@ class Loader:
                 self.stats.merge(wb.stats)
                 self.stats.merge(decode_stats)
                 if wb.frames is not None and self.train and self.drop_last:  # training: B rows, always
-                    batch = self._pad(batch, wb.frames)
+                    batch = self.pad(batch, wb.frames)
                 if batch is not None:
                     delivered += 1
                     yield batch
@@ -624,7 +624,7 @@ class Loader:
         if delivered == 0:
             log.warning("data: %r yielded no batch (stats: %s)", self.spec, self.stats.as_dict())
 
-    def _pad(self, batch: Batch | None, frames: int) -> Batch:
+    def pad(self, batch: Batch | None, frames: int) -> Batch:
         """``batch`` (or nothing, when every sample of a slot's share was bad) padded to ``data.batch_size`` rows
         with blank rows marked invalid (counted in ``stats.info["padded_rows"]``)."""
         missing = self.cfg.batch_size - (0 if batch is None else len(batch))

@@ -7,7 +7,8 @@ same workers, decoders (DALI or PIL/PyAV), augmentation, bad-input ledger, rank 
 pre-training. The loader names a manifest sample ``line<N>``; that is how a batch row finds its example (and the
 task its label). NLVR2's two images per statement are two parallel manifests read by two loaders with the same
 seed, so both deal their samples in the same order; their batches are joined by key (a sample one of them skipped
-drops the pair) and the images stacked as two frames: ``pixels`` (B, 2, 3, H, W).
+drops the pair) and the images stacked as two frames: ``pixels`` (B, 2, 3, H, W); a training batch short of pairs
+is padded to B rows, as pre-training's are.
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ class ExampleLoader:
                  reader_stats: Stats | None = None, pad_id: int = 0) -> None:
         if not examples:
             raise ValueError("no examples to load")
-        self.examples, self.cfg, self.label_fn, self.pad_id = examples, cfg, label_fn, pad_id
+        self.examples, self.cfg, self.label_fn, self.pad_id, self.train = examples, cfg, label_fn, pad_id, train
         self.reader_stats = reader_stats or Stats()
         folder = os.path.join(cfg.cache_dir, "finetune-manifests")
         self.loaders = [Loader(cfg, write_manifest(examples, slot, folder), train=train, rank=rank,
@@ -126,12 +127,16 @@ class ExampleLoader:
                     if batch is not None:
                         store.update((k, (batch, i)) for i, k in enumerate(batch.keys) if k)  # "": padding
                 ready = [k for k in pending[0] if all(k in store for store in pending[1:])]
-                if ready:
-                    self.paired += len(ready)
-                    yield self._labelled(self._collate(ready, pending))
-                    for store in pending:
-                        for k in ready:
-                            del store[k]
+                size = self.cfg.batch_size
+                for chunk in (ready[i:i + size] for i in range(0, len(ready), size)):
+                    self.paired += len(chunk)
+                    batch = self._collate(chunk, pending)
+                    if self.train:  # training's static shapes: B rows (a pair one loader skipped leaves a blank row)
+                        batch = self.loaders[0].pad(batch, frames=len(self.loaders))
+                    yield self._labelled(batch)
+                for store in pending:
+                    for k in ready:
+                        del store[k]
         finally:
             for it in iterators:
                 it.close()

@@ -12,6 +12,7 @@ import torch
 from scl_fast import checkpoint as ckpt
 from scl_fast.data.host import CLIP_MEAN, CLIP_STD
 from scl_fast.finetune.config import parse_finetune_args
+from scl_fast.finetune.data import PAD_LABEL
 from scl_fast.finetune.tasks import make_task
 from scl_fast.model import SCLModel
 from scl_fast.trainer import Trainer
@@ -67,13 +68,17 @@ def test_nlvr2_fixture_pairs_left_and_right(nlvr2_files: dict[str, str], tmp_pat
     task = make_task(cfg)
     loader = task.build_loader("train", rank=0, world_size=1, seed=0)
     batch = next(iter(loader))
-    assert batch.pixels.shape[1:3] == (2, 3) and len(batch) == 3  # 4 dealt, train-3 lost its right image
-    rgb = _rgb(batch.pixels)  # (B, 2, 3)
+    # 4 dealt, train-3 lost its right image: 3 pairs and a padding row (static shapes: B rows, the loader's width)
+    assert batch.pixels.shape[:3] == (4, 2, 3) and batch.valid.tolist() == [True, True, True, False]
+    assert batch.input_ids.shape[1] == cfg.data.max_text_len and batch.labels[3] == PAD_LABEL
+    real = batch.valid
+    rgb = _rgb(batch.pixels[real])  # (3, 2, 3)
     assert (rgb[:, 0, 0] > 150).all() and (rgb[:, 0, 2] < 80).all(), rgb  # left: the red -img0.png
     assert (rgb[:, 1, 2] > 150).all() and (rgb[:, 1, 0] < 80).all(), rgb  # right: the blue -img1.png
     examples, _ = task.examples("train")
-    assert batch.labels.tolist() == [int(examples[r].label) for r in batch.rows.tolist()]
-    assert "train-3-1-0" not in {examples[r].uid for r in batch.rows.tolist()}
+    rows = batch.rows[real].tolist()
+    assert batch.labels[real].tolist() == [int(examples[r].label) for r in rows]
+    assert "train-3-1-0" not in {examples[r].uid for r in rows}
     assert loader.stats.bad["missing_media"] == 1
 
     _, summary = _train("nlvr2", args)
@@ -123,7 +128,6 @@ def test_padding_rows_weigh_nothing_in_the_loss(task: str, tmp_path: Path) -> No
     classifier losses equal those of the real rows alone, whatever the padding rows' logits."""
     from types import SimpleNamespace
 
-    from scl_fast.finetune.data import PAD_LABEL
 
     g = torch.Generator().manual_seed(0)
     classes = 5 if task == "vqa" else 2

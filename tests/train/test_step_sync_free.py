@@ -53,7 +53,7 @@ def test_a_full_step_reads_nothing_from_the_device(demo_cache: Path, tmp_path: P
     try:
         batches = iter(trainer.loader)
         full = next(batches)
-        padded = trainer.loader._pad(  # a batch short of two samples, padded as the loader does
+        padded = trainer.loader.pad(  # a batch short of two samples, padded as the loader does
             type(full)(full.pixels[:2], full.input_ids[:2], full.attention_mask[:2], full.special_mask[:2],
                        full.captions[:2], full.keys[:2]), full.pixels.shape[1])
         assert padded.padded == 2 and full.valid is None
