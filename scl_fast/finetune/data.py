@@ -142,11 +142,12 @@ class ExampleLoader:
                 it.close()
 
     def _collate(self, keys: list[str], pending: list[dict[str, tuple[Batch, int]]]) -> Batch:
-        """One batch of ``keys``: images stacked as frames in loader order, the first loader's text (at the loader's
-        fixed width, so the text shape stays static)."""
+        """One batch of ``keys``: images stacked as frames in loader order, the first loader's text at the widest of
+        the batches its rows come from (training: the loader's fixed width, so the shape stays static; evaluation:
+        rows of two batches may have two widths)."""
         pixels = torch.stack([torch.cat([store[k][0].pixels[store[k][1]] for store in pending]) for k in keys])
         first = [pending[0][k] for k in keys]
-        length = first[0][0].input_ids.shape[1]
+        length = max(b.input_ids.shape[1] for b, _ in first)
         ids = torch.full((len(keys), length), self.pad_id, dtype=torch.long)
         attention = torch.zeros(len(keys), length, dtype=torch.bool)
         special = torch.ones(len(keys), length, dtype=torch.bool)

@@ -152,3 +152,25 @@ def test_padding_rows_weigh_nothing_in_the_loss(task: str, tmp_path: Path) -> No
         assert abs(padded.item() - real.item()) <= 1e-12 * abs(real.item()), (padded, real)
         for name, value in real_parts.items():
             assert abs(parts[name].item() - value.item()) <= 1e-12 * max(1.0, abs(value.item())), name
+
+
+def test_nlvr2_pairs_from_batches_of_two_text_widths() -> None:
+    """Evaluation pads each loader batch to its own longest caption, and a pair one loader delivered a batch late
+    joins rows of two batches: the joined text takes the wider width and keeps every token of both."""
+    from types import SimpleNamespace
+
+    from scl_fast.data import Batch
+    from scl_fast.finetune.data import ExampleLoader
+
+    def one_row(key: str, tokens: list[int], width: int) -> Batch:
+        ids = torch.zeros(1, width, dtype=torch.long)
+        ids[0, :len(tokens)] = torch.tensor(tokens)
+        attention = ids != 0
+        return Batch(torch.full((1, 1, 3, 4, 4), float(len(tokens))), ids, attention, ~attention, [key], [key])
+
+    short, long = one_row("a", [101, 7, 102], 3), one_row("b", [101, 8, 9, 10, 102], 5)
+    pending = [{"a": (short, 0), "b": (long, 0)}, {"a": (long, 0), "b": (short, 0)}]
+    joined = ExampleLoader._collate(SimpleNamespace(pad_id=0), ["a", "b"], pending)
+    assert joined.input_ids.tolist() == [[101, 7, 102, 0, 0], [101, 8, 9, 10, 102]]
+    assert joined.attention_mask.sum(1).tolist() == [3, 5] and joined.special_mask[0, 3:].all()
+    assert joined.pixels.shape == (2, 2, 3, 4, 4) and joined.pixels[0, :, 0, 0, 0].tolist() == [3.0, 5.0]
