@@ -18,7 +18,6 @@ has exited (a thread waiting on the trainer's pidfd), so a SIGKILLed trainer lea
 
 from __future__ import annotations
 
-import ctypes
 import os
 import select
 import signal
@@ -30,8 +29,6 @@ from types import FrameType
 from scl_fast.errors import EXIT_PREEMPTED
 
 __all__ = ["EXIT_PREEMPTED", "Preempted", "StopSignals", "worker_init"]
-
-_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 class Preempted(Exception):  # noqa: N818 (not an error: the run stopped as asked)
@@ -93,14 +90,9 @@ def worker_init(worker_id: int, *, trainer_pid: int) -> None:
     The worker's parent is the fork server the trainer started (the loader's default, ``worker_context``), not the
     trainer, and that server outlives the trainer while workers hold it open: so the worker watches the trainer
     itself, a thread waiting on a pidfd that becomes readable when the trainer exits (a worker blocked on a full
-    pipe still dies). Where the parent is the trainer (``fork``), the kernel's parent-death signal covers it too."""
+    pipe still dies)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    if sys.platform.startswith("linux") and os.getppid() == trainer_pid:
-        try:
-            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        except (OSError, AttributeError):
-            pass
     threading.Thread(target=_exit_with, args=(trainer_pid,), name="scl-watch-trainer", daemon=True).start()
 
 
@@ -121,4 +113,3 @@ def _exit_with(pid: int) -> None:
             time.sleep(0.5)
     select.select([fd], [], [])  # readable once the process has exited (reaped or not)
     os._exit(1)
-    return True
